@@ -1,0 +1,152 @@
+"""Last-layer [CLS] self-attention of DINO ViTs, masks that keep a share of its mass, and their Jaccard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms
+
+from .images import IMAGENET_MEAN, IMAGENET_STD
+from .models import DinoVisionTransformer, is_vit
+
+
+def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480), patch_size: int = 16) -> torch.Tensor:
+    """Resize and normalise as visualize_attention.py does, then crop to whole patches: (1, 3, H, W).
+
+    A single size resizes the short side and keeps the aspect ratio; two sizes give (height, width).
+    """
+    size = [image_size] if isinstance(image_size, int) else list(image_size)
+    if len(size) not in (1, 2) or min(size) < patch_size:
+        raise ValueError(f"--image_size: expected one or two sizes of at least the patch size {patch_size}, got {size}")
+    tensor = transforms.Compose([
+        transforms.Resize(size if len(size) == 2 else size[0]),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])(image)
+    h, w = tensor.shape[1] - tensor.shape[1] % patch_size, tensor.shape[2] - tensor.shape[2] % patch_size
+    if h == 0 or w == 0:
+        raise ValueError(f"image of {image.width}x{image.height} is smaller than one {patch_size}-pixel patch after resizing")
+    return tensor[:, :h, :w].unsqueeze(0)
+
+
+def _last_block_qk(model: DinoVisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Run every block but the last, then recompute the last block's queries and keys: timm's fused
+    # attention never materialises the probabilities the reference's get_last_selfattention returns.
+    if not is_vit(model):
+        raise ValueError("self-attention maps need a ViT backbone; ResNet-50 has no attention")
+    tokens = model.prepare_tokens(x)
+    for blk in model.blocks[:-1]:
+        tokens = blk(tokens)
+    last = model.blocks[-1]
+    attn = last.attn
+    y = last.norm1(tokens)
+    b, n, _ = y.shape
+    qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (B, heads, N, hd)
+    return q, k
+
+
+@torch.no_grad()
+def last_selfattention(model: DinoVisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities of the last block: (B, heads, 1 + h*w, 1 + h*w)."""
+    q, k = _last_block_qk(model, x)
+    return ((q @ k.transpose(-2, -1)) * model.blocks[-1].attn.scale).softmax(dim=-1)
+
+
+@torch.no_grad()
+def cls_attention(model: DinoVisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """[CLS] -> patch attention of the last block, per head: (B, heads, h, w).
+
+    Only the [CLS] query row is computed: the full (N x N) map is never needed for it.
+    """
+    q, k = _last_block_qk(model, x)
+    row = ((q[:, :, :1] @ k.transpose(-2, -1)) * model.blocks[-1].attn.scale).softmax(dim=-1)  # (B, heads, 1, 1+N)
+    p = model.patch_size
+    return row[:, :, 0, 1:].reshape(x.shape[0], -1, x.shape[-2] // p, x.shape[-1] // p)
+
+
+def threshold_masks(attn: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Keep, per map, the highest-attention patches that hold `threshold` of its mass (bool, same shape).
+
+    The reference rule: sort ascending, normalise to sum 1, cumulative sum, keep where it exceeds
+    1 - threshold, undo the sort. Leading dims are maps (heads); the last two are the patch grid.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold: expected a share of the attention mass in [0, 1], got {threshold}")
+    shape = attn.shape
+    flat = attn.reshape(-1, shape[-2] * shape[-1]).double()  # (maps, N)
+    values, order = torch.sort(flat, dim=1, stable=True)
+    values = values / values.sum(dim=1, keepdim=True)
+    keep_sorted = torch.cumsum(values, dim=1) > (1 - threshold)
+    keep = torch.empty_like(keep_sorted)
+    keep.scatter_(1, order, keep_sorted)
+    return keep.reshape(shape)
+
+
+def upsample_masks(masks: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling of (maps, h, w) masks or maps to pixels: (maps, h*p, w*p)."""
+    return F.interpolate(masks[None].float(), scale_factor=patch_size, mode="nearest")[0]
+
+
+@dataclass
+class AttentionResult:
+    """The attention of one image: maps at patch resolution and the image they were computed on."""
+
+    maps: np.ndarray  # (heads, h, w) float32 probabilities
+    image: np.ndarray  # (H, W, 3) uint8, the resized and cropped image (H = h * patch)
+    patch_size: int
+
+    @property
+    def mean_map(self) -> np.ndarray:
+        return self.maps.mean(axis=0)
+
+    def masks(self, threshold: float, include_mean: bool = False) -> np.ndarray:
+        """Masks at pixel resolution: (heads, H, W) bool, plus the mean map's mask last if asked."""
+        maps = torch.from_numpy(self.maps)
+        if include_mean:
+            maps = torch.cat([maps, maps.mean(dim=0, keepdim=True)])
+        return upsample_masks(threshold_masks(maps, threshold), self.patch_size).bool().numpy()
+
+    def pixel_maps(self) -> np.ndarray:
+        """Attention maps upsampled to pixels by nearest neighbour, as the reference saves them: (heads, H, W)."""
+        return upsample_masks(torch.from_numpy(self.maps), self.patch_size).numpy()
+
+
+def compute_attention(
+    model: DinoVisionTransformer,
+    image: Image.Image,
+    image_size: int | tuple[int, ...] = (480, 480),
+) -> AttentionResult:
+    """Preprocess one RGB image and return its per-head [CLS] attention."""
+    device = next(model.parameters()).device
+    x = preprocess(image, image_size, model.patch_size)
+    maps = cls_attention(model, x.to(device))[0].float().cpu().numpy()  # (heads, h, w)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    shown = ((x[0] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return AttentionResult(maps=maps, image=shown, patch_size=model.patch_size)
+
+
+def jaccard(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
+    """Intersection over union of two boolean masks, ignoring `void` pixels; 1 when both are empty."""
+    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    if void is not None:
+        pred, gt = pred & ~void, gt & ~void
+    union = np.logical_or(pred, gt).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
+
+
+def masks_to_image_size(masks: np.ndarray, resized_hw: tuple[int, int], original_hw: tuple[int, int]) -> np.ndarray:
+    """Map masks of the cropped, resized image (maps, Hc, Wc) back onto the original image (maps, H0, W0).
+
+    The crop dropped the last rows and columns of the resized image: they are padded as background.
+    """
+    maps, hc, wc = masks.shape
+    full = np.zeros((maps, *resized_hw), dtype=np.uint8)
+    full[:, :hc, :wc] = masks
+    t = torch.from_numpy(full)[None].float()
+    return F.interpolate(t, size=original_hw, mode="nearest")[0].bool().numpy()

@@ -1,0 +1,1 @@
+"""Evaluation front-ends: `python -m eval.attention` and `python -m eval.davis`."""
