@@ -33,6 +33,19 @@ def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480
     return tensor[:, :h, :w].unsqueeze(0)
 
 
+def resized_size(size_wh: tuple[int, int], image_size: int | tuple[int, ...]) -> tuple[int, int]:
+    """(H, W) that torchvision's Resize gives an image of PIL size (W, H) for --image_size."""
+    w, h = size_wh
+    image_size = [image_size] if isinstance(image_size, int) else list(image_size)
+    if len(image_size) == 2:
+        return int(image_size[0]), int(image_size[1])
+    short = int(image_size[0])
+    # torchvision: the short side becomes `short`, the long side int(short * long / short_side).
+    if w <= h:
+        return int(short * h / w), short
+    return short, int(short * w / h)
+
+
 def _last_block_qk(model: DinoVisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # Run every block but the last, then recompute the last block's queries and keys: timm's fused
     # attention never materialises the probabilities the reference's get_last_selfattention returns.

@@ -78,3 +78,27 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     folder = Path(folder)
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A ground-truth mask as (foreground, void) boolean arrays (H, W).
+
+    Palette PNGs (PASCAL VOC, DAVIS 2017): every index but 0 is foreground, 255 is void.
+    Grayscale or RGB masks (DAVIS 2016 0/255, 0/1 binaries): any non-zero value is foreground.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such mask file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode == "P":
+                idx = np.asarray(img)
+                return (idx != 0) & (idx != 255), idx == 255
+            arr = np.asarray(img if img.mode in ("L", "1", "I", "I;16", "F") else img.convert("RGB"))
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file, expected a mask PNG") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"{path}: cannot decode mask ({err})") from None
+    fg = arr.any(axis=-1) if arr.ndim == 3 else arr > 0
+    return fg, np.zeros_like(fg)

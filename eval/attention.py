@@ -1,0 +1,172 @@
+"""Self-attention maps and masks of a DINO ViT for an image or a folder of images.
+
+    python -m eval.attention --pretrained_weights dino_vits8 --image_path photo.jpg --output_dir out
+    python -m eval.attention --image_path images/ --gt_dir masks/ --threshold 0.6 --output_dir out
+
+For each image, OUTPUT_DIR/<image stem>/ gets img.png, attn-head{j}.png (heat maps),
+mask_th{t}_head{j}.png and mask_th{t}_mean.png (overlays with contours), attention.npy
+(float32, heads x h x w) and masks.npy (bool, heads x H x W at the cropped size). With --gt_dir,
+the masks are scored by Jaccard against ground-truth masks matched by file stem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dino_seg.attention import compute_attention, jaccard, masks_to_image_size, resized_size
+from dino_seg.device import pick_device
+from dino_seg.files import save_npy, save_png, save_text
+from dino_seg.images import ImageError, list_images, load_image, load_mask
+from dino_seg.models import is_vit
+from dino_seg.viz import heatmap, label_color, overlay_mask
+from dino_seg.weights import WeightsError
+from eval.common import add_weight_flags, load_from_args
+
+DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "blackswan.jpg"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("python -m eval.attention", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_weight_flags(parser)
+    parser.add_argument("--image_path", default=str(DEFAULT_IMAGE), type=str,
+                        help="An image file or a folder of images.")
+    parser.add_argument("--image_size", default=(480, 480), type=int, nargs="+",
+                        help="Resize to H W; a single value resizes the short side and keeps the aspect ratio.")
+    parser.add_argument("--output_dir", default=".", help="Where to write the results.")
+    parser.add_argument("--threshold", type=float, default=0.6,
+                        help="Share of the attention mass the masks keep (the paper's 0.6).")
+    parser.add_argument("--gt_dir", default=None, type=str,
+                        help="Folder of ground-truth masks (binary or palette PNGs) matched by file stem: "
+                             "score the masks by Jaccard.")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    return parser
+
+
+def write_outputs(out_dir: Path, result, threshold: float) -> np.ndarray:
+    """Write one image's maps, masks and overlays; return the masks (heads + mean, H, W)."""
+    masks = result.masks(threshold, include_mean=True)  # (heads + 1, H, W)
+    save_png(out_dir / "img.png", result.image)
+    save_npy(out_dir / "attention.npy", result.maps.astype(np.float32))
+    save_npy(out_dir / "masks.npy", masks[:-1])
+    for j, pixel_map in enumerate(result.pixel_maps()):
+        save_png(out_dir / f"attn-head{j}.png", heatmap(pixel_map))
+    for j, mask in enumerate(masks):
+        name = "mean" if j == len(masks) - 1 else f"head{j}"
+        save_png(out_dir / f"mask_th{threshold}_{name}.png",
+                 overlay_mask(result.image, mask, label_color(j + 1)))
+    return masks
+
+
+def find_gt(gt_dir: Path, stem: str) -> Path | None:
+    """The ground-truth file of an image, by stem (PNG preferred)."""
+    candidates = sorted(gt_dir.glob(f"{stem}.*"), key=lambda p: p.suffix.lower() != ".png")
+    return candidates[0] if candidates else None
+
+
+def score_table(rows: list[dict[str, float | str]], heads: int) -> str:
+    """Scores as CSV text: one row per image and a final mean row."""
+    columns = ["image"] + [f"head{j}" for j in range(heads)] + ["best_head", "mean_map"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows + [_mean_row(rows, columns)]:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _mean_row(rows: list[dict], columns: list[str]) -> dict:
+    return {"image": "mean", **{c: float(np.mean([r[c] for r in rows])) for c in columns[1:]}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        device = pick_device(args.device)
+        model, description = load_from_args(args, device)
+    except (WeightsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not is_vit(model):
+        print("error: --arch resnet50 has no self-attention; use a ViT", file=sys.stderr)
+        return 2
+    print(f"weights: {description}")
+    image_path = Path(args.image_path)
+    if image_path.is_dir():
+        images = list_images(image_path, recursive=True)
+        if not images:
+            print(f"error: --image_path {image_path}: no image files in this folder", file=sys.stderr)
+            return 2
+    elif image_path.exists():
+        images = [image_path]
+    else:
+        print(f"error: --image_path {image_path}: no such file or folder", file=sys.stderr)
+        return 2
+    gt_dir = Path(args.gt_dir) if args.gt_dir else None
+    if gt_dir is not None and not gt_dir.is_dir():
+        print(f"error: --gt_dir {gt_dir}: no such folder", file=sys.stderr)
+        return 2
+    if not 0 <= args.threshold <= 1:
+        print(f"error: --threshold: expected a share of the mass in [0, 1], got {args.threshold}", file=sys.stderr)
+        return 2
+
+    output_dir = Path(args.output_dir)
+    rows: list[dict[str, float | str]] = []
+    skipped = 0
+    for path in tqdm(images, desc="images", unit="img", disable=len(images) == 1):
+        try:
+            image = load_image(path)
+            result = compute_attention(model, image, tuple(args.image_size))
+        except (ImageError, ValueError) as err:
+            if len(images) == 1:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            tqdm.write(f"warning: skipped {err}")
+            skipped += 1
+            continue
+        masks = write_outputs(output_dir / path.stem, result, args.threshold)
+        if gt_dir is None:
+            continue
+        gt_path = find_gt(gt_dir, path.stem)
+        if gt_path is None:
+            tqdm.write(f"warning: no ground truth for {path.name} in {gt_dir}; not scored")
+            continue
+        try:
+            fg, void = load_mask(gt_path)
+        except ImageError as err:
+            tqdm.write(f"warning: {err}; not scored")
+            continue
+        # Score at the ground truth's own resolution: the masks go back through the crop and resize.
+        resized = resized_size(image.size, args.image_size)
+        full = masks_to_image_size(masks, resized, fg.shape)
+        scores = [jaccard(m, fg, void) for m in full]
+        rows.append({"image": path.name, **{f"head{j}": s for j, s in enumerate(scores[:-1])},
+                     "best_head": max(scores[:-1]), "mean_map": scores[-1]})
+
+    done = len(images) - skipped
+    print(f"wrote attention maps and masks of {done} image(s) to {output_dir}" +
+          (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
+    if gt_dir is not None:
+        if not rows:
+            print(f"error: no image had a ground-truth mask in {gt_dir}", file=sys.stderr)
+            return 2
+        text = score_table(rows, heads=len(masks) - 1)
+        save_text(output_dir / "jaccard.csv", text)
+        mean = text.strip().splitlines()[-1].split(",")
+        header = text.splitlines()[0].split(",")
+        print(f"Jaccard at threshold {args.threshold} over {len(rows)} image(s):")
+        for name, value in zip(header[1:], mean[1:]):
+            print(f"  {name:>10}  {value}")
+        print(f"scores written to {output_dir / 'jaccard.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""Flags and weight loading shared by the evaluation front-ends."""
+
+from __future__ import annotations
+
+import argparse
+
+from torch import nn
+
+from dino_seg.models import ARCHS
+from dino_seg.weights import PRESETS, load_model
+
+RANDOM = "random"
+
+
+def add_weight_flags(parser: argparse.ArgumentParser, default_patch_size: int | None = None) -> None:
+    """The reference scripts' model flags."""
+    parser.add_argument("--pretrained_weights", default="", type=str,
+                        help="Preset name (" + ", ".join(PRESETS) + "), path to an official DINO file or to a "
+                             "checkpoint of `python -m train`, or 'random' (pipeline check only). Default: the "
+                             "official weights of --arch/--patch_size, as the reference scripts do.")
+    parser.add_argument("--arch", default=None, choices=ARCHS,
+                        help="Architecture; inferred from the weights when not given (vit_small otherwise).")
+    parser.add_argument("--patch_size", default=default_patch_size, type=int,
+                        help="Patch size; inferred from the weights when not given.")
+    parser.add_argument("--checkpoint_key", default="teacher", type=str,
+                        help='Key of the backbone in a full training checkpoint (default "teacher").')
+
+
+def resolve_weights(args: argparse.Namespace) -> tuple[str, str]:
+    """(source, description) for the --pretrained_weights / --arch / --patch_size flags."""
+    if args.pretrained_weights == RANDOM:
+        return "", f"RANDOM weights {args.arch or 'vit_small'}/{args.patch_size or 16} (pipeline check only, not DINO)"
+    if args.pretrained_weights:
+        return args.pretrained_weights, args.pretrained_weights
+    # Like the reference: no weights given means the official ones for this architecture.
+    arch, patch = args.arch or "vit_small", args.patch_size or 16
+    for name, preset in PRESETS.items():
+        if preset.arch == arch and preset.patch_size in (patch, None):
+            return name, f"official preset {name}"
+    return "", f"RANDOM weights {arch}/{patch}: there is no official DINO release for this model"
+
+
+def load_from_args(args: argparse.Namespace, device) -> tuple[nn.Module, str]:
+    """Build the backbone named by the flags; raises WeightsError for unusable weights."""
+    source, description = resolve_weights(args)
+    model = load_model(source or None, arch=args.arch, patch_size=args.patch_size,
+                       checkpoint_key=args.checkpoint_key, device=device)
+    return model, description
