@@ -1,0 +1,71 @@
+"""Checkpoints in the reference DINO format, written atomically, and read back for resuming."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+MODULE_PREFIX = "module."
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """torch.save `state` to a temporary file next to `path`, then rename it over `path`: a crash
+    while saving never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint without unpickling code (weights_only). Official DINO checkpoints pickle an
+    argparse.Namespace under `args`: that one type is allowed and turned into a dict."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a corrupt or foreign file
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+        raise ValueError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {detail[:300]})") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
+    if isinstance(ckpt.get("args"), argparse.Namespace):
+        ckpt["args"] = vars(ckpt["args"])
+    return ckpt
+
+
+def add_prefix(state_dict: dict[str, torch.Tensor], prefix: str = MODULE_PREFIX) -> dict[str, torch.Tensor]:
+    """Keys with `prefix` in front, as a DistributedDataParallel-wrapped module saves them."""
+    return {k if k.startswith(prefix) else prefix + k: v for k, v in state_dict.items()}
+
+
+def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str = MODULE_PREFIX) -> dict[str, torch.Tensor]:
+    """Keys without a leading `prefix`."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+
+
+def load_module_state(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, what: str,
+                      path: str | Path) -> None:
+    """Strict load of `state_dict` (with or without `module.`) into `module`; a mismatch raises one
+    clear error instead of the reference's silent partial load (strict=False) that would quietly
+    restart a different architecture from scratch."""
+    try:
+        module.load_state_dict(strip_prefix(state_dict), strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise ValueError(f"{path}: `{what}` does not fit this model (different --arch, --patch_size, --out_dim "
+                         f"or head flags?): {detail[:500]}") from None

@@ -1,0 +1,341 @@
+"""Command line and orchestration of DINO pretraining (`python -m train`): flags of the reference
+`main_dino.py` with its defaults, plus crop sizes, --bf16 and --device."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dino_seg.models import ARCHS, build_backbone
+from train.augment import DataAugmentationDINO
+from train.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
+from train.data import ImageFilesDataset, build_loader
+from train.distributed import DistInfo, all_gather_objects, cleanup_distributed, init_distributed
+from train.engine import NonFiniteLossError, Schedules, resolve_precision, train_one_epoch
+from train.head import DINOHead, MultiCropWrapper
+from train.logs import EPOCH_LOG, METRICS_LOG, append_record, trim_records, write_record
+from train.loss import DINOLoss
+from train.optim import OPTIMIZERS, build_optimizer, get_params_groups
+from train.schedules import cosine_scheduler
+
+CHECKPOINT = "checkpoint.pth"
+
+
+def bool_flag(s: str) -> bool:
+    """Parse a boolean flag value the way the reference does (on/off, true/false, 1/0)."""
+    if s.lower() in {"off", "false", "0"}:
+        return False
+    if s.lower() in {"on", "true", "1"}:
+        return True
+    raise argparse.ArgumentTypeError(f"invalid value for a boolean flag: {s!r} (expected true or false)")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The reference `main_dino.py` flags and defaults, plus --global_crops_size, --local_crops_size,
+    --bf16 and --device."""
+    p = argparse.ArgumentParser("python -m train", description="DINO self-supervised pretraining.")
+    # Model
+    p.add_argument("--arch", default="vit_small", choices=list(ARCHS) + ["deit_tiny", "deit_small"],
+                   help="Backbone (default vit_small); vit_tiny or vit_small for quick experiments.")
+    p.add_argument("--patch_size", default=16, type=int, help="ViT patch size, 16 or 8 (default 16). With 8, "
+                   "consider --use_fp16 false to avoid instabilities.")
+    p.add_argument("--out_dim", default=65536, type=int, help="Output dimension of the DINO head (default "
+                   "65536; 1k-8k for small or custom data sets).")
+    p.add_argument("--norm_last_layer", default=True, type=bool_flag, help="Weight-normalise the head's last "
+                   "layer with its norm fixed to 1 (default true); false is better but can be unstable.")
+    p.add_argument("--momentum_teacher", default=0.996, type=float, help="Base teacher EMA momentum, raised "
+                   "to 1 by a cosine schedule (default 0.996; higher with small batches, e.g. 0.9995 at 256).")
+    p.add_argument("--use_bn_in_head", default=False, type=bool_flag,
+                   help="BatchNorm in the projection head (default false).")
+    # Teacher temperature
+    p.add_argument("--warmup_teacher_temp", default=0.04, type=float,
+                   help="Initial teacher temperature (default 0.04); lower it if the loss does not decrease.")
+    p.add_argument("--teacher_temp", default=0.04, type=float, help="Teacher temperature after the warm-up "
+                   "(default 0.04; above 0.07 is usually unstable).")
+    p.add_argument("--warmup_teacher_temp_epochs", default=0, type=int,
+                   help="Epochs of linear teacher-temperature warm-up (default 0; 30 for long runs).")
+    # Optimisation
+    p.add_argument("--use_fp16", default=True, type=bool_flag, help="fp16 mixed precision with loss scaling "
+                   "on CUDA (default true, as the reference); ignored (fp32) on CPU and MPS.")
+    p.add_argument("--bf16", default=False, type=bool_flag, help="bf16 autocast on any device instead of fp16 "
+                   "(default false); takes precedence over --use_fp16.")
+    p.add_argument("--weight_decay", default=0.04, type=float, help="Initial weight decay (default 0.04).")
+    p.add_argument("--weight_decay_end", default=0.4, type=float,
+                   help="Final weight decay of the cosine schedule (default 0.4).")
+    p.add_argument("--clip_grad", default=3.0, type=float, help="Per-tensor gradient-norm clipping (default 3.0; "
+                   "0 disables).")
+    p.add_argument("--batch_size_per_gpu", default=64, type=int,
+                   help="Images per process and step (default 64).")
+    p.add_argument("--epochs", default=100, type=int, help="Training epochs (default 100).")
+    p.add_argument("--freeze_last_layer", default=1, type=int, help="Epochs during which the head's last layer "
+                   "is kept fixed (default 1); raise it if the loss does not decrease.")
+    p.add_argument("--lr", default=0.0005, type=float, help="Peak learning rate for a total batch of 256, "
+                   "scaled linearly with batch_size_per_gpu x processes (default 0.0005).")
+    p.add_argument("--warmup_epochs", default=10, type=int, help="Epochs of linear lr warm-up (default 10).")
+    p.add_argument("--min_lr", default=1e-6, type=float, help="Learning rate at the end of the cosine (default 1e-6).")
+    p.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS),
+                   help="adamw (default, for ViTs), sgd, or lars (convnets, large batches).")
+    p.add_argument("--drop_path_rate", default=0.1, type=float, help="Stochastic depth of the student (default 0.1).")
+    # Multi-crop
+    p.add_argument("--global_crops_scale", default=(0.4, 1.0), type=float, nargs="+",
+                   help="Area range of the global crops (default 0.4 1.0; 0.14 1.0 without local crops).")
+    p.add_argument("--local_crops_number", default=8, type=int,
+                   help="Local crops per image (default 8; 0 disables multi-crop).")
+    p.add_argument("--local_crops_scale", default=(0.05, 0.4), type=float, nargs="+",
+                   help="Area range of the local crops (default 0.05 0.4).")
+    p.add_argument("--global_crops_size", default=224, type=int, help="Global crop side in pixels (default 224).")
+    p.add_argument("--local_crops_size", default=96, type=int, help="Local crop side in pixels (default 96).")
+    # Misc
+    p.add_argument("--data_path", default="/path/to/imagenet/train/", type=str,
+                   help="Folder of training images: an ImageFolder tree or any folder, searched recursively.")
+    p.add_argument("--output_dir", default=".", type=str, help="Where checkpoints and logs go; a run started "
+                   "again with the same folder resumes from its checkpoint.pth (default .).")
+    p.add_argument("--saveckp_freq", default=20, type=int,
+                   help="Also keep checkpointNNNN.pth every this many epochs (default 20; 0: never).")
+    p.add_argument("--seed", default=0, type=int, help="Random seed (default 0).")
+    p.add_argument("--num_workers", default=10, type=int, help="Data-loading workers per process (default 10).")
+    p.add_argument("--device", default="auto", type=str,
+                   help="auto (cuda > mps > cpu, default), cpu, cuda or mps; under torchrun each process "
+                        "takes cuda:LOCAL_RANK.")
+    p.add_argument("--dist_url", default="env://", type=str,
+                   help="Rendezvous for torch.distributed (default env://, as torchrun sets up).")
+    p.add_argument("--local_rank", "--local-rank", default=0, type=int,
+                   help="Set by torch.distributed.launch; ignored (LOCAL_RANK is read from the environment).")
+    return p
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one process for one epoch: re-seeding at every epoch start is what makes a
+    resumed run draw the same drop-path masks as the uninterrupted one."""
+    state = np.random.SeedSequence([seed % 2**64, epoch, rank, 1]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def has_batchnorms(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def build_student_teacher(*, arch: str, patch_size: int, drop_path_rate: float, out_dim: int,
+                          use_bn_in_head: bool, norm_last_layer: bool) -> tuple[MultiCropWrapper, MultiCropWrapper]:
+    """Student (with stochastic depth) and teacher, backbone + DINO head each; the teacher gets the
+    student's weights and no gradients."""
+    student_backbone = build_backbone(arch, patch_size=patch_size, drop_path_rate=drop_path_rate)
+    teacher_backbone = build_backbone(arch, patch_size=patch_size)
+    embed_dim = student_backbone.embed_dim
+    student = MultiCropWrapper(student_backbone, DINOHead(embed_dim, out_dim, use_bn=use_bn_in_head,
+                                                          norm_last_layer=norm_last_layer))
+    teacher = MultiCropWrapper(teacher_backbone, DINOHead(embed_dim, out_dim, use_bn=use_bn_in_head))
+    teacher.load_state_dict(student.state_dict())
+    for p in teacher.parameters():
+        p.requires_grad = False
+    return student, teacher
+
+
+def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], None]) -> int:
+    """The training run described by the parsed flags; returns the exit status."""
+    out = Path(args.output_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    say("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
+    say(f"Processes: {info.world_size} ({info.launcher} launch, backend {info.backend or 'none'}), "
+        f"device {info.device}")
+    seed_everything(args.seed)  # same initial weights on every process
+    device = info.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    precision = resolve_precision(device.type, use_fp16=args.use_fp16, bf16=args.bf16)
+    say(f"Precision: {precision.note}")
+
+    # ============ data ============
+    transform = DataAugmentationDINO(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
+                                     global_crops_size=args.global_crops_size, local_crops_size=args.local_crops_size)
+    dataset = ImageFilesDataset(args.data_path, transform, seed=args.seed)
+    loader = build_loader(dataset, batch_size=args.batch_size_per_gpu, num_workers=args.num_workers,
+                          rank=info.rank, world_size=info.world_size, seed=args.seed,
+                          pin_memory=device.type == "cuda")
+    niter = len(loader)
+    say(f"Data loaded: there are {len(dataset)} images ({niter} iterations per epoch).")
+
+    # ============ student and teacher ============
+    student_core, teacher = build_student_teacher(
+        arch=args.arch, patch_size=args.patch_size, drop_path_rate=args.drop_path_rate, out_dim=args.out_dim,
+        use_bn_in_head=args.use_bn_in_head, norm_last_layer=args.norm_last_layer)
+    student_core, teacher = student_core.to(device), teacher.to(device)
+    with_bn = has_batchnorms(student_core)
+    if with_bn and info.distributed and device.type == "cuda":
+        student_core = nn.SyncBatchNorm.convert_sync_batchnorm(student_core)
+        teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
+    elif with_bn and info.distributed:
+        say("SyncBatchNorm needs CUDA: BatchNorm statistics are per process here, the teacher's are "
+            "copied from rank 0 after every step")
+    student: nn.Module = student_core
+    if info.distributed:
+        student = nn.parallel.DistributedDataParallel(
+            student_core, device_ids=[device.index] if device.type == "cuda" else None)
+    say(f"Student and teacher are built: they are both {args.arch} networks.")
+
+    # ============ loss, optimiser, schedules ============
+    dino_loss = DINOLoss(args.out_dim, args.local_crops_number + 2, args.warmup_teacher_temp, args.teacher_temp,
+                         args.warmup_teacher_temp_epochs, args.epochs).to(device)
+    optimizer = build_optimizer(args.optimizer, get_params_groups(student_core))
+    scaler = torch.amp.GradScaler("cuda") if precision.use_scaler else None
+    schedules = Schedules(
+        lr=cosine_scheduler(args.lr * args.batch_size_per_gpu * info.world_size / 256.0,  # linear scaling rule
+                            args.min_lr, args.epochs, niter, warmup_epochs=args.warmup_epochs),
+        wd=cosine_scheduler(args.weight_decay, args.weight_decay_end, args.epochs, niter),
+        momentum=cosine_scheduler(args.momentum_teacher, 1.0, args.epochs, niter),
+        niter_per_ep=niter,
+    )
+
+    # ============ resume ============
+    ckpt_path = out / CHECKPOINT
+    start_epoch = 0
+    skipped_all: set[str] = set()
+    if ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        load_module_state(student_core, ckpt["student"], what="student", path=ckpt_path)
+        load_module_state(teacher, ckpt["teacher"], what="teacher", path=ckpt_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        dino_loss.load_state_dict(ckpt["dino_loss"])
+        if scaler is not None and ckpt.get("fp16_scaler"):
+            scaler.load_state_dict(ckpt["fp16_scaler"])
+        start_epoch = int(ckpt["epoch"])
+        skipped_all.update(ckpt.get("skipped_images", []))
+        changed = {k: (v, getattr(args, k)) for k, v in (ckpt.get("args") or {}).items()
+                   if hasattr(args, k) and k not in ("local_rank", "output_dir", "data_path")
+                   and _plain(v) != _plain(getattr(args, k))}
+        say(f"Found checkpoint at {ckpt_path}: resuming at epoch {start_epoch}" +
+            (f" with changed flags {', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}" if changed else ""))
+    if info.is_main:
+        # Lines past the checkpoint come from an interrupted epoch that is about to be redone.
+        trim_records(out / EPOCH_LOG, lambda r: int(r.get("epoch", -1)) < start_epoch)
+        trim_records(out / METRICS_LOG, lambda r: int(r.get("it", -1)) < start_epoch * niter)
+    if start_epoch >= args.epochs:
+        say(f"Nothing to do: the checkpoint already has {start_epoch} of {args.epochs} epochs.")
+        return 0
+
+    say("Starting DINO training!")
+    start_time = time.time()
+    warned: set[str] = set(skipped_all)
+    for epoch in range(start_epoch, args.epochs):
+        seed_everything(epoch_seed(args.seed, epoch, info.rank))
+        loader.sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        bar = tqdm(loader, total=niter, desc=f"Epoch {epoch}/{args.epochs}", unit="it", dynamic_ncols=True,
+                   disable=not info.is_main, file=sys.stderr)
+        running = {"loss": 0.0, "n": 0}
+        metrics_file = open(out / METRICS_LOG, "a", encoding="utf-8") if info.is_main else None
+
+        def on_iteration(record: dict) -> None:
+            for path in record.pop("skipped"):
+                if path not in warned:
+                    warned.add(path)
+                    tqdm.write(f"warning: skipping unreadable image {path}", file=sys.stderr)
+            if metrics_file is not None:
+                write_record(metrics_file, record)
+            running["loss"] += record["loss"]
+            running["n"] += 1
+            bar.set_postfix(loss=f"{running['loss'] / running['n']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+
+        try:
+            result = train_one_epoch(
+                student=student, student_core=student_core, teacher=teacher, dino_loss=dino_loss, batches=bar,
+                optimizer=optimizer, schedules=schedules, epoch=epoch, device=device, precision=precision,
+                scaler=scaler, clip_grad=args.clip_grad, freeze_last_layer=args.freeze_last_layer,
+                sync_teacher_buffers=with_bn and info.distributed and device.type != "cuda",
+                on_iteration=on_iteration if info.is_main else None)
+        finally:
+            bar.close()
+            if metrics_file is not None:
+                metrics_file.close()
+
+        for paths in all_gather_objects(sorted(result.skipped)):
+            skipped_all.update(paths)
+        for path in sorted(skipped_all - warned):
+            warned.add(path)
+            say(f"warning: skipping unreadable image {path}")
+        log_stats = {**{f"train_{k}": v for k, v in result.stats.items()}, "epoch": epoch,
+                     "skipped_images": len(skipped_all)}
+        if info.is_main:
+            # The log line goes first: a crash before the checkpoint is renamed in place only leaves
+            # a line that the resume trims.
+            append_record(out / EPOCH_LOG, log_stats)
+            save_dict = {
+                "student": add_prefix(student_core.state_dict()),  # `module.` as the reference's DDP student
+                # The reference wraps the teacher in DDP only when it has BatchNorms (ResNet).
+                "teacher": add_prefix(teacher.state_dict()) if with_bn else teacher.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "args": {k: _plain(v) for k, v in vars(args).items()},
+                "dino_loss": dino_loss.state_dict(),
+                "fp16_scaler": scaler.state_dict() if scaler is not None else None,
+                "iteration": (epoch + 1) * niter,
+                "world_size": info.world_size,
+                "skipped_images": sorted(skipped_all),
+            }
+            save_checkpoint(save_dict, ckpt_path)
+            if args.saveckp_freq and epoch % args.saveckp_freq == 0:
+                save_checkpoint(save_dict, out / f"checkpoint{epoch:04}.pth")
+        say(f"Epoch {epoch}: " + "  ".join(f"{k} {v:.6g}" for k, v in result.stats.items()) +
+            (f"  skipped images {len(skipped_all)}" if skipped_all else ""))
+    say(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}")
+    return 0
+
+
+def _plain(value: object) -> object:
+    """Tuples as lists, so flags compare and serialise the same way whatever parsed them."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, join the process group if launched by torchrun or SLURM, train."""
+    args = get_args_parser().parse_args(argv)
+    args.arch = args.arch.replace("deit", "vit")  # the reference's DeiT-S is our ViT-S
+    try:
+        info = init_distributed(args.device, args.dist_url)
+    except (ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    tag = f"[rank {info.rank}] " if info.distributed else ""
+
+    def say(message: str) -> None:
+        if info.is_main:
+            print(message, flush=True)
+
+    try:
+        return train_dino(args, info, say)
+    except NonFiniteLossError as err:
+        ckpt = Path(args.output_dir) / CHECKPOINT
+        kept = (f"the last good checkpoint {ckpt} is kept unchanged" if ckpt.is_file()
+                else "no checkpoint was written")
+        if info.is_main:
+            print(f"error: {err}; {kept}. Lower --lr, raise --warmup_epochs, use --use_fp16 false or "
+                  "--clip_grad, then start again with the same --output_dir to resume.", file=sys.stderr, flush=True)
+        return 1
+    except (ValueError, OSError) as err:
+        print(f"{tag}error: {err}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
