@@ -1,0 +1,91 @@
+"""Reading a `python -m train` output folder: epoch log, per-iteration metrics, checkpoints (torch-free)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+EPOCH_LOG = "log.txt"  # one JSON line per epoch: train_loss, train_lr, train_wd, ..., epoch
+METRICS_LOG = "metrics.jsonl"  # one JSON line per iteration: it, epoch, loss, lr, wd, momentum, ...
+LATEST_CHECKPOINT = "checkpoint.pth"
+_NUMBERED = re.compile(r"^checkpoint(\d{4,})\.pth$")
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint of a run: `epoch` is the 0-based epoch after which a numbered checkpoint
+    (checkpointNNNN.pth) was saved, None for the latest one (checkpoint.pth)."""
+
+    path: Path
+    epoch: int | None
+    size_bytes: int
+    modified: float  # seconds since the epoch (file modification time)
+
+    @property
+    def is_latest(self) -> bool:
+        return self.epoch is None
+
+
+def _run_dir(output_dir: str | Path) -> Path:
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such training output folder")
+    return folder
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a JSON-lines file. A missing file gives [] (a run that has not logged yet), and a
+    malformed last line is ignored (a write in progress); a malformed line elsewhere raises ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}: line {number} is not JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: line {number} is not a JSON object")
+        records.append(record)
+    return records
+
+
+def read_epoch_log(output_dir: str | Path) -> list[dict]:
+    """The run's `log.txt` records, one per finished epoch, in order."""
+    return read_jsonl(_run_dir(output_dir) / EPOCH_LOG)
+
+
+def read_metrics(output_dir: str | Path) -> list[dict]:
+    """The run's `metrics.jsonl` records, one per iteration (`it`, `epoch`, `loss`, `lr`, `wd`,
+    `momentum`, `teacher_temp`, `teacher_entropy`, `kl`), in order."""
+    return read_jsonl(_run_dir(output_dir) / METRICS_LOG)
+
+
+def series(records: list[dict], key: str, x: str = "it") -> tuple[list[float], list[float]]:
+    """(x values, values of `key`) over the records that have both as numbers: ready to plot."""
+    xs, ys = [], []
+    for r in records:
+        a, b = r.get(x), r.get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            xs.append(float(a))
+            ys.append(float(b))
+    return xs, ys
+
+
+def list_checkpoints(output_dir: str | Path) -> list[CheckpointFile]:
+    """Checkpoints of the run: numbered ones by epoch, then the latest (checkpoint.pth) if present.
+    Temporary files of a save in progress are not listed."""
+    folder = _run_dir(output_dir)
+    found = []
+    for path in folder.iterdir():
+        match = _NUMBERED.match(path.name)
+        if (match or path.name == LATEST_CHECKPOINT) and path.is_file():
+            stat = path.stat()
+            found.append(CheckpointFile(path, int(match.group(1)) if match else None, stat.st_size, stat.st_mtime))
+    return sorted(found, key=lambda c: (c.epoch is None, c.epoch or 0))
