@@ -34,6 +34,7 @@ class DinoVisionTransformer(VisionTransformer):
             dynamic_img_size=True,  # patch_embed returns (B, h, w, D) and accepts any size
         )
         self.patch_size = patch_size
+        self.num_heads = num_heads
 
     def interpolate_pos_encoding(self, h: int, w: int, square_input: bool) -> torch.Tensor:
         """Positional embeddings for an h x w patch grid, as the reference `interpolate_pos_encoding`."""

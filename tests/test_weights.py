@@ -1,0 +1,154 @@
+"""Weight loading: every checkpoint format gives the same backbone; bad input gives one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import urllib.error
+
+import pytest
+import torch
+
+from dino_seg import weights
+from dino_seg.models import build_backbone
+from dino_seg.weights import PRESETS, WeightsError, WeightsUnavailable, infer_arch, load_model, preset_cache_path
+
+
+@pytest.fixture(scope="module")
+def sources():
+    torch.manual_seed(0)
+    teacher = build_backbone("vit_tiny", 16)
+    student = build_backbone("vit_tiny", 16)
+    head = {"head.mlp.0.weight": torch.randn(8, 192), "head.last_layer.weight_g": torch.ones(4, 1)}
+    return teacher, student, head
+
+
+def _outputs(model, x):
+    with torch.no_grad():
+        return model.forward_features(x)
+
+
+def test_every_checkpoint_format_loads_the_same_weights(tmp_path, sources):
+    teacher, student, head = sources
+    x = torch.randn(1, 3, 64, 80)
+    expected_teacher, expected_student = _outputs(teacher, x), _outputs(student, x)
+    backbone_only = tmp_path / "dino_deitsmall16_pretrain.pth"
+    torch.save(teacher.state_dict(), backbone_only)
+    # The official full checkpoint: DDP student ("module.backbone."), plain teacher ("backbone."),
+    # DINO heads, an optimizer and an argparse.Namespace under "args".
+    official_full = tmp_path / "official_full_checkpoint.pth"
+    torch.save({
+        "student": {**{f"module.backbone.{k}": v for k, v in student.state_dict().items()},
+                    **{f"module.{k}": v for k, v in head.items()}},
+        "teacher": {**{f"backbone.{k}": v for k, v in teacher.state_dict().items()}, **head},
+        "optimizer": {"state": {}, "param_groups": []}, "epoch": 100,
+        "args": argparse.Namespace(arch="vit_tiny", patch_size=16, lr=0.0005),
+        "dino_loss": {"center": torch.zeros(1, 4)},
+    }, official_full)
+    ours = tmp_path / "checkpoint.pth"  # python -m train: the same layout with plain-dict args
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in teacher.state_dict().items()},
+                "student": {f"backbone.{k}": v for k, v in student.state_dict().items()},
+                "epoch": 3, "args": {"arch": "vit_tiny"}, "fp16_scaler": None}, ours)
+
+    for path in (backbone_only, official_full, ours):
+        torch.testing.assert_close(_outputs(load_model(path), x), expected_teacher, rtol=0, atol=0)
+    for path in (official_full, ours):
+        model = load_model(path, checkpoint_key="student")
+        torch.testing.assert_close(_outputs(model, x), expected_student, rtol=0, atol=0)
+    model = load_model(str(official_full), arch="vit_tiny", patch_size=16)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+def test_arch_and_patch_size_are_inferred(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(build_backbone("vit_tiny", 8).state_dict(), path)
+    model = load_model(path)
+    assert (model.embed_dim, model.patch_size, model.num_heads) == (192, 8, 3)
+    assert infer_arch(torch.load(path)) == ("vit_tiny", 8)
+
+
+def test_a_non_default_positional_grid_is_kept(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(build_backbone("vit_tiny", 16, img_size=96).state_dict(), path)
+    assert load_model(path).pos_embed.shape == (1, 37, 192)
+
+
+def test_resnet50_weights_load(tmp_path):
+    torch.manual_seed(0)
+    model = build_backbone("resnet50")
+    path = tmp_path / "dino_resnet50_pretrain.pth"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
+    loaded = load_model(path)
+    torch.testing.assert_close(loaded.conv1.weight, model.conv1.weight)
+    assert loaded.embed_dim == 2048
+
+
+def test_mismatches_name_the_architectures_and_the_keys(tmp_path, tiny_vit_weights):
+    with pytest.raises(WeightsError, match=r"vit_tiny/16, but --arch vit_small"):
+        load_model(tiny_vit_weights, arch="vit_small")
+    with pytest.raises(WeightsError, match=r"vit_tiny/16, but --arch None --patch_size 8"):
+        load_model(tiny_vit_weights, patch_size=8)
+    sd = torch.load(tiny_vit_weights)
+    del sd["norm.weight"]
+    sd["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pth"
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match=r"missing keys norm\.weight; unexpected keys extra\.weight"):
+        load_model(path)
+
+
+def test_a_missing_checkpoint_key_lists_the_available_ones(tmp_path, tiny_vit_weights):
+    path = tmp_path / "full.pth"
+    torch.save({"student": torch.load(tiny_vit_weights)}, path)
+    with pytest.raises(WeightsError, match=r"--checkpoint_key 'teacher' not found; the checkpoint has student"):
+        load_model(path)
+
+
+def test_bad_files_give_one_line_errors(tmp_path):
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint\n")
+    for path, pattern in [(text, "not a readable PyTorch checkpoint"),
+                          (tmp_path / "missing.pth", "no such file and not a preset"),
+                          (tmp_path, "is a folder")]:
+        with pytest.raises(WeightsError, match=pattern) as info:
+            load_model(path)
+        assert "\n" not in str(info.value) and str(path) in str(info.value)
+    lst = tmp_path / "list.pth"
+    torch.save([1, 2, 3], lst)
+    with pytest.raises(WeightsError, match="expected a state dict"):
+        load_model(lst)
+
+
+def _offline(url, dst, progress=True):
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+def test_an_offline_preset_names_the_url_and_the_cache_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    with pytest.raises(WeightsUnavailable) as info:
+        load_model("dino_vits8")
+    err = info.value
+    assert err.url == PRESETS["dino_vits8"].url
+    assert err.cache_path == tmp_path / "hub" / "checkpoints" / "dino_deitsmall8_pretrain.pth"
+    assert err.url in str(err) and str(err.cache_path) in str(err) and "--pretrained_weights" in str(err)
+    assert list((tmp_path / "hub" / "checkpoints").iterdir()) == []  # no partial file left
+
+
+def test_a_cached_preset_loads_without_network(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    path = preset_cache_path("dino_vits16")
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(build_backbone("vit_small", 16).state_dict(), path)
+    model = load_model("dino_vits16")
+    assert (model.embed_dim, model.patch_size) == (384, 16)
+
+
+def test_a_download_of_the_wrong_model_is_rejected_and_not_cached(tmp_path, monkeypatch, tiny_vit_weights):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda url, dst, progress=True: torch.save(torch.load(tiny_vit_weights), dst))
+    with pytest.raises(WeightsError, match="downloaded weights are vit_tiny/16, expected vit_small/16"):
+        weights.fetch_preset("dino_vits16")
+    assert not preset_cache_path("dino_vits16").exists()
