@@ -1,0 +1,196 @@
+"""DAVIS 2017 semi-supervised video object segmentation by label propagation, scored with J&F.
+
+    python -m eval.davis --pretrained_weights dino_vits16 --data_path DAVIS --output_dir out
+    python -m eval.davis --results_path out --data_path DAVIS        # score an existing results folder
+
+Writes OUTPUT_DIR/<sequence>/<frame>.png (indexed PNGs, DAVIS palette, original size) for every frame, then
+global_results-<set>.csv, per-sequence_results-<set>.csv (davis2017-evaluation's columns) and summary.json.
+A sequence whose outputs are all present is skipped unless --overwrite.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dino_seg.davis import DavisError, RESOLUTIONS, VOID_LABEL, annotation_dir, frame_paths, image_size, \
+    list_sequences, read_annotation, write_indexed_png
+from dino_seg.device import pick_device
+from dino_seg.files import save_text
+from dino_seg.images import ImageError
+from dino_seg.metrics import DavisScores, format_table, score_sequence, summarise, write_csvs
+from dino_seg.models import is_vit
+from dino_seg.propagation import segment_sequence
+from dino_seg.weights import WeightsError
+from eval.common import add_weight_flags, load_from_args
+
+
+def bool_flag(value: str) -> bool:
+    """The reference's bool_flag: on/true/1 and off/false/0."""
+    if value.lower() in ("on", "true", "1", "yes"):
+        return True
+    if value.lower() in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid value for a boolean flag: {value!r} (expected true or false)")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("python -m eval.davis", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_weight_flags(parser)
+    parser.add_argument("--output_dir", default=".", help="Where to write the segmentations, CSVs and summary.json.")
+    parser.add_argument("--data_path", default="/path/to/davis/", type=str,
+                        help="DAVIS root holding JPEGImages/, Annotations/ and ImageSets/.")
+    parser.add_argument("--n_last_frames", type=int, default=7,
+                        help="Number of preceding frames whose predictions join the first frame as context.")
+    parser.add_argument("--size_mask_neighborhood", default=12, type=int,
+                        help="Only source patches within this many patches of the query count (0: all).")
+    parser.add_argument("--topk", type=int, default=5, help="Accumulate labels from the top k neighbours.")
+    parser.add_argument("--bs", type=int, default=6, help="Frames per backbone batch; reduce if out of memory.")
+    parser.add_argument("--set", default="val", choices=("val", "train"), help="DAVIS subset to run and score.")
+    parser.add_argument("--sequences", default="", type=str,
+                        help="Comma-separated sequence names (default: every sequence of --set).")
+    parser.add_argument("--resolution", default="480p", choices=RESOLUTIONS, help="DAVIS frames to read.")
+    parser.add_argument("--short_side", default=480, type=int,
+                        help="Frames are resized to this short side, the long side floored to a multiple of 64 "
+                             "(the reference's 480; smaller is faster but scores differ from the paper's).")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    parser.add_argument("--overwrite", default=False, type=bool_flag, nargs="?", const=True,
+                        help="Redo sequences whose outputs are already complete.")
+    parser.add_argument("--results_path", default=None, type=str,
+                        help="Only score this folder of results (<sequence>/<frame>.png) against --data_path; "
+                             "the CSV files are written into it.")
+    return parser
+
+
+def _sequences(args: argparse.Namespace) -> list[str]:
+    if args.sequences:
+        names = [s.strip() for s in args.sequences.split(",") if s.strip()]
+        if not names:
+            raise DavisError("--sequences: no sequence names given")
+        list_sequences(args.data_path, args.set, args.resolution)  # checks the root
+        return names
+    return list_sequences(args.data_path, args.set, args.resolution)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is in KiB on Linux: the whole process's resident peak.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _score(results_dir: Path, args: argparse.Namespace, names: list[str]) -> DavisScores:
+    per_seq = [score_sequence(results_dir, args.data_path, name, args.resolution)
+               for name in tqdm(names, desc="scoring", unit="seq", file=sys.stderr)]
+    scores = summarise(per_seq)
+    if scores.missing:
+        shown = ", ".join(str(p) for p in scores.missing[:3])
+        more = f" and {len(scores.missing) - 3} more" if len(scores.missing) > 3 else ""
+        print(f"warning: {len(scores.missing)} result frame(s) missing, scored as empty masks: {shown}{more}",
+              file=sys.stderr)
+    global_csv, seq_csv = write_csvs(scores, results_dir, args.set)
+    print(f"--------------------------- Global results for {args.set} ---------------------------")
+    print(format_table(scores))
+    print(f"\nwrote {global_csv} and {seq_csv}")
+    return scores
+
+
+def _complete(out_dir: Path, frames: list[Path]) -> bool:
+    return all((out_dir / f"{f.stem}.png").is_file() for f in frames)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.results_path:
+        results = Path(args.results_path)
+        if not results.is_dir():
+            raise DavisError(f"--results_path: results folder not found: {results}")
+        _score(results, args, _sequences(args))
+        return 0
+
+    for flag in ("n_last_frames", "topk", "bs", "short_side"):
+        minimum = {"n_last_frames": 0, "short_side": 64}.get(flag, 1)
+        if getattr(args, flag) < minimum:
+            raise DavisError(f"--{flag}: expected at least {minimum}, got {getattr(args, flag)}")
+    names = _sequences(args)
+    # Check every sequence's files before the long run starts.
+    plan = []
+    for name in names:
+        frames = frame_paths(args.data_path, name, args.resolution)
+        first_gt = annotation_dir(args.data_path, name, args.resolution) / f"{frames[0].stem}.png"
+        if not first_gt.is_file():
+            raise DavisError(f"missing first-frame annotation {first_gt}")
+        if image_size(first_gt) != image_size(frames[0]):
+            (gh, gw), (fh, fw) = image_size(first_gt), image_size(frames[0])
+            raise DavisError(f"annotation {first_gt} is {gw}x{gh} but frame {frames[0]} is {fw}x{fh}")
+        plan.append((name, frames, first_gt))
+
+    device = pick_device(args.device)
+    model, description = load_from_args(args, device)
+    if not is_vit(model):
+        raise DavisError("--arch: label propagation needs a ViT (patch features); ResNet-50 has none")
+    if description.startswith("RANDOM"):
+        print(f"WARNING: {description}: the masks are meaningless", file=sys.stderr)
+    print(f"model: {description} on {device}", file=sys.stderr)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    done, skipped, n_frames, seconds = [], [], 0, 0.0
+    for name, frames, first_gt in tqdm(plan, desc="sequences", unit="seq", file=sys.stderr):
+        seq_dir = output_dir / name
+        if not args.overwrite and _complete(seq_dir, frames):
+            skipped.append(name)
+            continue
+        annotation = read_annotation(first_gt)
+        start = time.perf_counter()
+        masks = segment_sequence(model, frames, annotation, n_last_frames=args.n_last_frames, topk=args.topk,
+                                 radius=args.size_mask_neighborhood, bs=args.bs, device=device,
+                                 short_side=args.short_side)
+        write_indexed_png(seq_dir / f"{frames[0].stem}.png", np.where(annotation == VOID_LABEL, 0, annotation))
+        for idx, mask in tqdm(masks, desc=name, total=len(frames) - 1, unit="frame", leave=False, file=sys.stderr):
+            write_indexed_png(seq_dir / f"{frames[idx].stem}.png", mask)
+        seconds += time.perf_counter() - start
+        n_frames += len(frames) - 1
+        done.append(name)
+    if skipped:
+        print(f"skipped {len(skipped)} complete sequence(s) (--overwrite true to redo): {', '.join(skipped)}",
+              file=sys.stderr)
+
+    scores = _score(output_dir, args, names)
+    summary = {
+        "args": vars(args),
+        "weights": description,
+        "device": str(device),
+        "sequences_run": done,
+        "sequences_skipped": skipped,
+        "frames_propagated": n_frames,
+        "seconds": round(seconds, 3),
+        "fps": round(n_frames / seconds, 3) if seconds > 0 else None,
+        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+        "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
+        "scores": scores.global_scores,
+    }
+    save_text(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (DavisError, WeightsError, ImageError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
