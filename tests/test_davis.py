@@ -1,0 +1,191 @@
+"""DAVIS files and `python -m eval.davis`: sequence lists, frames read like the reference, annotations,
+indexed outputs, an end-to-end run on synthetic sequences, resume and every input error."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from davis_data import make_davis, save_palette_png, shape_masks
+from dino_seg.davis import (DavisError, first_frame_labels, frame_paths, list_sequences, read_annotation,
+                            read_frame, resized_shape, write_indexed_png)
+from dino_seg.viz import davis_palette
+from eval import davis as cli
+
+
+def test_sequence_lists_2017_then_2016_then_folders(tmp_path):
+    root = make_davis(tmp_path / "a", {"b": 2, "a": 2})
+    assert list_sequences(root) == ["b", "a"]  # the file's order
+    root = make_davis(tmp_path / "b", {"bear": 2, "car": 3}, imageset="480p")
+    assert list_sequences(root) == ["bear", "car"]  # DAVIS 2016 lists frames
+    root = make_davis(tmp_path / "c", {"zebra": 2, "apple": 2}, imageset=None)
+    assert list_sequences(root) == ["apple", "zebra"]
+    with pytest.raises(DavisError, match="DAVIS root not found: .*nowhere"):
+        list_sequences(tmp_path / "nowhere")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DavisError, match=r"no frames folder .*JPEGImages/480p"):
+        list_sequences(tmp_path / "d")
+    with pytest.raises(DavisError, match="unknown DAVIS resolution"):
+        list_sequences(root, resolution="720p")
+
+
+def test_frames_sorted_and_empty_sequence_error(tmp_path):
+    root = make_davis(tmp_path, {"s": 3})
+    assert [p.name for p in frame_paths(root, "s")] == ["00000.jpg", "00001.jpg", "00002.jpg"]
+    (root / "JPEGImages" / "480p" / "empty").mkdir()
+    with pytest.raises(DavisError, match=r"sequence without frames: no \.jpg files in .*empty"):
+        frame_paths(root, "empty")
+
+
+def test_resized_shape_like_the_reference():
+    assert resized_shape(480, 854) == (480, 832)  # 854 * 480 / 480 floored to 64s
+    assert resized_shape(480, 910) == (480, 896)
+    assert resized_shape(854, 480) == (832, 480)  # portrait: width 480
+    assert resized_shape(1080, 1920) == (480, 832)  # Full-Resolution: 853.3 -> 832
+    assert resized_shape(64, 96, short_side=128) == (128, 192)
+
+
+def test_read_frame_is_rgb_resized_and_normalised_with_0228(tmp_path):
+    rgb = np.zeros((48, 80, 3), np.uint8)
+    rgb[...] = (255, 0, 128)
+    cv2.imwrite(str(tmp_path / "f.png"), rgb[:, :, ::-1])  # BGR on disk, as JPEGs are read by OpenCV
+    x, h, w = read_frame(tmp_path / "f.png")
+    assert (h, w) == (48, 80)
+    assert x.shape == (3, 480, 768)  # 80 * 480 / 48 = 800 -> 768
+    expected = [(1 - 0.485) / 0.228, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    for c in range(3):
+        torch.testing.assert_close(x[c], torch.full((480, 768), expected[c]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(DavisError, match=r"cannot read frame .*missing\.jpg"):
+        read_frame(tmp_path / "missing.jpg")
+
+
+def test_annotations_2017_palette_2016_grayscale_and_errors(tmp_path):
+    labels = np.array([[0, 1, 2], [255, 2, 0]], np.uint8)
+    save_palette_png(tmp_path / "p.png", labels)
+    assert np.array_equal(read_annotation(tmp_path / "p.png"), labels)  # void 255 kept as stored
+    Image.fromarray(np.array([[0, 255], [255, 0]], np.uint8)).save(tmp_path / "g.png")
+    assert read_annotation(tmp_path / "g.png").tolist() == [[0, 1], [1, 0]]  # DAVIS 2016: 255 is the object
+    Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(DavisError, match=r"annotation .*rgb\.png is a RGB image"):
+        read_annotation(tmp_path / "rgb.png")
+    with pytest.raises(DavisError, match=r"annotation not found: .*none\.png"):
+        read_annotation(tmp_path / "none.png")
+
+
+def test_first_frame_labels_one_hot_at_patch_resolution():
+    ann = np.zeros((32, 64), np.uint8)
+    ann[:, 32:] = 2
+    ann[:8, :8] = 255  # void: background here
+    labels = first_frame_labels(ann, (480, 960), 16)  # 30 x 60 patches
+    assert labels.shape == (3, 30, 60)
+    assert torch.equal(labels.sum(0), torch.ones(30, 60))
+    assert labels[2, :, 30:].eq(1).all() and labels[0, :, :30].eq(1).all()
+    assert labels[1].eq(0).all()  # object 1 absent: an empty channel, as the reference's one-hot
+
+
+def test_indexed_png_roundtrip(tmp_path):
+    labels = np.array([[0, 1], [2, 3]], np.uint8)
+    write_indexed_png(tmp_path / "out" / "x.png", labels)
+    with Image.open(tmp_path / "out" / "x.png") as im:
+        assert im.mode == "P"
+        assert np.array_equal(np.array(im), labels)
+        assert np.array_equal(np.array(im.getpalette()[:12]).reshape(4, 3), davis_palette()[:4])
+    assert list((tmp_path / "out").iterdir()) == [tmp_path / "out" / "x.png"]  # no temp file left
+    with pytest.raises(DavisError, match="2-D label map"):
+        write_indexed_png(tmp_path / "y.png", np.zeros((2, 2, 3), np.uint8))
+
+
+# --- the command
+
+def _run(args, capsys):
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture()
+def davis_root(tmp_path):
+    return make_davis(tmp_path / "davis", {"shapes": 5, "more": 4}, n_objects=3)
+
+
+def test_end_to_end_run_resume_and_scoring_only(davis_root, tmp_path, tiny_vit_weights, capsys):
+    out = tmp_path / "out"
+    common = ["--pretrained_weights", tiny_vit_weights, "--data_path", davis_root, "--output_dir", out,
+              "--short_side", 128, "--bs", 3, "--device", "cpu"]
+    code, stdout, stderr = _run(common, capsys)
+    assert code == 0, stderr
+    for name, n in (("shapes", 5), ("more", 4)):
+        files = sorted(p.name for p in (out / name).iterdir())
+        assert files == [f"{t:05d}.png" for t in range(n)]
+        with Image.open(out / name / "00002.png") as im:
+            assert im.mode == "P" and im.size == (96, 64)
+            assert set(np.unique(np.array(im))) <= {0, 1, 2, 3}
+        with Image.open(out / name / "00000.png") as im:  # the first frame is its ground truth
+            assert np.array_equal(np.array(im), shape_masks(0, 64, 96, 3))
+    header = (out / "global_results-val.csv").read_text().splitlines()[0]
+    assert header == "J&F-Mean,J-Mean,J-Recall,J-Decay,F-Mean,F-Recall,F-Decay"
+    rows = (out / "per-sequence_results-val.csv").read_text().splitlines()
+    assert rows[0] == "Sequence,J-Mean,F-Mean"
+    assert [r.split(",")[0] for r in rows[1:]] == ["shapes_1", "shapes_2", "shapes_3", "more_1", "more_2",
+                                                   "more_3"]
+    assert "J&F-Mean" in stdout and "shapes_1" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sequences_run"] == ["shapes", "more"]
+    assert summary["frames_propagated"] == 7 and summary["fps"] > 0 and summary["peak_memory_mb"] > 0
+    assert summary["args"]["n_last_frames"] == 7 and summary["args"]["topk"] == 5
+
+    # Resume: complete sequences are skipped; a sequence with a missing frame is redone.
+    (out / "more" / "00003.png").unlink()
+    stamp = (out / "shapes" / "00001.png").stat().st_mtime_ns
+    code, _, stderr = _run(common, capsys)
+    assert code == 0, stderr
+    assert "skipped 1 complete sequence(s)" in stderr
+    assert (out / "shapes" / "00001.png").stat().st_mtime_ns == stamp
+    assert (out / "more" / "00003.png").is_file()
+    assert json.loads((out / "summary.json").read_text())["sequences_run"] == ["more"]
+
+    # Scoring only, recomputed: a stale CSV is replaced; a missing frame is scored empty and reported.
+    first = (out / "global_results-val.csv").read_text()
+    (out / "global_results-val.csv").write_text("stale\n")
+    (out / "shapes" / "00002.png").unlink()
+    code, stdout, stderr = _run(["--results_path", out, "--data_path", davis_root], capsys)
+    assert code == 0, stderr
+    assert "warning: 1 result frame(s) missing, scored as empty masks" in stderr
+    assert (out / "global_results-val.csv").read_text() not in ("stale\n", "")
+    assert (out / "global_results-val.csv").read_text() != first
+
+
+def test_ground_truth_as_results_scores_one(davis_root, tmp_path, capsys):
+    code, stdout, stderr = _run(["--results_path", davis_root / "Annotations" / "480p", "--data_path",
+                                 davis_root, "--sequences", "shapes"], capsys)
+    assert code == 0, stderr
+    assert (davis_root / "Annotations" / "480p" / "global_results-val.csv").read_text().splitlines()[1] == \
+        "1.000,1.000,1.000,0.000,1.000,1.000,0.000"
+
+
+def test_input_errors_are_one_line(davis_root, tmp_path, capsys):
+    def error(args):
+        code, _, stderr = _run(["--output_dir", tmp_path / "o", "--pretrained_weights", "random"] + args, capsys)
+        assert code == 2
+        assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+        return stderr
+
+    assert "DAVIS root not found" in error(["--data_path", tmp_path / "missing"])
+    (davis_root / "JPEGImages" / "480p" / "hollow").mkdir()
+    assert "sequence without frames" in error(["--data_path", davis_root, "--sequences", "hollow"])
+    assert "sequence folder not found" in error(["--data_path", davis_root, "--sequences", "nope"])
+    (davis_root / "Annotations" / "480p" / "more" / "00000.png").unlink()
+    msg = error(["--data_path", davis_root, "--sequences", "more"])
+    assert "missing first-frame annotation" in msg and "more/00000.png" in msg
+    save_palette_png(davis_root / "Annotations" / "480p" / "more" / "00000.png", np.zeros((32, 48), np.uint8))
+    msg = error(["--data_path", davis_root, "--sequences", "more"])
+    assert "is 48x32 but frame" in msg and "is 96x64" in msg
+    assert "results folder not found" in error(["--data_path", davis_root, "--results_path", tmp_path / "r"])
+    assert "--topk" in error(["--data_path", davis_root, "--topk", "0"])
+    assert "--device" in error(["--data_path", davis_root, "--sequences", "shapes", "--device", "tpu"])
+    assert "no such file" in error(["--data_path", davis_root, "--sequences", "shapes",
+                                    "--pretrained_weights", tmp_path / "w.pth"])
