@@ -18,9 +18,10 @@ class WeightNormLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         linear = nn.Linear(in_features, out_features, bias=False)  # reuse torch's default init of v
-        self.weight_v = nn.Parameter(linear.weight.detach().clone())  # (out, in)
-        # weight_norm initialises g to ||v||; the reference then fills it with 1.
+        # Registered in weight_norm's order (g, then v); weight_norm initialises g to ||v||, the
+        # reference then fills it with 1.
         self.weight_g = nn.Parameter(torch.ones(out_features, 1))  # (out, 1)
+        self.weight_v = nn.Parameter(linear.weight.detach().clone())  # (out, in)
 
     @property
     def weight(self) -> torch.Tensor:
