@@ -80,13 +80,15 @@ def propagate_labels(
     radius: int = 12,
     temperature: float = 0.1,
     tile: int = 8,
+    region_budget: int = 1 << 23,
 ) -> torch.Tensor:
     """Soft labels (C, h, w) of a target frame from context frames, equal to the reference's formula.
 
     context_feats (N, h, w, D), context_labels (N, C, h, w), target_feats (h, w, D); features need not be
     normalised. Affinity exp(cos / temperature) restricted to a (2r+1)^2 window (r = `radius`; r <= 0 means
     no restriction, as in the reference), top-k over all context patches together, weights normalised to 1.
-    `tile` only trades speed for memory. Runs on the inputs' device.
+    `tile` (query tile side) and `region_budget` (floats of unfolded source features per step) only trade
+    speed for memory. Runs on the inputs' device.
     """
     _check_inputs(context_feats, context_labels, target_feats, topk)
     n, h, w, d = context_feats.shape
@@ -112,25 +114,31 @@ def propagate_labels(
     q_pad = F.pad(q / temperature, (0, 0, 0, n_tx * t - w, 0, n_ty * t - h))  # (n_ty*T, n_tx*T, D)
     outside = ~_window_mask(t, r, q.device)  # (T*T, R*R)
 
+    # Tiles per step: their unfolded regions (tiles x N*R*R x D floats) stay within the budget.
+    step = max(1, min(n_tx, region_budget // (n * big * big * d)))
     out = torch.empty(n_ty * t, n_tx * t, c, device=q.device)
     for ty in range(n_ty):
         band = slice(ty * t, ty * t + big)
-        queries = q_pad[ty * t:(ty + 1) * t].reshape(t, n_tx, t, d).transpose(0, 1).reshape(n_tx, t * t, d)
-        # Regions of R x R source patches around each tile of the band, all contexts: (n_tx, N*R*R, D).
-        regions = s_pad[:, band].unfold(2, big, t)  # (N, R, n_tx, D, R)
-        regions = regions.permute(2, 0, 1, 4, 3).reshape(n_tx, n * big * big, d)
-        logits = torch.bmm(queries, regions.transpose(1, 2)).view(n_tx, t * t, n, big * big)  # (n_tx, T*T, N, R*R)
-        invalid = ~inside[band].unfold(1, big, t).permute(1, 0, 2).reshape(n_tx, 1, big * big)  # (n_tx, 1, R*R)
-        # exp(-inf) = 0 exactly: the reference's exp(aff) * mask, masked sources being 0 (not dropped).
-        logits.masked_fill_((outside[None] | invalid)[:, :, None, :], float("-inf"))
-        aff = logits.exp_().view(n_tx, t * t, n * big * big)  # (n_tx, T*T, N*R*R)
-        if topk <= aff.shape[-1]:
-            kth = torch.topk(aff, k=topk, dim=-1).values[..., -1:]  # (n_tx, T*T, 1)
-            aff.masked_fill_(aff < kth, 0.0)
-        region_labels = l_pad[:, band].unfold(2, big, t)  # (N, R, n_tx, C, R)
-        region_labels = region_labels.permute(2, 0, 1, 4, 3).reshape(n_tx, n * big * big, c)  # (n_tx, N*R*R, C)
-        res = torch.bmm(aff, region_labels) / aff.sum(dim=-1, keepdim=True)  # (n_tx, T*T, C)
-        out[ty * t:(ty + 1) * t] = res.view(n_tx, t, t, c).transpose(0, 1).reshape(t, n_tx * t, c)
+        for tx in range(0, n_tx, step):
+            m = min(step, n_tx - tx)
+            cols = slice(tx * t, (tx + m - 1) * t + big)
+            queries = q_pad[ty * t:(ty + 1) * t, tx * t:(tx + m) * t]  # (T, m*T, D)
+            queries = queries.reshape(t, m, t, d).transpose(0, 1).reshape(m, t * t, d)  # (m, T*T, D)
+            # The R x R source patches around each tile, all contexts together: (m, N*R*R, D).
+            regions = s_pad[:, band, cols].unfold(2, big, t)  # (N, R, m, D, R)
+            regions = regions.permute(2, 0, 1, 4, 3).reshape(m, n * big * big, d)
+            logits = torch.bmm(queries, regions.transpose(1, 2)).view(m, t * t, n, big * big)  # (m, T*T, N, R*R)
+            invalid = ~inside[band, cols].unfold(1, big, t).permute(1, 0, 2).reshape(m, 1, big * big)
+            # exp(-inf) = 0 exactly: the reference's exp(aff) * mask, masked sources being 0 (not dropped).
+            logits.masked_fill_((outside[None] | invalid)[:, :, None, :], float("-inf"))
+            aff = logits.exp_().view(m, t * t, n * big * big)  # (m, T*T, N*R*R)
+            if topk <= aff.shape[-1]:
+                kth = torch.topk(aff, k=topk, dim=-1).values[..., -1:]  # (m, T*T, 1)
+                aff.masked_fill_(aff < kth, 0.0)
+            region_labels = l_pad[:, band, cols].unfold(2, big, t)  # (N, R, m, C, R)
+            region_labels = region_labels.permute(2, 0, 1, 4, 3).reshape(m, n * big * big, c)  # (m, N*R*R, C)
+            res = torch.bmm(aff, region_labels) / aff.sum(dim=-1, keepdim=True)  # (m, T*T, C)
+            out[ty * t:(ty + 1) * t, tx * t:(tx + m) * t] = res.view(m, t, t, c).transpose(0, 1).reshape(t, m * t, c)
     return out[:h, :w].permute(2, 0, 1).contiguous()  # (C, h, w)
 
 
