@@ -27,7 +27,8 @@ def _check_inputs(context_feats: torch.Tensor, context_labels: torch.Tensor, tar
                   topk: int) -> None:
     if context_feats.ndim != 4 or target_feats.ndim != 3 or context_labels.ndim != 4:
         raise ValueError("expected context_feats (N, h, w, D), context_labels (N, C, h, w), target_feats (h, w, D); "
-                         f"got {tuple(context_feats.shape)}, {tuple(context_labels.shape)}, {tuple(target_feats.shape)}")
+                         f"got {tuple(context_feats.shape)}, {tuple(context_labels.shape)}, "
+                         f"{tuple(target_feats.shape)}")
     n, h, w, d = context_feats.shape
     if target_feats.shape != (h, w, d):
         raise ValueError(f"target_feats {tuple(target_feats.shape)} does not match context_feats {(n, h, w, d)}")
