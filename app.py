@@ -845,7 +845,7 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
                     with gr.Column(scale=2):
                         image = gr.Image(label="Image", type="filepath", image_mode=None, height=320,
                                          sources=["upload", "clipboard"], elem_id="attention-image")
-                        gr.Examples(examples, inputs=image, label="Examples", examples_per_page=8)
+                        gr.Examples(examples, inputs=image, label="Examples", examples_per_page=8, elem_id="attention-examples")
                         image_size = gr.Slider(128, 960, value=480, step=16, label="Image size (short side, px)")
                         threshold = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Mass threshold",
                                               info="Share of each map's attention mass the mask keeps (paper: 0.6)")
@@ -867,7 +867,8 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
                                               info="JPEGImages/480p and Annotations/480p (bundled: 12 frames "
                                                    "of blackswan)")
                             sequence = gr.Dropdown(label="Sequence", elem_id="video-sequence")
-                            first = gr.Image(label="First frame and its annotation", interactive=False, height=240)
+                            first = gr.Image(label="First frame and its annotation", interactive=False, height=240,
+                                             elem_id="video-first")
                         with gr.Group(visible=False) as upload_group:
                             video_in = gr.Video(label="Video file", sources=["upload"], height=240)
                             mask_in = gr.File(label="First-frame mask (PNG; palette or black/white)",
@@ -876,23 +877,24 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
                                                      sources=[], height=300, layers=False,
                                                      brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"))
                         max_frames = gr.Slider(2, MAX_VIDEO_FRAMES, value=12, step=1, label="Frames to propagate",
-                                               info=f"Capped at {MAX_VIDEO_FRAMES}: about a second per frame on CPU")
+                                               info=f"Capped at {MAX_VIDEO_FRAMES}: about a second per frame on CPU",
+                                               elem_id="video-frames")
                         short_side = gr.Radio(list(VIDEO_SHORT_SIDES), value=480, label="Short side (px)",
-                                              info="480 as the reference; smaller is faster")
+                                              info="480 as the reference; smaller is faster", elem_id="video-short-side")
                         video_button = gr.Button("Propagate", variant="primary", elem_id="video-run")
                     with gr.Column(scale=3):
                         video_note = gr.Markdown(elem_id="video-note")
                         video_out = gr.Video(label="Propagated labels", autoplay=True, loop=True, interactive=False,
-                                             elem_id="video-out")
+                                             height=360, elem_id="video-out")
                         frame_index = gr.Slider(0, 1, value=0, step=1, label="Frame", interactive=False)
-                        frame_view = gr.Image(label="Frame", interactive=False, elem_id="video-frame")
+                        frame_view = gr.Image(label="Frame", interactive=False, height=360, elem_id="video-frame")
                         frame_paths = gr.State([])
             with gr.Tab("Results", id="results"):
                 with gr.Row():
                     results_dir = gr.Textbox(cfg.results_dir, label="eval.davis output folder", scale=3)
                     results_root = gr.Textbox(cfg.davis_root, label="DAVIS root (ground truth)", scale=3)
                     results_button = gr.Button("Open", variant="primary", scale=1, elem_id="results-open")
-                results_summary = gr.Markdown()
+                results_summary = gr.Markdown(elem_id="results-summary")
                 with gr.Row():
                     results_table = gr.Dataframe(label="Per-sequence results", interactive=False, max_height=420)
                     results_chart = gr.Plot(label="J&F per sequence")
@@ -902,13 +904,13 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
                 frame_chart = gr.Plot(label="Per-frame scores")
                 compare_note = gr.Markdown()
                 with gr.Row():
-                    gt_view = gr.Image(label="Ground truth", interactive=False)
-                    pred_view = gr.Image(label="Prediction", interactive=False)
+                    gt_view = gr.Image(label="Ground truth", interactive=False, elem_id="results-gt")
+                    pred_view = gr.Image(label="Prediction", interactive=False, elem_id="results-pred")
             with gr.Tab("Training", id="training"):
                 with gr.Row():
                     train_dir = gr.Textbox(cfg.train_dir, label="python -m train output folder", scale=4)
                     train_button = gr.Button("Open", variant="primary", scale=1, elem_id="training-open")
-                train_summary = gr.Markdown()
+                train_summary = gr.Markdown(elem_id="training-summary")
                 curves = gr.Plot(label="Training curves")
                 with gr.Row():
                     checkpoint_table = gr.Dataframe(label="Checkpoints", interactive=False, scale=3)
@@ -942,10 +944,12 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
 
         results_button.click(open_results, results_dir,
                              [results_summary, results_table, results_chart, results_sequence])
+        compare_inputs = [results_dir, results_root, results_sequence, results_frame]
+        # .then: the frame slider may keep its value for a new sequence, and then fires no change event.
         results_sequence.change(sequence_scores, [results_dir, results_root, results_sequence],
-                                [frame_chart, results_frame])
-        results_frame.change(compare_frame, [results_dir, results_root, results_sequence, results_frame],
-                             [gt_view, pred_view, compare_note])
+                                [frame_chart, results_frame]).then(compare_frame, compare_inputs,
+                                                                   [gt_view, pred_view, compare_note])
+        results_frame.release(compare_frame, compare_inputs, [gt_view, pred_view, compare_note])
 
         train_button.click(open_training_run, train_dir, [train_summary, curves, checkpoint_table, checkpoint])
         use_button.click(bind(use_checkpoint, cfg=cfg), checkpoint, [weights, tabs, banner])

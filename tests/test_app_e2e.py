@@ -1,0 +1,171 @@
+"""End to end: `python app.py` on a free local port, driven in Debian's Chromium through Playwright."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from dino_seg import davis, metrics
+from dino_seg.models import build_backbone
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = REPO / "assets" / "davis"
+# No browser download (impossible offline): Debian's Chromium, with its background network traffic off.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's Chromium is not installed at /usr/bin/chromium "
+                                                      "(apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _results_folder(out: Path) -> Path:
+    """An eval.davis-style folder whose predictions are the bundled ground truth (so J&F is exactly 1)."""
+    shutil.copytree(davis.annotation_dir(BUNDLED, "blackswan"), out / "blackswan")
+    metrics.write_csvs(metrics.score_results(out, BUNDLED), out)
+    return out
+
+
+def _train_folder(run: Path) -> Path:
+    run.mkdir()
+    records = [{"it": it, "epoch": it // 4, "loss": 8 - 0.3 * it, "lr": 1e-4, "wd": 0.04, "momentum": 0.996,
+                "teacher_temp": 0.04, "teacher_entropy": 5.0, "kl": 0.4} for it in range(8)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "log.txt").write_text("".join(json.dumps({"train_loss": 7.0 - e, "epoch": e}) + "\n" for e in range(2)))
+    torch.manual_seed(2)
+    torch.save({"teacher": build_backbone("vit_tiny", 16).state_dict(), "epoch": 2}, run / "checkpoint.pth")
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(tiny_vit_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    base = tmp_path_factory.mktemp("app")
+    results = _results_folder(base / "results")
+    run = _train_folder(base / "run")
+    port = _free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(base / "gradio")}
+    log = open(base / "app.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "app.py"), "--pretrained_weights", str(tiny_vit_weights), "--device", "cpu",
+         "--host", "127.0.0.1", "--port", str(port), "--results_dir", str(results), "--train_dir", str(run)],
+        cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited with {proc.returncode}:\n{(base / 'app.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"app.py did not answer within 120 s:\n{(base / 'app.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.external = []  # requests that leave this machine: the page must make none
+    page.on("request", lambda r: page.external.append(r.url)
+            if r.url.startswith("http") and not r.url.startswith(server) else None)
+    page.goto(server)
+    page.wait_for_selector("#attention-run", timeout=60_000)
+    yield page
+    assert page.external == []
+    context.close()
+
+
+def test_attention_tab_shows_maps_masks_and_downloads(page):
+    page.wait_for_function("document.querySelector('#weights-banner').innerText"
+                           ".includes('Weights: vit_tiny16.pth (vit_tiny/16) on cpu')", timeout=30_000)
+    page.locator("#attention-examples button").first.click()
+    page.locator("#attention-image img").wait_for(timeout=30_000)
+    page.click("#attention-run")
+    page.wait_for_function("document.querySelectorAll('#mask-gallery img').length === 4", timeout=60_000)
+    assert page.locator("#heat-gallery img").count() == 3  # vit_tiny: 3 heads, and the mean map's mask
+    assert "3 heads" in page.locator("#attention-note").inner_text()
+    files = page.locator("#attention-downloads").inner_text().replace("\n", "")
+    assert "masks_th0.60_png.zip" in files and "masks_th0.60.npy" in files and "attention.npy" in files
+
+
+def test_video_tab_propagates_the_bundled_example(page):
+    page.get_by_role("tab", name="Video").click()
+    # The sequence list comes from the bundled DAVIS root when the page loads.
+    page.wait_for_function("document.querySelector('#video-sequence input').value === 'blackswan'",
+                           timeout=30_000)
+    page.locator("#video-first img").wait_for(timeout=30_000)
+    frames = page.locator("#video-frames input[type=number]")
+    frames.fill("4")
+    frames.press("Enter")
+    page.locator("#video-short-side").get_by_label("240").check()
+    page.click("#video-run")
+    page.wait_for_function("(() => { const v = document.querySelector('#video-out video');"
+                           " return v && v.readyState >= 1 && v.duration > 0; })()", timeout=90_000)
+    # The overlaid video plays in Chromium (OpenCV's H.264 or VP8 output, or a GIF fallback as an image).
+    assert page.evaluate("document.querySelector('#video-out video').error") is None
+    note = page.locator("#video-note").inner_text()
+    assert "4 frames" in note and "J&F" in note
+    page.locator("#video-frame img").wait_for(timeout=30_000)
+
+
+def test_results_and_training_tabs_open_their_folders(page):
+    page.get_by_role("tab", name="Results").click()
+    page.click("#results-open")
+    page.wait_for_function("document.querySelector('#results-summary') && "
+                           "document.querySelector('#results-summary').innerText.includes('J&F-Mean')",
+                           timeout=30_000)
+    assert "J&F-Mean 1.000" in page.locator("#results-summary").inner_text()
+    page.locator("#results-gt img").wait_for(timeout=30_000)
+    page.locator("#results-pred img").wait_for(timeout=30_000)
+
+    page.get_by_role("tab", name="Training").click()
+    page.click("#training-open")
+    page.wait_for_function("document.querySelector('#training-summary').innerText.includes('8 iteration')",
+                           timeout=30_000)
+    page.click("#use-checkpoint")
+    page.wait_for_function("document.querySelector('#weights-banner').innerText.includes('checkpoint.pth')",
+                           timeout=30_000)
+    assert page.get_by_role("tab", name="Attention").get_attribute("aria-selected") == "true"
