@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -83,8 +82,13 @@ def _sequences(args: argparse.Namespace) -> list[str]:
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss is in KiB on Linux: the whole process's resident peak.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return float("nan")
+    # ru_maxrss is in KiB on Linux (bytes on macOS): the whole process's resident peak.
+    unit = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
 
 
 def _score(results_dir: Path, args: argparse.Namespace, names: list[str]) -> DavisScores:
@@ -144,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    done, skipped, n_frames, seconds = [], [], 0, 0.0
+    done, skipped, n_frames, seconds, per_sequence = [], [], 0, 0.0, {}
     for name, frames, first_gt in tqdm(plan, desc="sequences", unit="seq", file=sys.stderr):
         seq_dir = output_dir / name
         if not args.overwrite and _complete(seq_dir, frames):
@@ -158,7 +162,10 @@ def run(args: argparse.Namespace) -> int:
         write_indexed_png(seq_dir / f"{frames[0].stem}.png", np.where(annotation == VOID_LABEL, 0, annotation))
         for idx, mask in tqdm(masks, desc=name, total=len(frames) - 1, unit="frame", leave=False, file=sys.stderr):
             write_indexed_png(seq_dir / f"{frames[idx].stem}.png", mask)
-        seconds += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        per_sequence[name] = {"frames": len(frames) - 1, "seconds": round(elapsed, 3),
+                              "fps": round((len(frames) - 1) / elapsed, 3) if elapsed > 0 else None}
+        seconds += elapsed
         n_frames += len(frames) - 1
         done.append(name)
     if skipped:
@@ -175,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         "frames_propagated": n_frames,
         "seconds": round(seconds, 3),
         "fps": round(n_frames / seconds, 3) if seconds > 0 else None,
+        "per_sequence": per_sequence,
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
         "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
         "scores": scores.global_scores,
