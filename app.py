@@ -14,7 +14,6 @@ import argparse
 import atexit
 import functools
 import hashlib
-import math
 import shutil
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from dino_seg import davis, metrics, runs
 from dino_seg.attention import AttentionResult, compute_attention
 from dino_seg.device import pick_device
 from dino_seg.files import save_npy, save_png
-from dino_seg.images import IMAGE_SUFFIXES, ImageError, load_image, load_mask
+from dino_seg.images import ImageError, load_image, load_mask
 from dino_seg.models import ARCHS, VIT_WIDTHS, is_vit
 from dino_seg.propagation import segment_sequence
 from dino_seg.viz import heatmap, label_color, overlay_labels, overlay_mask
@@ -255,6 +254,18 @@ def _model_or_error(choice: str | None, cfg: AppConfig, need_vit: bool = True) -
 # ----------------------------------------------------------------------------------------------------------------
 # Attention tab
 
+class UploadImage(gr.Image):
+    """gr.Image handing the uploaded file's path to the handler as is: gr.Image's own preprocessing opens
+    the file and fails on a non-image with a long internal message; our handler reports it in one line."""
+
+    is_template = True  # the page draws it with gr.Image's front-end
+
+    def preprocess(self, payload: Any) -> Any:
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return super().preprocess(payload)
+
+
 def example_images() -> list[str]:
     """The bundled images, then images that ship inside scikit-image (grayscale and RGBA among them)."""
     paths = sorted(str(p) for p in (ASSETS / "images").glob("*.jpg"))
@@ -272,16 +283,16 @@ def example_images() -> list[str]:
 def load_input_image(path: str | Path, max_side: int = MAX_IMAGE_SIDE) -> tuple[Image.Image, list[str]]:
     """An uploaded image as RGB, downscaled to `max_side`; notes say what was converted."""
     path = Path(path)
-    if path.suffix.lower() not in IMAGE_SUFFIXES and path.suffix:
-        # Still try: the suffix may lie; load_image reports a non-image clearly.
-        pass
     notes: list[str] = []
-    try:
+    try:  # the file's own mode, for the note; PIL reads only the header here
         with Image.open(path) as probe:
             mode, size = probe.mode, probe.size
-    except Exception:  # noqa: BLE001 - load_image below gives the readable message
+    except Exception:  # noqa: BLE001 - load_image below raises the readable error
         mode, size = "", (0, 0)
-    image = load_image(path)
+    try:
+        image = load_image(path)
+    except ImageError as err:  # uploads sit in gradio's cache under a long hash: name the file only
+        raise ImageError(str(err).replace(str(path), path.name)) from None
     kinds = {"L": "grayscale", "LA": "grayscale with alpha", "RGBA": "RGBA (alpha dropped)", "P": "palette",
              "I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer", "F": "float",
              "CMYK": "CMYK", "1": "binary"}
@@ -843,7 +854,7 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
             with gr.Tab("Attention", id="attention"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        image = gr.Image(label="Image", type="filepath", image_mode=None, height=320,
+                        image = UploadImage(label="Image", type="filepath", image_mode=None, height=320,
                                          sources=["upload", "clipboard"], elem_id="attention-image")
                         gr.Examples(examples, inputs=image, label="Examples", examples_per_page=8, elem_id="attention-examples")
                         image_size = gr.Slider(128, 960, value=480, step=16, label="Image size (short side, px)")
@@ -870,12 +881,13 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
                             first = gr.Image(label="First frame and its annotation", interactive=False, height=240,
                                              elem_id="video-first")
                         with gr.Group(visible=False) as upload_group:
-                            video_in = gr.Video(label="Video file", sources=["upload"], height=240)
+                            video_in = gr.Video(label="Video file", sources=["upload"], height=240, elem_id="video-in")
                             mask_in = gr.File(label="First-frame mask (PNG; palette or black/white)",
-                                              file_types=["image"])
+                                              file_types=["image"], elem_id="video-mask")
                             drawing = gr.ImageEditor(label="…or draw the object on the first frame", type="numpy",
                                                      sources=[], height=300, layers=False,
-                                                     brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"))
+                                                     brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
+                                                     elem_id="video-draw")
                         max_frames = gr.Slider(2, MAX_VIDEO_FRAMES, value=12, step=1, label="Frames to propagate",
                                                info=f"Capped at {MAX_VIDEO_FRAMES}: about a second per frame on CPU",
                                                elem_id="video-frames")
