@@ -159,6 +159,19 @@ def test_end_to_end_run_resume_and_scoring_only(davis_root, tmp_path, tiny_vit_w
     assert (out / "global_results-val.csv").read_text() != first
 
 
+def test_davis_2016_layout_and_grayscale_masks(tmp_path, tiny_vit_weights, capsys):
+    root = make_davis(tmp_path / "davis16", {"bear": 4}, n_objects=1, imageset="480p")
+    for png in (root / "Annotations" / "480p" / "bear").iterdir():
+        Image.fromarray((read_annotation(png) > 0).astype(np.uint8) * 255).save(png)  # 0/255 grayscale
+    out = tmp_path / "out16"
+    code, _, stderr = _run(["--pretrained_weights", tiny_vit_weights, "--data_path", root, "--output_dir", out,
+                            "--short_side", 128, "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    with Image.open(out / "bear" / "00000.png") as im:
+        assert np.array_equal(np.array(im), shape_masks(0, 64, 96, 1))  # 255 read as object 1
+    assert (out / "per-sequence_results-val.csv").read_text().splitlines()[1].startswith("bear_1,")
+
+
 def test_ground_truth_as_results_scores_one(davis_root, tmp_path, capsys):
     code, stdout, stderr = _run(["--results_path", davis_root / "Annotations" / "480p", "--data_path",
                                  davis_root, "--sequences", "shapes"], capsys)
