@@ -107,6 +107,16 @@ def _score(results_dir: Path, args: argparse.Namespace, names: list[str]) -> Dav
     return scores
 
 
+def _previous_timings(path: Path) -> dict[str, dict]:
+    """Per-sequence timings of an earlier summary.json in the same folder (empty if none or unreadable)."""
+    try:
+        timings = json.loads(path.read_text()).get("per_sequence", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in timings.items()
+            if isinstance(v, dict) and isinstance(v.get("frames"), int) and isinstance(v.get("seconds"), (int, float))}
+
+
 def _complete(out_dir: Path, frames: list[Path]) -> bool:
     return all((out_dir / f"{f.stem}.png").is_file() for f in frames)
 
@@ -168,6 +178,14 @@ def run(args: argparse.Namespace) -> int:
         seconds += elapsed
         n_frames += len(frames) - 1
         done.append(name)
+    # Timings of sequences skipped now come from the run that made them, so the summary covers them all.
+    previous = _previous_timings(output_dir / "summary.json")
+    for name in skipped:
+        if name in previous:
+            per_sequence[name] = previous[name]
+    timed = [per_sequence[name] for name in names if name in per_sequence]
+    all_frames = sum(t["frames"] for t in timed)
+    all_seconds = sum(t["seconds"] for t in timed)
     if skipped:
         print(f"skipped {len(skipped)} complete sequence(s) (--overwrite true to redo): {', '.join(skipped)}",
               file=sys.stderr)
@@ -182,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
         "frames_propagated": n_frames,
         "seconds": round(seconds, 3),
         "fps": round(n_frames / seconds, 3) if seconds > 0 else None,
-        "per_sequence": per_sequence,
+        "fps_all_sequences": round(all_frames / all_seconds, 3) if all_seconds > 0 else None,
+        "per_sequence": {name: per_sequence[name] for name in names if name in per_sequence},
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
         "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
         "scores": scores.global_scores,

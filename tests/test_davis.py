@@ -146,7 +146,11 @@ def test_end_to_end_run_resume_and_scoring_only(davis_root, tmp_path, tiny_vit_w
     assert "skipped 1 complete sequence(s)" in stderr
     assert (out / "shapes" / "00001.png").stat().st_mtime_ns == stamp
     assert (out / "more" / "00003.png").is_file()
-    assert json.loads((out / "summary.json").read_text())["sequences_run"] == ["more"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sequences_run"] == ["more"] and summary["sequences_skipped"] == ["shapes"]
+    assert summary["frames_propagated"] == 3
+    assert set(summary["per_sequence"]) == {"shapes", "more"}  # the skipped one's timing kept
+    assert summary["per_sequence"]["shapes"]["frames"] == 4 and summary["fps_all_sequences"] > 0
 
     # Scoring only, recomputed: a stale CSV is replaced; a missing frame is scored empty and reported.
     first = (out / "global_results-val.csv").read_text()
