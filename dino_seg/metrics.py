@@ -120,7 +120,7 @@ class DavisScores:
     missing: list[Path]
 
 
-def _read_result(path: Path, gt_shape: tuple[int, int]) -> np.ndarray:
+def _read_result(path: Path, gt_shape: tuple[int, int], n_objects: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
             mode = im.mode
@@ -132,6 +132,8 @@ def _read_result(path: Path, gt_shape: tuple[int, int]) -> np.ndarray:
     if arr.shape != gt_shape:
         raise DavisError(
             f"result {path} is {arr.shape[1]}x{arr.shape[0]} but its ground truth is {gt_shape[1]}x{gt_shape[0]}")
+    if mode != "P" and n_objects == 1 and np.isin(arr, (0, 255)).all():
+        return (arr == 255).astype(np.uint8)  # a DAVIS 2016-style 0/255 mask of the single object
     return arr
 
 
@@ -154,7 +156,7 @@ def score_sequence(results_dir: str | Path, davis_root: str | Path, sequence: st
         gt = np.where(gt == VOID_LABEL, 0, gt)
         res_file = Path(results_dir) / sequence / gt_file.name
         if res_file.is_file():
-            pred = _read_result(res_file, gt.shape)
+            pred = _read_result(res_file, gt.shape, n_objects)
             if pred.max(initial=0) > n_objects:
                 raise DavisError(f"result {res_file} holds index {int(pred.max())} but {sequence} has "
                                  f"{n_objects} object(s) in its first ground-truth frame")

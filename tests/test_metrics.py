@@ -210,6 +210,18 @@ def test_void_is_background_and_an_object_never_predicted_is_empty(tmp_path):
     assert seq.j[1].tolist() == [0.0, 0.0, 0.0]
 
 
+def test_binary_0_255_results_of_a_single_object_sequence(tmp_path):
+    from PIL import Image
+
+    root = make_davis(tmp_path / "davis", n_objects=1)
+    out = tmp_path / "res"
+    for t in range(5):
+        (out / "shapes").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(shape_masks(t, 64, 96, 1) * 255).save(out / "shapes" / f"{t:05d}.png")
+    seq = score_sequence(out, root, "shapes")
+    assert seq.j.tolist() == [[1.0, 1.0, 1.0]] and seq.f.tolist() == [[1.0, 1.0, 1.0]]
+
+
 def test_scoring_errors_name_the_file(tmp_path):
     root = make_davis(tmp_path / "davis")
     out = tmp_path / "res"
