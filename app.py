@@ -455,12 +455,15 @@ def read_video_frames(video_path: str | Path, out_dir: Path, max_frames: int,
 
 
 @friendly
-def video_first_frame(video_path: str | None) -> np.ndarray | None:
-    """The first frame of an uploaded video, to draw the first-frame mask on."""
+def video_first_frame(video_path: str | None) -> tuple[np.ndarray | None, str]:
+    """The first frame of an uploaded video, to draw the first-frame mask on, and what to do next."""
     if not video_path:
-        return None
-    paths, _, _ = read_video_frames(video_path, SCRATCH.new("first-frame"), max_frames=1)
-    return np.asarray(load_image(paths[0]))
+        return None, ""
+    paths, _, notes = read_video_frames(video_path, SCRATCH.new("first-frame"), max_frames=1)
+    frame = np.asarray(load_image(paths[0]))
+    hint = (f"First frame loaded ({frame.shape[1]}x{frame.shape[0]}): paint the object on it with the brush, "
+            "or upload its mask.")
+    return frame, " ".join([hint] + [f"Note: {n}." for n in notes])
 
 
 def _fit_mask(labels: np.ndarray, frame_hw: tuple[int, int], what: str) -> tuple[np.ndarray, list[str]]:
@@ -884,6 +887,7 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
                             video_in = gr.Video(label="Video file", sources=["upload"], height=240, elem_id="video-in")
                             mask_in = gr.File(label="First-frame mask (PNG; palette or black/white)",
                                               file_types=["image"], elem_id="video-mask")
+                            draw_hint = gr.Markdown(elem_id="video-draw-hint")
                             drawing = gr.ImageEditor(label="…or draw the object on the first frame", type="numpy",
                                                      sources=[], height=300, layers=False,
                                                      brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
@@ -946,7 +950,7 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
         root.submit(list_davis, root, sequence)
         sequence.change(davis_first_frame, [root, sequence], first)
         source.change(switch_video_source, source, [davis_group, upload_group])
-        video_in.change(video_first_frame, video_in, drawing)
+        video_in.change(video_first_frame, video_in, [drawing, draw_hint])
         # Propagation is the slow job: one at a time, in its own queue, so attention requests still run.
         video_button.click(bind(run_video, cfg=cfg),
                            [source, root, sequence, video_in, mask_in, drawing, weights, max_frames, short_side],

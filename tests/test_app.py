@@ -274,7 +274,8 @@ def small_video(tmp_path_factory) -> tuple[Path, np.ndarray]:
 
 def test_uploaded_video_with_a_mask_of_another_scale(cfg, small_video, tmp_path):
     video_path, labels = small_video
-    assert app.video_first_frame(str(video_path)).shape == (240, 426, 3)
+    first, hint = app.video_first_frame(str(video_path))
+    assert first.shape == (240, 426, 3) and hint.startswith("First frame loaded (426x240)")
     mask_path = tmp_path / "mask.png"
     Image.fromarray(labels * 255).resize((854, 480), Image.Resampling.NEAREST).save(mask_path)  # 0/255, 2x
     video, paths, slider, _, note = app.run_video(

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 
@@ -149,6 +150,46 @@ def test_video_tab_propagates_the_bundled_example(page):
     note = page.locator("#video-note").inner_text()
     assert "4 frames" in note and "J&F" in note
     page.locator("#video-frame img").wait_for(timeout=30_000)
+
+
+def test_non_image_upload_gets_a_one_line_message(page, tmp_path):
+    fake = tmp_path / "holiday.png"
+    fake.write_text("not an image")
+    page.locator("#attention-image input[type=file]").set_input_files(str(fake))
+    page.click("#attention-run")
+    toast = page.get_by_text("holiday.png: not an image file")
+    toast.wait_for(timeout=30_000)
+    assert "Traceback" not in page.content()
+
+
+def test_uploaded_video_with_a_mask_drawn_on_its_first_frame(page, tmp_path):
+    video = tmp_path / "swan.webm"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"VP80"), 10, (320, 180))
+    if not writer.isOpened():  # this OpenCV cannot write VP8: MPEG-4 still uploads (the server decodes it)
+        video = tmp_path / "swan.mp4"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (320, 180))
+    for frame in davis.frame_paths(BUNDLED, "blackswan")[:3]:
+        writer.write(cv2.resize(cv2.imread(str(frame)), (320, 180), interpolation=cv2.INTER_AREA))
+    writer.release()
+    page.get_by_role("tab", name="Video").click()
+    page.get_by_label("Uploaded video").check()
+    page.locator("#video-in input[type=file]").set_input_files(str(video))
+    # Drawing before the first frame arrives would be wiped when it becomes the editor's background.
+    page.wait_for_function("document.querySelector('#video-draw-hint').innerText.includes('First frame loaded')",
+                           timeout=60_000)
+    page.wait_for_timeout(500)
+    page.locator("#video-draw").get_by_role("button", name="Brush", exact=True).click()
+    box = page.locator("#video-draw canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.6
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(15):
+        page.mouse.move(x + 4 * k, y + 2 * (k % 4))
+    page.mouse.up()
+    page.get_by_label("240").check()
+    page.click("#video-run")
+    page.wait_for_function("document.querySelector('#video-note').innerText.includes('3 frames')", timeout=90_000)
+    assert "1 object(s)" in page.locator("#video-note").inner_text()
 
 
 def test_results_and_training_tabs_open_their_folders(page):
