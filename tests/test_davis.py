@@ -107,6 +107,12 @@ def _run(args, capsys):
     return code, captured.out, captured.err
 
 
+def _stamp(path):
+    # A rewrite replaces the file atomically: a new inode (and modification time).
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
 @pytest.fixture()
 def davis_root(tmp_path):
     return make_davis(tmp_path / "davis", {"shapes": 5, "more": 4}, n_objects=3)
@@ -140,17 +146,25 @@ def test_end_to_end_run_resume_and_scoring_only(davis_root, tmp_path, tiny_vit_w
 
     # Resume: complete sequences are skipped; a sequence with a missing frame is redone.
     (out / "more" / "00003.png").unlink()
-    stamp = (out / "shapes" / "00001.png").stat().st_mtime_ns
+    stamp = _stamp(out / "shapes" / "00001.png")
     code, _, stderr = _run(common, capsys)
     assert code == 0, stderr
     assert "skipped 1 complete sequence(s)" in stderr
-    assert (out / "shapes" / "00001.png").stat().st_mtime_ns == stamp
+    assert _stamp(out / "shapes" / "00001.png") == stamp
     assert (out / "more" / "00003.png").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sequences_run"] == ["more"] and summary["sequences_skipped"] == ["shapes"]
     assert summary["frames_propagated"] == 3
     assert set(summary["per_sequence"]) == {"shapes", "more"}  # the skipped one's timing kept
     assert summary["per_sequence"]["shapes"]["frames"] == 4 and summary["fps_all_sequences"] > 0
+
+    # --overwrite redoes a complete sequence; "--overwrite false" does not (the reference's bool_flag values).
+    code, _, stderr = _run(common + ["--sequences", "shapes", "--overwrite", "false"], capsys)
+    assert code == 0 and _stamp(out / "shapes" / "00001.png") == stamp
+    code, _, stderr = _run(common + ["--sequences", "shapes", "--overwrite"], capsys)
+    assert code == 0, stderr
+    assert _stamp(out / "shapes" / "00001.png") != stamp
+    assert json.loads((out / "summary.json").read_text())["sequences_run"] == ["shapes"]
 
     # Scoring only, recomputed: a stale CSV is replaced; a missing frame is scored empty and reported.
     first = (out / "global_results-val.csv").read_text()
