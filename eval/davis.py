@@ -55,7 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bs", type=int, default=6, help="Frames per backbone batch; reduce if out of memory.")
     parser.add_argument("--set", default="val", choices=("val", "train"), help="DAVIS subset to run and score.")
     parser.add_argument("--sequences", default="", type=str,
-                        help="Comma-separated sequence names (default: every sequence of --set).")
+                        help="Comma-separated sequence names; empty: every sequence of --set.")
     parser.add_argument("--resolution", default="480p", choices=RESOLUTIONS, help="DAVIS frames to read.")
     parser.add_argument("--short_side", default=480, type=int,
                         help="Frames are resized to this short side, the long side floored to a multiple of 64 "
