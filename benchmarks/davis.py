@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in mine:
             ratio = ""
             if r["impl"] == "dense" and r["s"] == r["s"]:
-                ratio = f"{r['s'] / win['s']:.1f}x / {r['mb'] / max(win['mb'], 1e-9):.0f}x"
+                ratio = f"{r['s'] / win['s']:.1f}x / {r['mb'] / max(win['mb'], 1e-9):.1f}x"
             print(f"{args.arch[4:] + '/' + str(patch):<12}{r['stage']:<13}{r['impl']:<10}{r['s']:>9.3f}"
                   f"{r['mb']:>10.0f}{ratio:>12}  {r.get('note', '')}")
         bb = next(r for r in mine if r["stage"] == "backbone")
