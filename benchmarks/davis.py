@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     th, tw = resized_shape(args.height, args.width) if not args.data_path else (480, 832)
     print(f"\n{args.arch}, input {tw}x{th}, {1 + args.n_last_frames} contexts, radius "
           f"{args.size_mask_neighborhood}, top-{args.topk}, device {device} ({cpu}), torch {torch.__version__}")
-    print(f"{'model':<12}{'stage':<13}{'impl':<10}{'s/frame':>9}{'peak MiB':>10}{'dense/ours':>12}  note")
+    print(f"{'model':<12}{'stage':<13}{'impl':<10}{'s/frame':>9}{'peak MiB':>10}{'dense/ours':>14}  note")
     for patch in args.patch_sizes:
         mine = [r for r in rows if r["patch"] == patch]
         win = next(r for r in mine if r["impl"] == "windowed")
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             if r["impl"] == "dense" and r["s"] == r["s"]:
                 ratio = f"{r['s'] / win['s']:.1f}x / {r['mb'] / max(win['mb'], 1e-9):.1f}x"
             print(f"{args.arch[4:] + '/' + str(patch):<12}{r['stage']:<13}{r['impl']:<10}{r['s']:>9.3f}"
-                  f"{r['mb']:>10.0f}{ratio:>12}  {r.get('note', '')}")
+                  f"{r['mb']:>10.0f}{ratio:>14}  {r.get('note', '')}")
         bb = next(r for r in mine if r["stage"] == "backbone")
         dense = next(r for r in mine if r["impl"] == "dense")
         total = f"{bb['s'] + win['s']:.3f} s/frame ours"
