@@ -23,7 +23,7 @@ def add_weight_flags(parser: argparse.ArgumentParser, default_patch_size: int | 
     parser.add_argument("--patch_size", default=default_patch_size, type=int,
                         help="Patch size; inferred from the weights when not given.")
     parser.add_argument("--checkpoint_key", default="teacher", type=str,
-                        help='Key of the backbone in a full training checkpoint (default "teacher").')
+                        help="Network of a full training checkpoint to load: teacher or student.")
 
 
 def resolve_weights(args: argparse.Namespace) -> tuple[str, str]:
