@@ -23,7 +23,7 @@ from train.distributed import detect_launch
 from train.engine import resolve_precision, update_teacher
 from train.head import DINOHead, MultiCropWrapper, WeightNormLinear
 from train.logs import trim_records
-from train.loss import DINOLoss, collapse_monitors
+from train.loss import DINOLoss, collapse_monitors, collapse_warning
 from train.main import bool_flag, get_args_parser
 from train.optim import LARS, cancel_gradients_last_layer, clip_gradients, get_params_groups
 from train.schedules import cosine_scheduler, teacher_temp_schedule
@@ -117,6 +117,13 @@ def test_collapse_monitors():
     kls = [(qc * (qc.clamp_min(1e-30).log() - logp[v])).sum(-1).mean()
            for iq, qc in enumerate(q.chunk(2)) for v in range(ncrops) if v != iq]
     assert collapse_monitors(q, loss)[1] == pytest.approx(float(torch.stack(kls).mean()), rel=1e-4)
+
+
+def test_collapse_warning():
+    assert collapse_warning(teacher_entropy=2.0, kl=0.8) is None
+    assert "one dimension" in collapse_warning(teacher_entropy=0.01, kl=0.8)
+    assert "no longer differ" in collapse_warning(teacher_entropy=5.5, kl=0.001)
+    assert "--momentum_teacher 0.99" in collapse_warning(teacher_entropy=5.5, kl=0.001)
 
 
 # ---------------------------------------------------------------- head

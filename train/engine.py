@@ -85,12 +85,14 @@ def train_one_epoch(*, student: nn.Module, student_core: nn.Module, teacher: nn.
                     batches: Iterable[tuple[list[torch.Tensor], list[str]]], optimizer: torch.optim.Optimizer,
                     schedules: Schedules, epoch: int, device: torch.device, precision: Precision,
                     scaler: torch.amp.GradScaler | None, clip_grad: float, freeze_last_layer: int,
-                    sync_teacher_buffers: bool = False,
+                    sync_buffers: bool = False,
                     on_iteration: Callable[[dict], None] | None = None) -> EpochResult:
     """Train `student` (possibly DDP-wrapped; `student_core` is the unwrapped module) for one pass
     over `batches` (lists of crops (B, 3, H, W), global crops first), following the reference
     `train_one_epoch`. Raises NonFiniteLossError before the step on a NaN/inf loss (checked on the
-    loss averaged over all processes, so all of them stop together)."""
+    loss averaged over all processes, so all of them stop together). `sync_buffers` copies rank 0's
+    buffers (BatchNorm statistics) of student and teacher to all processes after every step, for
+    BatchNorm without SyncBatchNorm (CPU), so that every process ends with the same state."""
     sums: dict[str, float] = {}
     n = 0
     skipped: set[str] = set()
@@ -138,7 +140,8 @@ def train_one_epoch(*, student: nn.Module, student_core: nn.Module, teacher: nn.
 
         m = float(schedules.momentum[it])
         update_teacher(student_core, teacher, m)
-        if sync_teacher_buffers:
+        if sync_buffers:
+            broadcast_buffers(student_core)
             broadcast_buffers(teacher)
 
         record = {"it": it, "epoch": epoch, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],

@@ -80,3 +80,17 @@ def collapse_monitors(teacher_probs: torch.Tensor, loss: torch.Tensor) -> tuple[
     mean_entropy = -(mean_p * torch.log(mean_p.clamp_min(1e-30))).sum()
     sample_entropy = -(teacher_probs * torch.log(teacher_probs.clamp_min(1e-30))).sum(dim=-1).mean()
     return float(mean_entropy), float(loss.detach().float() - sample_entropy)
+
+
+def collapse_warning(teacher_entropy: float, kl: float) -> str | None:
+    """A warning when an epoch's monitors show collapse, else None: all outputs on one dimension
+    (mean teacher entropy ~ 0), or teacher and student agreeing on a constant output (KL ~ 0, as with
+    uniform outputs)."""
+    if teacher_entropy < 0.05:
+        what = f"the teacher's mean output sits on one dimension (entropy {teacher_entropy:.3g} nats)"
+    elif kl < 0.01:
+        what = f"teacher and student outputs no longer differ (KL {kl:.3g} nats)"
+    else:
+        return None
+    return (f"possible collapse: {what}. On small or custom data, try --momentum_teacher 0.99, "
+            "--out_dim between 1024 and 8192, or a lower --teacher_temp.")

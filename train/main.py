@@ -23,7 +23,7 @@ from train.distributed import DistInfo, all_gather_objects, cleanup_distributed,
 from train.engine import NonFiniteLossError, Schedules, resolve_precision, train_one_epoch
 from train.head import DINOHead, MultiCropWrapper
 from train.logs import EPOCH_LOG, METRICS_LOG, append_record, trim_records, write_record
-from train.loss import DINOLoss
+from train.loss import DINOLoss, collapse_warning
 from train.optim import OPTIMIZERS, build_optimizer, get_params_groups
 from train.schedules import cosine_scheduler
 
@@ -184,8 +184,8 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
         student_core = nn.SyncBatchNorm.convert_sync_batchnorm(student_core)
         teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
     elif with_bn and info.distributed:
-        say("SyncBatchNorm needs CUDA: BatchNorm statistics are per process here, the teacher's are "
-            "copied from rank 0 after every step")
+        say("SyncBatchNorm needs CUDA: BatchNorm normalises with per-process batch statistics here, and "
+            "rank 0's running statistics are copied to every process after each step")
     student: nn.Module = student_core
     if info.distributed:
         student = nn.parallel.DistributedDataParallel(
@@ -260,7 +260,7 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
                 student=student, student_core=student_core, teacher=teacher, dino_loss=dino_loss, batches=bar,
                 optimizer=optimizer, schedules=schedules, epoch=epoch, device=device, precision=precision,
                 scaler=scaler, clip_grad=args.clip_grad, freeze_last_layer=args.freeze_last_layer,
-                sync_teacher_buffers=with_bn and info.distributed and device.type != "cuda",
+                sync_buffers=with_bn and info.distributed and device.type != "cuda",
                 on_iteration=on_iteration if info.is_main else None)
         finally:
             bar.close()
@@ -296,6 +296,9 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
                 save_checkpoint(save_dict, out / f"checkpoint{epoch:04}.pth")
         say(f"Epoch {epoch}: " + "  ".join(f"{k} {v:.6g}" for k, v in result.stats.items()) +
             (f"  skipped images {len(skipped_all)}" if skipped_all else ""))
+        warning = collapse_warning(result.stats["teacher_entropy"], result.stats["kl"])
+        if warning:
+            say(f"warning: epoch {epoch}: {warning}")
     say(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}")
     return 0
 
