@@ -371,6 +371,8 @@ def test_detect_launch():
     # torchrun inside a SLURM allocation: torchrun's variables win
     assert detect_launch({"RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"})[0] == "torchrun"
     assert detect_launch({}) == ("none", 0, 1, 0)
+    # torch.distributed.launch without --use-env: the local rank only comes as --local-rank
+    assert detect_launch({"RANK": "3", "WORLD_SIZE": "4"}, local_rank=1) == ("torchrun", 3, 4, 1)
 
 
 # ---------------------------------------------------------------- checkpoints, logs, run reader

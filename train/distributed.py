@@ -48,22 +48,25 @@ def _slurm_master_addr(env: dict[str, str]) -> str:
     return hosts[0]
 
 
-def detect_launch(env: dict[str, str] | None = None) -> tuple[str, int, int, int]:
+def detect_launch(env: dict[str, str] | None = None, local_rank: int = 0) -> tuple[str, int, int, int]:
     """(launcher, rank, world_size, local_rank) from the environment: torchrun's RANK/WORLD_SIZE/
-    LOCAL_RANK first, then SLURM's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, else one process."""
+    LOCAL_RANK first, then SLURM's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, else one process.
+
+    `local_rank` (the --local_rank flag) is used when RANK is set but LOCAL_RANK is not: the
+    deprecated torch.distributed.launch without --use-env passes it only on the command line."""
     env = dict(os.environ) if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
-        return "torchrun", int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+        return "torchrun", int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", local_rank))
     if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         return "slurm", int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
     return "none", 0, 1, 0
 
 
-def init_distributed(device: str = "auto", dist_url: str = "env://") -> DistInfo:
+def init_distributed(device: str = "auto", dist_url: str = "env://", local_rank: int = 0) -> DistInfo:
     """Pick this process's device and, with more than one process, join the process group:
     NCCL on CUDA, gloo otherwise. Under SLURM, MASTER_ADDR defaults to the job's first node and
-    MASTER_PORT to 29500 (export them to override)."""
-    launcher, rank, world_size, local_rank = detect_launch()
+    MASTER_PORT to 29500 (export them to override). `local_rank` is the --local_rank flag."""
+    launcher, rank, world_size, local_rank = detect_launch(local_rank=local_rank)
     dev = pick_device(device)
     if dev.type == "cuda":
         if dev.index is None:

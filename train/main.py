@@ -109,7 +109,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dist_url", default="env://", type=str,
                    help="Rendezvous for torch.distributed (default env://, as torchrun sets up).")
     p.add_argument("--local_rank", "--local-rank", default=0, type=int,
-                   help="Set by torch.distributed.launch; ignored (LOCAL_RANK is read from the environment).")
+                   help="Set by torch.distributed.launch; LOCAL_RANK from the environment wins when set.")
     return p
 
 
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     args.arch = args.arch.replace("deit", "vit")  # the reference's DeiT-S is our ViT-S
     try:
-        info = init_distributed(args.device, args.dist_url)
+        info = init_distributed(args.device, args.dist_url, local_rank=args.local_rank)
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
