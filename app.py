@@ -693,6 +693,7 @@ def jf_chart(per_sequence: pd.DataFrame) -> Figure:
     ax.set_xlim(0, 1)
     ax.set_xlabel("score")
     ax.legend(loc="lower right", fontsize="small")
+    ax.set_title("J&F, J and F per sequence object")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
@@ -850,7 +851,8 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
         banner = gr.Markdown(elem_id="weights-banner")
         with gr.Row(equal_height=True):
             weights = gr.Dropdown(weight_choices(cfg), value=cfg.weights, label="Weights", allow_custom_value=True,
-                                  info="A preset, a .pth path, or random weights (pipeline check only)", scale=3)
+                                  info="A preset, a .pth path, or random weights (pipeline check only)", scale=3,
+                                  elem_id="weights-dropdown")
             upload_weights = gr.File(label="Upload a checkpoint (.pth)", file_types=[".pth", ".pt", ".ckpt"],
                                      scale=2, height=110)
         with gr.Tabs() as tabs:
@@ -913,11 +915,11 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
                 results_summary = gr.Markdown(elem_id="results-summary")
                 with gr.Row():
                     results_table = gr.Dataframe(label="Per-sequence results", interactive=False, max_height=420)
-                    results_chart = gr.Plot(label="J&F per sequence")
+                    results_chart = gr.Plot(label="J&F per sequence", show_label=False)
                 with gr.Row():
                     results_sequence = gr.Dropdown(label="Sequence", scale=1)
                     results_frame = gr.Slider(0, 1, value=1, step=1, label="Frame", scale=3)
-                frame_chart = gr.Plot(label="Per-frame scores")
+                frame_chart = gr.Plot(label="Per-frame scores", show_label=False)
                 compare_note = gr.Markdown()
                 with gr.Row():
                     gt_view = gr.Image(label="Ground truth", interactive=False, elem_id="results-gt")
@@ -927,7 +929,7 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
                     train_dir = gr.Textbox(cfg.train_dir, label="python -m train output folder", scale=4)
                     train_button = gr.Button("Open", variant="primary", scale=1, elem_id="training-open")
                 train_summary = gr.Markdown(elem_id="training-summary")
-                curves = gr.Plot(label="Training curves")
+                curves = gr.Plot(label="Training curves", show_label=False)
                 with gr.Row():
                     checkpoint_table = gr.Dataframe(label="Checkpoints", interactive=False, scale=3)
                     with gr.Column(scale=2):
