@@ -224,6 +224,10 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
                    and _plain(v) != _plain(getattr(args, k))}
         say(f"Found checkpoint at {ckpt_path}: resuming at epoch {start_epoch}" +
             (f" with changed flags {', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}" if changed else ""))
+    starts = all_gather_objects(start_epoch)
+    if len(set(starts)) > 1:
+        raise ValueError(f"--output_dir: the processes found different checkpoints in {out} (resume epochs "
+                         f"{starts} by rank): it must be one folder shared by all nodes")
     if info.is_main:
         # Lines past the checkpoint come from an interrupted epoch that is about to be redone.
         trim_records(out / EPOCH_LOG, lambda r: int(r.get("epoch", -1)) < start_epoch)
