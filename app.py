@@ -509,10 +509,13 @@ def mask_from_drawing(editor: dict | None) -> np.ndarray | None:
     return None if painted is None else painted.astype(np.uint8)
 
 
-def write_video(frames: list[np.ndarray], out_stem: Path, fps: float) -> Path:
-    """An overlaid video that Chromium plays: H.264 MP4 if OpenCV has it, else VP8 WebM, else an animated GIF."""
+def write_video(frames: list[np.ndarray], out_stem: Path, fps: float,
+                codecs: tuple[tuple[str, str], ...] | None = None) -> Path:
+    """An overlaid video that Chromium plays: H.264 MP4 if OpenCV has it, else VP8 WebM, else an animated GIF.
+
+    `codecs` overrides the (fourcc, suffix) pairs probed from this OpenCV build."""
     h, w = frames[0].shape[:2]
-    for fourcc, suffix in _video_codecs():
+    for fourcc, suffix in _video_codecs() if codecs is None else codecs:
         path = out_stem.with_suffix(suffix)
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
         if writer.isOpened():

@@ -191,6 +191,12 @@ def test_non_image_upload_is_a_readable_error(cfg, tmp_path):
         app.run_attention(str(path), None, SIZE, 0.6, cfg)
 
 
+def test_resnet_weights_are_refused_for_attention(tmp_path):
+    cfg = app.AppConfig(weights=app.RANDOM_WEIGHTS, arch="resnet50", device="cpu")
+    with pytest.raises(gr.Error, match="ResNet-50 weights have no self-attention or patch features"):
+        app.run_attention(str(SWAN), None, SIZE, 0.6, cfg)
+
+
 def test_examples_include_bundled_and_scikit_image_files():
     names = [Path(p).name for p in app.example_images()]
     assert names[:2] == ["blackswan.jpg", "car-shadow.jpg"]
@@ -257,6 +263,17 @@ def test_davis_sequence_propagation_and_scores(cfg):
     shown = np.asarray(Image.open(paths[1]).convert("RGB")).astype(int)
     expected = overlay_labels(np.asarray(load_image(frames[1])), preds[1]).astype(int)
     assert np.abs(shown - expected).mean() < 3  # JPEG-compressed view of the same overlay
+
+
+def test_video_falls_back_to_an_animated_gif_without_a_browser_codec(tmp_path):
+    frames = [np.full((48, 64, 3), 40 * t, np.uint8) for t in range(4)]
+    path = app.write_video(frames, tmp_path / "clip", fps=5.0, codecs=())
+    assert path == tmp_path / "clip.gif"
+    with Image.open(path) as gif:
+        assert gif.n_frames == 4 and gif.info["duration"] == 200
+        gif.seek(2)
+        assert np.array_equal(np.asarray(gif.convert("RGB")), frames[2])
+    assert {("avc1", ".mp4"), ("VP80", ".webm")} >= set(app._video_codecs())
 
 
 @pytest.fixture(scope="module")
