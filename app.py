@@ -867,7 +867,8 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
                         gr.Examples(examples, inputs=image, label="Examples", examples_per_page=8, elem_id="attention-examples")
                         image_size = gr.Slider(128, 960, value=480, step=16, label="Image size (short side, px)")
                         threshold = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Mass threshold",
-                                              info="Share of each map's attention mass the mask keeps (paper: 0.6)")
+                                              info="Share of each map's attention mass the mask keeps (paper: 0.6)",
+                                              elem_id="attention-threshold")
                         run_button = gr.Button("Compute attention", variant="primary", elem_id="attention-run")
                     with gr.Column(scale=3):
                         attention_note = gr.Markdown(elem_id="attention-note")
@@ -947,8 +948,11 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
         attention_outputs = [heat_gallery, mask_gallery, downloads, attention_note]
         run_button.click(bind(run_attention, cfg=cfg), attention_inputs, attention_outputs,
                          concurrency_id="model")
-        for slider in (threshold, image_size):
-            slider.release(bind(refresh_attention, cfg=cfg), attention_inputs, attention_outputs,
+        # The threshold re-uses the cached attention, so every change (drag or typed value) may refresh;
+        # a new image size needs a forward pass, so only the end of a drag (or the button) recomputes.
+        threshold.change(bind(refresh_attention, cfg=cfg), attention_inputs, attention_outputs,
+                         concurrency_id="model", trigger_mode="always_last")
+        image_size.release(bind(refresh_attention, cfg=cfg), attention_inputs, attention_outputs,
                            concurrency_id="model")
 
         demo.load(list_davis, root, sequence)

@@ -130,6 +130,13 @@ def test_attention_tab_shows_maps_masks_and_downloads(page):
     assert "3 heads" in page.locator("#attention-note").inner_text()
     files = page.locator("#attention-downloads").inner_text().replace("\n", "")
     assert "masks_th0.60_png.zip" in files and "masks_th0.60.npy" in files and "attention.npy" in files
+    # A new threshold refreshes the masks from the cached attention.
+    threshold = page.locator("#attention-threshold input[type=number]")
+    threshold.fill("0.3")
+    threshold.press("Enter")
+    page.wait_for_function("document.querySelector('#attention-downloads').innerText.replace(/\\n/g, '')"
+                           ".includes('masks_th0.30.npy')", timeout=30_000)
+    assert page.locator("#mask-gallery img").count() == 4
 
 
 def test_video_tab_propagates_the_bundled_example(page):
