@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     crops = f"2x{args.global_crops_size} + {args.local_crops_number}x{args.local_crops_size}"
     print(f"DINO training step, {args.arch}/{args.patch_size}, out_dim {args.out_dim}, crops {crops}, "
           f"batch {batch}, {args.steps} timed steps after {args.warmup}, {rows[0]['name']} "
-          f"({os.cpu_count()} CPUs visible, {torch.get_num_threads()} threads), torch {torch.__version__}")
+          f"({os.cpu_count()} CPUs visible, torch threads: {torch.get_num_threads()}), torch {torch.__version__}")
     mem = "peak alloc MB" if device.type == "cuda" else "peak RSS MB"
     header = f"| device | precision | s/step | images/s | speed vs fp32 | {mem} | memory vs fp32 |"
     if device.type != "cuda":
