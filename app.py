@@ -15,6 +15,7 @@ import atexit
 import functools
 import hashlib
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -239,14 +240,14 @@ def add_uploaded_weights(file: str | None, cfg: AppConfig) -> tuple[dict, str]:
     return gr.update(choices=weight_choices(cfg, [file]), value=file), check_weights(file, cfg)
 
 
-def _model_or_error(choice: str | None, cfg: AppConfig, need_vit: bool = True) -> tuple[nn.Module, str]:
+def _model_or_error(choice: str | None, cfg: AppConfig) -> tuple[nn.Module, str]:
     try:
         model, description = get_model(choice, cfg)
     except WeightsUnavailable as err:
         raise gr.Error(f"weights {model_key(choice, cfg)[0]!r} are not available: put the file at "
                        f"{err.cache_path}, pass --pretrained_weights PATH, upload a checkpoint, or pick "
                        f"'{RANDOM_WEIGHTS}'") from None
-    if need_vit and not is_vit(model):
+    if not is_vit(model):
         raise gr.Error("ResNet-50 weights have no self-attention or patch features: pick a ViT")
     return model, description
 
@@ -1001,6 +1002,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # gradio closes its server on it, and atexit then removes the scratch folder
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
@@ -1016,6 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsError as err:
         print(f"warning: {_one_line(err)} (the page shows how to fix this)", file=sys.stderr)
     demo = build_demo(cfg)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the app as Ctrl-C does, leaving no temporary files
     allowed = [str(ASSETS)] + [p for p in example_images() if not p.startswith(str(ASSETS))]
     demo.queue(default_concurrency_limit=2, max_size=64).launch(
         server_name=args.host, server_port=args.port, share=args.share, show_error=True, ssr_mode=False,

@@ -64,7 +64,10 @@ def server(tiny_vit_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     results = _results_folder(base / "results")
     run = _train_folder(base / "run")
     port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(base / "gradio")}
+    tmp = base / "tmp"  # the app's own temporary files go here, so that the test sees what it leaves behind
+    tmp.mkdir()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(base / "gradio"),
+           "TMPDIR": str(tmp)}
     log = open(base / "app.log", "w")
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "app.py"), "--pretrained_weights", str(tiny_vit_weights), "--device", "cpu",
@@ -93,6 +96,9 @@ def server(tiny_vit_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+    # SIGTERM stops the app like Ctrl-C: its per-request scratch folder is gone.
+    assert proc.returncode == 0, (base / "app.log").read_text()[-3000:]
+    assert list(tmp.glob("dino-seg-app-*")) == []
 
 
 @pytest.fixture(scope="module")
