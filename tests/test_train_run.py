@@ -78,6 +78,11 @@ def test_single_process_epoch_writes_reference_checkpoint_and_logs(tiny_run):
     # The teacher is an EMA of the student, not a copy of it.
     student = {k[len("module."):]: v for k, v in ckpt["student"].items()}
     assert 0 < max_diff(student, ckpt["teacher"]) < 1
+    # --freeze_last_layer 1: during epoch 0 the last layer keeps its initial weights in both networks
+    # (up to the EMA's float rounding), while the rest of the head trains.
+    last = "head.last_layer.weight_v"
+    assert float((student[last] - ckpt["teacher"][last]).abs().max()) < 1e-7
+    assert float((student["head.mlp.0.weight"] - ckpt["teacher"]["head.mlp.0.weight"]).abs().max()) > 1e-6
     # 9 files, batch 4: 2 iterations; log.txt in the reference format plus our monitors.
     epochs = read_jsonl(out / "log.txt")
     assert len(epochs) == 1 and epochs[0]["epoch"] == 0
@@ -203,6 +208,28 @@ def test_loss_decreases_on_scikit_image_photographs(tmp_path):
     assert max(losses[-3:]) < losses[0] - 2.0, losses
     entropy = read_jsonl(tmp_path / "run" / "log.txt")[-1]["train_teacher_entropy"]
     assert entropy > 0.5  # the teacher's mean output did not collapse onto one dimension
+
+
+@pytest.mark.parametrize("optimizer,bf16", [("sgd", "true"), ("lars", "false")])
+def test_other_optimizers_and_bf16_train(tmp_path, optimizer, bf16):
+    data = tmp_path / "data"
+    textured_images(data, 8, seed=3)
+    code, stdout, stderr = run_train(tiny_args(data, tmp_path / "run", optimizer=optimizer, bf16=bf16))
+    assert code == 0, stderr
+    assert ("bf16 autocast on cpu" in stdout) == (bf16 == "true")
+    ckpt = load(tmp_path / "run" / "checkpoint.pth")
+    state = ckpt["optimizer"]["state"]
+    # SGD keeps a momentum buffer, LARS its `mu`; each tensor that had a gradient has one.
+    assert state and all(("momentum_buffer" if optimizer == "sgd" else "mu") in v for v in state.values())
+    assert all(torch.isfinite(v).all() for v in ckpt["teacher"].values())
+
+
+def test_module_entry_point_help():
+    proc = subprocess.run([sys.executable, "-m", "train", "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0
+    for flag in ("--global_crops_size", "--local_crops_size", "--bf16", "--device", "--local_rank", "--saveckp_freq"):
+        assert flag in proc.stdout
 
 
 def _free_port() -> int:
