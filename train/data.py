@@ -1,5 +1,4 @@
-"""Training images: any folder of images (ImageFolder trees included), decoded failures skipped and
-reported, per-sample augmentation seeds so that a resumed run sees the same crops."""
+"""Training images from any folder (unreadable files skipped and reported), augmented with per-sample seeds."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Command line and orchestration of DINO pretraining (`python -m train`): flags of the reference
-`main_dino.py` with its defaults, plus crop sizes, --bf16 and --device."""
+"""Command line (the reference `main_dino.py` flags, plus crop sizes, --bf16, --device) and the training run."""
 
 from __future__ import annotations
 
