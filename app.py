@@ -464,7 +464,7 @@ def video_first_frame(video_path: str | None) -> tuple[np.ndarray | None, str]:
     frame = np.asarray(load_image(paths[0]))
     hint = (f"First frame loaded ({frame.shape[1]}x{frame.shape[0]}): paint the object on it with the brush, "
             "or upload its mask.")
-    return frame, " ".join([hint] + [f"Note: {n}." for n in notes])
+    return frame, " ".join([hint] + [f"Note: {n}." for n in notes if "downscaled" in n])
 
 
 def _fit_mask(labels: np.ndarray, frame_hw: tuple[int, int], what: str) -> tuple[np.ndarray, list[str]]:

@@ -192,12 +192,13 @@ def test_uploaded_video_with_a_mask_drawn_on_its_first_frame(page, tmp_path):
                            timeout=60_000)
     page.wait_for_timeout(500)
     page.locator("#video-draw").get_by_role("button", name="Brush", exact=True).click()
-    box = page.locator("#video-draw canvas").first.bounding_box()
-    x, y = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.6
+    page.locator("#video-draw").scroll_into_view_if_needed()  # mouse events only reach what is on screen
+    box = page.locator("#video-draw").bounding_box()  # the frame fills the middle of the editor
+    x, y = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.55
     page.mouse.move(x, y)
     page.mouse.down()
-    for k in range(15):
-        page.mouse.move(x + 4 * k, y + 2 * (k % 4))
+    for k in range(1, 6):  # a short stroke: each move repaints the canvas, slow in software rendering
+        page.mouse.move(x + 10 * k, y + 3 * (k % 2))
     page.mouse.up()
     page.get_by_label("240").check()
     page.click("#video-run")
