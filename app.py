@@ -576,9 +576,10 @@ def score_prefix(results_dir: Path, root: str | Path, sequence: str, frames: lis
 def run_video(source: str, root: str | None, sequence: str | None, video_path: str | None,
               mask_path: str | None, drawing: dict | None, weights: str | None, max_frames: float,
               short_side: float, cfg: AppConfig,
-              progress: gr.Progress = gr.Progress()) -> tuple[str, list[str], dict, np.ndarray, str]:
+              progress: gr.Progress = gr.Progress()) -> tuple[str | None, list[str], dict, np.ndarray | str, str]:
     """Propagate the first frame's labels through the frames: (video file, overlaid frame files,
-    frame slider update, first overlaid frame, summary Markdown with J&F when ground truth exists)."""
+    frame slider update, first overlaid frame (or the GIF when no video codec), summary Markdown with J&F
+    when ground truth exists)."""
     max_frames = max(2, min(int(max_frames), MAX_VIDEO_FRAMES))
     short_side = int(short_side)
     work = SCRATCH.new("video")
@@ -651,10 +652,13 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
         lines.append(f"- note: frames resized to a {short_side}-pixel short side (the reference uses 480): "
                      "faster, but scores differ from the paper's")
     lines += [f"- note: {n}" for n in notes]
+    slider = gr.update(minimum=0, maximum=len(paths) - 1, value=0, step=1, interactive=True)
     if video.suffix == ".gif":
-        lines.append("- note: this OpenCV build writes no browser-playable video codec: shown as an animated GIF")
-    return (str(video), paths, gr.update(minimum=0, maximum=len(paths) - 1, value=0, step=1, interactive=True),
-            overlaid[0], "\n".join(lines))
+        # A video player cannot show a GIF, an image can: it animates in the frame view until the slider moves.
+        lines.append("- note: this OpenCV build writes no browser-playable video codec: the animated GIF is "
+                     "in the frame view")
+        return None, paths, slider, str(video), "\n".join(lines)
+    return str(video), paths, slider, overlaid[0], "\n".join(lines)
 
 
 def show_frame(paths: list[str] | None, index: float) -> str | None:

@@ -238,12 +238,13 @@ def test_davis_sequence_propagation_and_scores(cfg):
     assert first.shape == (480, 854, 3)
     video, paths, slider, first_overlay, note = app.run_video(
         app.DAVIS_SOURCE, None, "blackswan", None, None, None, None, 4, 240, cfg)
-    assert Path(video).suffix in (".mp4", ".webm", ".gif") and Path(video).stat().st_size > 0
     assert len(paths) == 4 and slider["maximum"] == 3
     assert app.show_frame(paths, 2) == paths[2] and app.show_frame(paths, 99) == paths[3]
-    assert first_overlay.shape == (480, 854, 3)
     assert "only the first 4 of 12 frames are used" in note and "240-pixel short side" in note
-    if Path(video).suffix != ".gif":
+    if video is None:  # no browser-playable codec in this OpenCV: the GIF goes to the frame view
+        assert Path(first_overlay).suffix == ".gif" and "animated GIF" in note
+    else:
+        assert Path(video).suffix in (".mp4", ".webm") and first_overlay.shape == (480, 854, 3)
         capture = cv2.VideoCapture(video)
         count = 0
         while capture.read()[0]:
