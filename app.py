@@ -996,9 +996,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="Architecture of random weights; checked against --pretrained_weights when given.")
     parser.add_argument("--patch_size", default=None, type=int, help="Patch size, as --arch.")
     parser.add_argument("--davis_root", default=str(BUNDLED_DAVIS),
-                        help="DAVIS root for the Video and Results tabs (default: the bundled 12-frame example).")
-    parser.add_argument("--results_dir", default="", help="An `python -m eval.davis` output folder to open.")
-    parser.add_argument("--train_dir", default="", help="A `python -m train` output folder to open.")
+                        help="DAVIS root for the Video and Results tabs; the default is the bundled 12-frame example.")
+    parser.add_argument("--results_dir", default="", help="A `python -m eval.davis` output folder to open in the Results tab.")
+    parser.add_argument("--train_dir", default="", help="A `python -m train` output folder to open in the Training tab.")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
     parser.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0 for every interface).")
     parser.add_argument("--port", default=7860, type=int, help="Port to serve on.")
