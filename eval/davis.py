@@ -28,16 +28,8 @@ from dino_seg.metrics import DavisScores, format_table, score_sequence, summaris
 from dino_seg.models import is_vit
 from dino_seg.propagation import segment_sequence
 from dino_seg.weights import WeightsError
+from dino_seg.flags import bool_flag
 from eval.common import add_weight_flags, load_from_args
-
-
-def bool_flag(value: str) -> bool:
-    """The reference's bool_flag: on/true/1 and off/false/0."""
-    if value.lower() in ("on", "true", "1", "yes"):
-        return True
-    if value.lower() in ("off", "false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid value for a boolean flag: {value!r} (expected true or false)")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,8 @@ from train.engine import resolve_precision, update_teacher
 from train.head import DINOHead, MultiCropWrapper, WeightNormLinear
 from train.logs import trim_records
 from train.loss import DINOLoss, collapse_monitors, collapse_warning
-from train.main import bool_flag, get_args_parser
+from dino_seg.flags import bool_flag
+from train.main import get_args_parser
 from train.optim import LARS, cancel_gradients_last_layer, clip_gradients, get_params_groups
 from train.schedules import cosine_scheduler, teacher_temp_schedule
 from train_helpers import textured_images

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dino_seg.models import ARCHS, build_backbone
+from dino_seg.flags import bool_flag
 from train.augment import DataAugmentationDINO
 from train.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
 from train.data import ImageFilesDataset, build_loader
@@ -27,15 +28,6 @@ from train.optim import OPTIMIZERS, build_optimizer, get_params_groups
 from train.schedules import cosine_scheduler
 
 CHECKPOINT = "checkpoint.pth"
-
-
-def bool_flag(s: str) -> bool:
-    """Parse a boolean flag value the way the reference does (on/off, true/false, 1/0)."""
-    if s.lower() in {"off", "false", "0"}:
-        return False
-    if s.lower() in {"on", "true", "1"}:
-        return True
-    raise argparse.ArgumentTypeError(f"invalid value for a boolean flag: {s!r} (expected true or false)")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
