@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cv2
 import gradio as gr
 import numpy as np
 import pandas as pd
@@ -43,6 +42,7 @@ from dino_seg.files import save_npy, save_png
 from dino_seg.images import ImageError, load_image, load_mask
 from dino_seg.models import ARCHS, VIT_WIDTHS, is_vit
 from dino_seg.propagation import segment_sequence
+from dino_seg.video import VideoError, read_video_frames, write_video
 from dino_seg.viz import heatmap, label_color, overlay_labels, overlay_mask
 from dino_seg.weights import PRESETS, WeightsError, WeightsUnavailable, load_model
 
@@ -55,7 +55,6 @@ VIT_PRESETS = [name for name, preset in PRESETS.items() if preset.arch.startswit
 MAX_IMAGE_SIDE = 2048  # uploads above this are downscaled first: the model resizes to --image_size anyway
 MAX_VIDEO_FRAMES = 60  # propagation on CPU takes about a second per 480p frame
 VIDEO_SHORT_SIDES = (240, 360, 480)  # 480 is the reference; smaller is faster on CPU
-MAX_UPLOAD_SHORT_SIDE = 480  # uploaded videos are downscaled to this before propagation
 ATTENTION_CACHE_SIZE = 16
 SCRATCH_KEEP = 24  # request folders kept in the app's temporary folder (older ones are deleted)
 
@@ -86,7 +85,7 @@ class AppConfig:
 # ----------------------------------------------------------------------------------------------------------------
 # Errors: every handler turns the library's errors into one readable line in the page, never a stack trace.
 
-_USER_ERRORS = (ImageError, WeightsError, davis.DavisError, ValueError, OSError)
+_USER_ERRORS = (ImageError, WeightsError, davis.DavisError, VideoError, ValueError, OSError)
 
 
 def _one_line(err: BaseException) -> str:
@@ -421,40 +420,6 @@ def davis_first_frame(root: str | None, sequence: str | None) -> np.ndarray | No
     return image
 
 
-def read_video_frames(video_path: str | Path, out_dir: Path, max_frames: int,
-                      max_short_side: int = MAX_UPLOAD_SHORT_SIDE) -> tuple[list[Path], float, list[str]]:
-    """Decode up to `max_frames` frames of a video file to JPEGs, downscaled to `max_short_side`."""
-    capture = cv2.VideoCapture(str(video_path))
-    if not capture.isOpened():
-        raise gr.Error(f"{Path(video_path).name}: not a readable video file (try MP4, WebM or AVI)")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    notes: list[str] = []
-    try:
-        while len(paths) < max_frames:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            h, w = frame.shape[:2]
-            if min(h, w) > max_short_side:
-                scale = max_short_side / min(h, w)
-                frame = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-                if not paths:
-                    notes.append(f"frames of {w}x{h} downscaled to {frame.shape[1]}x{frame.shape[0]}")
-            path = out_dir / f"{len(paths):05d}.jpg"
-            cv2.imwrite(str(path), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            paths.append(path)
-    finally:
-        capture.release()
-    if not paths:
-        raise gr.Error(f"{Path(video_path).name}: no frame could be decoded: not a video file?")
-    if total > len(paths):
-        notes.append(f"only the first {len(paths)} of {total} frames are used (cap {max_frames})")
-    return paths, (fps if 0 < fps < 121 else 10.0), notes
-
-
 @friendly
 def video_first_frame(video_path: str | None) -> tuple[np.ndarray | None, str]:
     """The first frame of an uploaded video, to draw the first-frame mask on, and what to do next."""
@@ -508,49 +473,6 @@ def mask_from_drawing(editor: dict | None) -> np.ndarray | None:
             drawn = arr[..., 3] > 0
             painted = drawn if painted is None else painted | drawn
     return None if painted is None else painted.astype(np.uint8)
-
-
-def write_video(frames: list[np.ndarray], out_stem: Path, fps: float,
-                codecs: tuple[tuple[str, str], ...] | None = None) -> Path:
-    """An overlaid video that Chromium plays: H.264 MP4 if OpenCV has it, else VP8 WebM, else an animated GIF.
-
-    `codecs` overrides the (fourcc, suffix) pairs probed from this OpenCV build."""
-    h, w = frames[0].shape[:2]
-    for fourcc, suffix in _video_codecs() if codecs is None else codecs:
-        path = out_stem.with_suffix(suffix)
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
-        if writer.isOpened():
-            for frame in frames:
-                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-            writer.release()
-            return path
-    path = out_stem.with_suffix(".gif")
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    return path
-
-
-@functools.lru_cache(maxsize=1)
-def _video_codecs() -> tuple[tuple[str, str], ...]:
-    """The (fourcc, suffix) pairs this OpenCV build can write, best first; probed once.
-
-    pip's headless OpenCV usually lacks H.264 (avc1) and writes MPEG-4 part 2 ('mp4v'), which Chromium
-    does not play; VP8 in WebM it writes and Chromium plays."""
-    found = []
-    probe = Path(tempfile.mkdtemp(prefix="dino-seg-codec-"))
-    try:
-        for fourcc, suffix in (("avc1", ".mp4"), ("VP80", ".webm")):
-            writer = cv2.VideoWriter(str(probe / f"probe{suffix}"), cv2.VideoWriter_fourcc(*fourcc), 5, (64, 64))
-            if writer.isOpened():
-                writer.write(np.zeros((64, 64, 3), np.uint8))
-                writer.release()
-                if (probe / f"probe{suffix}").stat().st_size > 0:
-                    found.append((fourcc, suffix))
-            else:
-                writer.release()
-    finally:
-        shutil.rmtree(probe, ignore_errors=True)
-    return tuple(found)
 
 
 def score_prefix(results_dir: Path, root: str | Path, sequence: str, frames: list[Path],

@@ -266,17 +266,6 @@ def test_davis_sequence_propagation_and_scores(cfg):
     assert np.abs(shown - expected).mean() < 3  # JPEG-compressed view of the same overlay
 
 
-def test_video_falls_back_to_an_animated_gif_without_a_browser_codec(tmp_path):
-    frames = [np.full((48, 64, 3), 40 * t, np.uint8) for t in range(4)]
-    path = app.write_video(frames, tmp_path / "clip", fps=5.0, codecs=())
-    assert path == tmp_path / "clip.gif"
-    with Image.open(path) as gif:
-        assert gif.n_frames == 4 and gif.info["duration"] == 200
-        gif.seek(2)
-        assert np.array_equal(np.asarray(gif.convert("RGB")), frames[2])
-    assert {("avc1", ".mp4"), ("VP80", ".webm")} >= set(app._video_codecs())
-
-
 @pytest.fixture(scope="module")
 def small_video(tmp_path_factory) -> tuple[Path, np.ndarray]:
     """Five bundled frames at 426x240 as a video file, and the first frame's annotation at that size."""
