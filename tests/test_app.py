@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -16,18 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # app.py lives at the repository root
-
-import app  # noqa: E402
-from davis_data import make_davis  # noqa: E402
-from dino_seg import davis, metrics  # noqa: E402
-from dino_seg.attention import compute_attention  # noqa: E402
-from dino_seg.images import load_image  # noqa: E402
-from dino_seg.models import build_backbone  # noqa: E402
-from dino_seg.propagation import segment_sequence  # noqa: E402
-from dino_seg.viz import heatmap, overlay_labels  # noqa: E402
-from dino_seg.weights import load_model  # noqa: E402
-from eval import davis as davis_cli  # noqa: E402
+import app
+from davis_data import make_davis
+from dino_seg import davis, metrics
+from dino_seg.attention import compute_attention
+from dino_seg.images import load_image
+from dino_seg.models import build_backbone
+from dino_seg.propagation import segment_sequence
+from dino_seg.viz import heatmap, overlay_labels
+from dino_seg.weights import load_model
+from eval import davis as davis_cli
 
 SWAN = app.ASSETS / "images" / "blackswan.jpg"
 SIZE = 96  # short side of the attention tests: 6 x 10 patches keep them fast
