@@ -138,13 +138,22 @@ def _read_result(path: Path, gt_shape: tuple[int, int], n_objects: int) -> np.nd
 
 
 def score_sequence(results_dir: str | Path, davis_root: str | Path, sequence: str,
-                   resolution: str = "480p", bound_th: float = 0.008) -> SequenceScores:
+                   resolution: str = "480p", bound_th: float = 0.008, frames: int | None = None) -> SequenceScores:
     """J and F of every object over the ground-truth frames but the first and the last (semi-supervised task).
 
     Results are read by the ground truth's frame names; a missing result frame counts as an empty mask and is
     listed in `missing`. Void ground-truth pixels count as background and are not excluded, as in the package.
+    `frames` scores only the first that many ground-truth frames, as if the sequence ended there (a run
+    capped at N frames): frames 1 to N-2 are scored.
     """
     gt_files = annotation_paths(davis_root, sequence, resolution)
+    if frames is not None:
+        # Fewer than 3 leave no frame between the first and the last; more than there are would silently
+        # score the whole sequence under a wrong name.
+        if not 3 <= frames <= len(gt_files):
+            raise DavisError(f"cannot score the first {frames} frames of {sequence}: it has {len(gt_files)} "
+                             "ground-truth frames, and 3 are the fewest (the first and the last are not scored)")
+        gt_files = gt_files[:frames]
     first = read_annotation(gt_files[0])
     n_objects = int(np.where(first == VOID_LABEL, 0, first).max())
     scored = gt_files[1:-1]
@@ -206,9 +215,14 @@ def _fmt(value: float) -> str:
     return "" if math.isnan(value) else "%.3f" % value
 
 
+def csv_paths(folder: str | Path, subset: str = "val") -> tuple[Path, Path]:
+    """global_results-<subset>.csv and per-sequence_results-<subset>.csv in `folder`."""
+    folder = Path(folder)
+    return folder / f"global_results-{subset}.csv", folder / f"per-sequence_results-{subset}.csv"
+
+
 def write_csvs(scores: DavisScores, out_dir: str | Path, subset: str = "val") -> tuple[Path, Path]:
     """Write global_results-<subset>.csv and per-sequence_results-<subset>.csv like davis2017-evaluation."""
-    out_dir = Path(out_dir)
     g = io.StringIO()
     writer = csv.writer(g, lineterminator="\n")
     writer.writerow(GLOBAL_COLUMNS)
@@ -218,11 +232,47 @@ def write_csvs(scores: DavisScores, out_dir: str | Path, subset: str = "val") ->
     writer.writerow(SEQUENCE_COLUMNS)
     for name, jm, fm in scores.per_object:
         writer.writerow([name, _fmt(jm), _fmt(fm)])
-    global_path = out_dir / f"global_results-{subset}.csv"
-    seq_path = out_dir / f"per-sequence_results-{subset}.csv"
+    global_path, seq_path = csv_paths(out_dir, subset)
     save_text(global_path, g.getvalue())
     save_text(seq_path, s.getvalue())
     return global_path, seq_path
+
+
+def _read_csv(path: Path, header: tuple[str, ...]) -> list[list[str]]:
+    try:
+        rows = [row for row in csv.reader(io.StringIO(path.read_text())) if row]  # blank lines, as pandas
+    except FileNotFoundError:
+        raise DavisError(f"scores file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DavisError(f"cannot read scores file {path}: {exc}") from None
+    if not rows or tuple(rows[0]) != header:
+        raise DavisError(f"{path} does not start with the header {','.join(header)}")
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DavisError(f"{path} line {number} has {len(row)} fields, not {len(header)}")
+    return rows[1:]
+
+
+def _parse(field: str, path: Path) -> float:
+    if field == "":
+        return math.nan  # write_csvs (and pandas) write NaN as an empty field
+    try:
+        return float(field)
+    except ValueError:
+        raise DavisError(f"{path}: {field!r} is not a number") from None
+
+
+def read_csvs(folder: str | Path, subset: str = "val") -> DavisScores:
+    """The scores as write_csvs wrote them (3 decimals; empty fields are NaN). The files do not list
+    missing result frames, so `missing` is empty."""
+    global_path, seq_path = csv_paths(folder, subset)
+    global_rows = _read_csv(global_path, GLOBAL_COLUMNS)
+    if len(global_rows) != 1:
+        raise DavisError(f"{global_path} holds {len(global_rows)} rows of scores, not 1")
+    global_scores = {c: _parse(v, global_path) for c, v in zip(GLOBAL_COLUMNS, global_rows[0])}
+    seq_rows = _read_csv(seq_path, SEQUENCE_COLUMNS)
+    per_object = [(name, _parse(jm, seq_path), _parse(fm, seq_path)) for name, jm, fm in seq_rows]
+    return DavisScores(global_scores, per_object, [])
 
 
 def format_table(scores: DavisScores) -> str:

@@ -9,8 +9,8 @@ from skimage.morphology import disk
 
 from davis_data import make_davis, save_palette_png, shape_masks
 from dino_seg.davis import DavisError
-from dino_seg.metrics import (boundary_radius, db_eval_iou, db_statistics, f_measure, score_results,
-                              score_sequence, seg2bmap, write_csvs)
+from dino_seg.metrics import (DavisScores, boundary_radius, db_eval_iou, db_statistics, f_measure, read_csvs,
+                              score_results, score_sequence, seg2bmap, write_csvs)
 
 
 def square(h: int, w: int, rows: slice, cols: slice) -> np.ndarray:
@@ -246,3 +246,80 @@ def test_nan_fields_are_written_empty_like_pandas(tmp_path):
     assert g.name == "global_results-train.csv"
     assert g.read_text().splitlines()[1] == ",,,,,,"
     assert s.read_text().splitlines()[1] == "a_1,,0.500"
+
+
+def _prefix_results(out, n_frames):
+    """Results of the first `n_frames` frames of a 2-object "shapes" sequence: object 2 missed in frame 1,
+    object 1 one frame ahead in frame 2 (cols 21:45 for 18:42, same rows: J = 21/27 = 7/9)."""
+    for t in range(n_frames):
+        labels = shape_masks(t, 64, 96, 2)
+        if t == 1:
+            labels[labels == 2] = 0
+        if t == 2:
+            labels[labels == 1] = 0
+            labels[shape_masks(3, 64, 96, 2) == 1] = 1
+        save_palette_png(out / "shapes" / f"{t:05d}.png", labels)
+
+
+def test_scoring_the_first_frames_of_a_sequence_as_if_it_ended_there(tmp_path):
+    root = make_davis(tmp_path / "davis", {"shapes": 6})
+    out = tmp_path / "res"
+    _prefix_results(out, 4)  # a run capped at 4 of 6 frames: no result for frames 4 and 5
+    prefix = score_sequence(out, root, "shapes", frames=4)
+    assert prefix.missing == []
+    np.testing.assert_allclose(prefix.j, [[1.0, 7 / 9], [0.0, 1.0]])  # frames 1 and 2; frame 3 is the last
+    assert prefix.f[1].tolist() == [0.0, 1.0]
+
+    short_root = make_davis(tmp_path / "davis4", {"shapes": 4})  # the same sequence cut at 4 frames
+    short = score_sequence(out, short_root, "shapes")
+    assert np.array_equal(prefix.j, short.j) and np.array_equal(prefix.f, short.f)
+
+    whole = score_sequence(out, root, "shapes")  # frame 3 is scored too, and frame 4 has no result
+    assert [p.name for p in whole.missing] == ["00004.png"]
+    np.testing.assert_allclose(whole.j, [[1.0, 7 / 9, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+
+
+@pytest.mark.parametrize("frames", [2, 7])
+def test_scoring_too_few_or_too_many_frames_is_refused(tmp_path, frames):
+    root = make_davis(tmp_path / "davis", {"shapes": 6})
+    out = tmp_path / "res"
+    _prefix_results(out, 6)
+    with pytest.raises(DavisError, match=f"cannot score the first {frames} frames of shapes: it has 6 "):
+        score_sequence(out, root, "shapes", frames=frames)
+
+
+def test_csvs_read_back_as_written(tmp_path):
+    scores = DavisScores(
+        {"J&F-Mean": 0.8333333, "J-Mean": 0.8888889, "J-Recall": 1.0, "J-Decay": -0.0625, "F-Mean": 0.7777,
+         "F-Recall": 2 / 3, "F-Decay": math.nan},
+        [("shapes_1", 1.0, 0.91666), ("shapes_2", 2 / 3, math.nan), ("more_1", 0.0004, 0.9996)], [])
+    write_csvs(scores, tmp_path, "train")
+    back = read_csvs(tmp_path, "train")
+    g = back.global_scores
+    assert list(g) == ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
+    assert [g[c] for c in list(g)[:6]] == [0.833, 0.889, 1.0, -0.062, 0.778, 0.667]  # -0.0625: half to even
+    assert math.isnan(g["F-Decay"])
+    assert [name for name, _, _ in back.per_object] == ["shapes_1", "shapes_2", "more_1"]
+    assert back.per_object[0][1:] == (1.0, 0.917) and back.per_object[2][1:] == (0.0, 1.0)
+    assert back.per_object[1][1] == 0.667 and math.isnan(back.per_object[1][2])
+    assert back.missing == []
+    # Written again, the files are byte for byte the same.
+    again = tmp_path / "again"
+    write_csvs(back, again, "train")
+    for name in ("global_results-train.csv", "per-sequence_results-train.csv"):
+        assert (again / name).read_text() == (tmp_path / name).read_text()
+
+
+def test_reading_csvs_errors_name_the_file(tmp_path):
+    with pytest.raises(DavisError, match=r"scores file not found: .*global_results-val\.csv"):
+        read_csvs(tmp_path)
+    write_csvs(DavisScores(dict.fromkeys(("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall",
+                                          "F-Decay"), 0.5), [("a_1", 0.5, 0.5)], []), tmp_path)
+    seq = tmp_path / "per-sequence_results-val.csv"
+    seq.write_text("Sequence,J-Mean,F-Mean\na_1,0.500,high\n")
+    with pytest.raises(DavisError, match=r"per-sequence_results-val\.csv: 'high' is not a number"):
+        read_csvs(tmp_path)
+    seq.write_text("Sequence,J,F\na_1,0.500,0.500\n")
+    with pytest.raises(DavisError, match=r"per-sequence_results-val\.csv does not start with the header "
+                                         r"Sequence,J-Mean,F-Mean"):
+        read_csvs(tmp_path)
