@@ -58,6 +58,25 @@ def _train_folder(run: Path) -> Path:
     return run
 
 
+def open_tab(page, name: str) -> None:
+    """Click a tab until the page shows it: a click that lands before the page's scripts have
+    finished starting up (slow on a loaded machine) is lost, and the tab's controls stay hidden."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    tab = page.get_by_role("tab", name=name)
+    for _ in range(30):
+        tab.click()
+        try:
+            page.wait_for_function(
+                "name => [...document.querySelectorAll('[role=tab]')].some("
+                "t => t.innerText.trim() === name && t.getAttribute('aria-selected') === 'true')",
+                arg=name, timeout=2_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"the {name} tab did not open")
+
+
 @pytest.fixture(scope="module")
 def server(tiny_vit_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("app")
@@ -146,7 +165,7 @@ def test_attention_tab_shows_maps_masks_and_downloads(page):
 
 
 def test_video_tab_propagates_the_bundled_example(page):
-    page.get_by_role("tab", name="Video").click()
+    open_tab(page, "Video")
     # The sequence list comes from the bundled DAVIS root when the page loads.
     page.wait_for_function("document.querySelector('#video-sequence input').value === 'blackswan'",
                            timeout=30_000)
@@ -184,7 +203,7 @@ def test_uploaded_video_with_a_mask_drawn_on_its_first_frame(page, tmp_path):
     for frame in davis.frame_paths(BUNDLED, "blackswan")[:3]:
         writer.write(cv2.resize(cv2.imread(str(frame)), (320, 180), interpolation=cv2.INTER_AREA))
     writer.release()
-    page.get_by_role("tab", name="Video").click()
+    open_tab(page, "Video")
     page.get_by_label("Uploaded video").check()
     page.locator("#video-in input[type=file]").set_input_files(str(video))
     # Drawing before the first frame arrives would be wiped when it becomes the editor's background.
@@ -207,7 +226,7 @@ def test_uploaded_video_with_a_mask_drawn_on_its_first_frame(page, tmp_path):
 
 
 def test_results_and_training_tabs_open_their_folders(page):
-    page.get_by_role("tab", name="Results").click()
+    open_tab(page, "Results")
     page.click("#results-open")
     page.wait_for_function("document.querySelector('#results-summary') && "
                            "document.querySelector('#results-summary').innerText.includes('J&F-Mean')",
@@ -216,7 +235,7 @@ def test_results_and_training_tabs_open_their_folders(page):
     page.locator("#results-gt img").wait_for(timeout=30_000)
     page.locator("#results-pred img").wait_for(timeout=30_000)
 
-    page.get_by_role("tab", name="Training").click()
+    open_tab(page, "Training")
     page.click("#training-open")
     page.wait_for_function("document.querySelector('#training-summary').innerText.includes('8 iteration')",
                            timeout=30_000)
