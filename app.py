@@ -475,23 +475,14 @@ def mask_from_drawing(editor: dict | None) -> np.ndarray | None:
     return None if painted is None else painted.astype(np.uint8)
 
 
-def score_prefix(results_dir: Path, root: str | Path, sequence: str, frames: list[Path],
-                 work: Path) -> metrics.DavisScores | None:
-    """J&F of the propagated frames with davis2017-evaluation's rules, over just these frames.
-
-    The library scores every ground-truth frame of a sequence; when the run was capped, a ground-truth
-    folder of links to the first len(frames) annotations lets it score the frames that were run."""
-    gt_dir = davis.annotation_dir(root, sequence)
-    gts = [gt_dir / f"{f.stem}.png" for f in frames]
-    if len(frames) < 3 or not all(p.is_file() for p in gts):
+def run_scores(results_dir: Path, root: str | Path, sequence: str,
+               frames: list[Path]) -> metrics.DavisScores | None:
+    """J&F of the propagated frames with davis2017-evaluation's rules, as if the sequence ended with them;
+    None when fewer than 3 frames were run or the ground truth does not hold exactly these frames first."""
+    gts = davis.annotation_paths(root, sequence)[:len(frames)]
+    if len(frames) < 3 or [p.stem for p in gts] != [f.stem for f in frames]:
         return None
-    sub_root = work / "gt"
-    (sub_root / "JPEGImages" / "480p" / sequence).mkdir(parents=True)
-    linked = sub_root / "Annotations" / "480p" / sequence
-    linked.mkdir(parents=True)
-    for p in gts:
-        (linked / p.name).symlink_to(p.resolve())
-    return metrics.summarise([metrics.score_sequence(results_dir, sub_root, sequence)])
+    return metrics.summarise([metrics.score_sequence(results_dir, root, sequence, frames=len(frames))])
 
 
 @friendly
@@ -563,7 +554,7 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
 
     lines = [f"**{description}** · {len(frames)} frames · short side {short_side} px · "
              f"{davis.num_objects(labels)} object(s)"]
-    scores = score_prefix(work / "results", root_for_scores, name, frames, work) if root_for_scores else None
+    scores = run_scores(work / "results", root_for_scores, name, frames) if root_for_scores else None
     if scores is not None:
         g = scores.global_scores
         lines.append(f"\n**J&F {g['J&F-Mean']:.3f}** (J {g['J-Mean']:.3f}, F {g['F-Mean']:.3f}) over frames "
@@ -598,11 +589,10 @@ def switch_video_source(source: str) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------------------------------------------
 # Results tab
 
-def _results_csvs(folder: Path) -> tuple[Path, Path]:
+def _results_subset(folder: Path) -> str:
     for subset in ("val", "train"):
-        g, s = folder / f"global_results-{subset}.csv", folder / f"per-sequence_results-{subset}.csv"
-        if g.is_file() and s.is_file():
-            return g, s
+        if all(p.is_file() for p in metrics.csv_paths(folder, subset)):
+            return subset
     raise gr.Error(f"{folder}: no global_results-val.csv / per-sequence_results-val.csv: score it with "
                    f"`python -m eval.davis --results_path {folder} --data_path DAVIS` first")
 
@@ -634,13 +624,14 @@ def open_results(results_dir: str | None) -> tuple[str, pd.DataFrame, Figure, di
     folder = Path((results_dir or "").strip())
     if not str(folder) or str(folder) == "." or not folder.is_dir():
         raise gr.Error(f"results folder not found: {results_dir!r} (an --output_dir of python -m eval.davis)")
-    global_csv, seq_csv = _results_csvs(folder)
-    g = pd.read_csv(global_csv)
-    per_sequence = pd.read_csv(seq_csv)
-    if per_sequence.empty:
+    subset = _results_subset(folder)
+    scores = metrics.read_csvs(folder, subset)
+    global_csv, seq_csv = metrics.csv_paths(folder, subset)
+    if not scores.per_object:
         raise gr.Error(f"{seq_csv}: no sequences listed")
+    per_sequence = pd.DataFrame(scores.per_object, columns=list(metrics.SEQUENCE_COLUMNS))
     per_sequence.insert(1, "J&F", ((per_sequence["J-Mean"] + per_sequence["F-Mean"]) / 2).round(3))
-    row = g.iloc[0]
+    row = scores.global_scores
     text = (f"**J&F-Mean {row['J&F-Mean']:.3f}** · J-Mean {row['J-Mean']:.3f} (recall {row['J-Recall']:.3f}, "
             f"decay {row['J-Decay']:.3f}) · F-Mean {row['F-Mean']:.3f} (recall {row['F-Recall']:.3f}, decay "
             f"{row['F-Decay']:.3f}) · {len(per_sequence)} object(s) · `{global_csv.name}`")

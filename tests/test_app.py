@@ -320,6 +320,15 @@ def test_video_input_errors_are_readable(cfg, small_video, tmp_path):
         app.list_davis(str(tmp_path / "nowhere"))
 
 
+def test_davis_run_is_scored_only_when_its_frames_have_ground_truth(cfg, tmp_path):
+    root = make_davis(tmp_path / "davis", {"shapes": 5})
+    _, _, _, _, note = app.run_video(app.DAVIS_SOURCE, str(root), "shapes", None, None, None, None, 4, 64, cfg)
+    assert re.search(r"\*\*J&F \d\.\d{3}\*\* .* over frames 1–2 \(first and last excluded", note)
+    (root / "Annotations" / "480p" / "shapes" / "00002.png").unlink()
+    _, _, _, _, note = app.run_video(app.DAVIS_SOURCE, str(root), "shapes", None, None, None, None, 4, 64, cfg)
+    assert "**J&F" not in note and "no J&F: the ground truth of these frames is incomplete" in note
+
+
 # --- results tab
 
 @pytest.fixture(scope="module")
