@@ -53,7 +53,7 @@ RANDOM_WEIGHTS = "random weights (pipeline check only)"
 VIT_PRESETS = [name for name, preset in PRESETS.items() if preset.arch.startswith("vit")]
 
 MAX_IMAGE_SIDE = 2048  # uploads above this are downscaled first: the model resizes to --image_size anyway
-MAX_VIDEO_FRAMES = 60  # propagation on CPU takes about a second per 480p frame
+MAX_VIDEO_FRAMES = 60  # ViT-S/16 at a 480 short side takes about 3 s a frame on a 2-core CPU
 VIDEO_SHORT_SIDES = (240, 360, 480)  # 480 is the reference; smaller is faster on CPU
 ATTENTION_CACHE_SIZE = 16
 SCRATCH_KEEP = 24  # request folders kept in the app's temporary folder (older ones are deleted)
@@ -817,7 +817,7 @@ def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
                                                      brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
                                                      elem_id="video-draw")
                         max_frames = gr.Slider(2, MAX_VIDEO_FRAMES, value=12, step=1, label="Frames to propagate",
-                                               info=f"Capped at {MAX_VIDEO_FRAMES}: about a second per frame on CPU",
+                                               info=f"Capped at {MAX_VIDEO_FRAMES}: a few seconds a frame on a CPU at 480 px",
                                                elem_id="video-frames")
                         short_side = gr.Radio(list(VIDEO_SHORT_SIDES), value=480, label="Short side (px)",
                                               info="480 as the reference; smaller is faster", elem_id="video-short-side")
