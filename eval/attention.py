@@ -35,7 +35,7 @@ DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("python -m eval.attention", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_weight_flags(parser)
+    add_weight_flags(parser, reference_patch_size=8)
     parser.add_argument("--image_path", default=str(DEFAULT_IMAGE), type=str,
                         help="An image file or a folder of images.")
     parser.add_argument("--image_size", default=(480, 480), type=int, nargs="+",

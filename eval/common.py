@@ -12,8 +12,14 @@ from dino_seg.weights import PRESETS, load_model
 RANDOM = "random"
 
 
-def add_weight_flags(parser: argparse.ArgumentParser, default_patch_size: int | None = None) -> None:
-    """The reference scripts' model flags."""
+def add_weight_flags(parser: argparse.ArgumentParser, default_patch_size: int | None = None,
+                     reference_patch_size: int = 16) -> None:
+    """The reference scripts' model flags.
+
+    `reference_patch_size` is the patch size of the official weights used when no weights are given:
+    the reference's visualize_attention.py defaults to 8, eval_video_segmentation.py to 16.
+    """
+    parser.set_defaults(reference_patch_size=reference_patch_size)
     parser.add_argument("--pretrained_weights", default="", type=str,
                         help="Preset name (" + ", ".join(PRESETS) + "), path to an official DINO file or to a "
                              "checkpoint of `python -m train`, or 'random' (pipeline check only). Default: the "
@@ -33,7 +39,8 @@ def resolve_weights(args: argparse.Namespace) -> tuple[str, str]:
     if args.pretrained_weights:
         return args.pretrained_weights, args.pretrained_weights
     # Like the reference: no weights given means the official ones for this architecture.
-    arch, patch = args.arch or "vit_small", args.patch_size or 16
+    arch = args.arch or "vit_small"
+    patch = args.patch_size or getattr(args, "reference_patch_size", 16)
     for name, preset in PRESETS.items():
         if preset.arch == arch and preset.patch_size in (patch, None):
             return name, f"official preset {name}"

@@ -230,3 +230,15 @@ def test_cli_errors_are_one_line(tmp_path, tiny_vit_weights, capsys):
     assert capsys.readouterr().err.strip() == f"error: {bad}: not an image file (expected PNG, JPEG, BMP, TIFF or WebP)"
     assert cli.main(["--pretrained_weights", str(bad)]) == 2
     assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_without_weights_the_cli_takes_the_reference_scripts_default_release():
+    from eval import davis as davis_cli
+    from eval.common import resolve_weights
+
+    assert resolve_weights(cli.get_args_parser().parse_args([]))[0] == "dino_vits8"  # visualize_attention.py
+    assert resolve_weights(davis_cli.get_args_parser().parse_args([]))[0] == "dino_vits16"  # eval_video_segmentation
+    assert resolve_weights(cli.get_args_parser().parse_args(["--patch_size", "16"]))[0] == "dino_vits16"
+    assert resolve_weights(cli.get_args_parser().parse_args(["--arch", "vit_base"]))[0] == "dino_vitb8"
+    source, description = resolve_weights(cli.get_args_parser().parse_args(["--arch", "vit_tiny"]))
+    assert source == "" and "RANDOM" in description  # no official vit_tiny: said loudly
