@@ -43,7 +43,7 @@ from dino_seg.images import ImageError, load_image, load_mask
 from dino_seg.models import ARCHS, VIT_WIDTHS, is_vit
 from dino_seg.propagation import segment_sequence
 from dino_seg.video import VideoError, read_video_frames, write_video
-from dino_seg.viz import heatmap, label_color, overlay_labels, overlay_mask
+from dino_seg.viz import attention_panels, label_color, overlay_labels
 from dino_seg.weights import PRESETS, WeightsError, WeightsUnavailable, load_model
 
 APP_DIR = Path(__file__).resolve().parent
@@ -371,10 +371,10 @@ def run_attention(image_path: str | None, weights: str | None, image_size: float
     result, notes, description = attention_for(image_path, weights, int(image_size), cfg)
     masks = result.masks(float(threshold), include_mean=True)  # (heads + 1, H, W)
     tag = " (random weights)" if description.startswith("RANDOM") else ""
-    heat = [(heatmap(m), f"head {j}{tag}") for j, m in enumerate(result.pixel_maps())]
-    overlays = [(overlay_mask(result.image, m, label_color(j + 1)), f"head {j} mask{tag}")
-                for j, m in enumerate(masks[:-1])]
-    overlays.append((overlay_mask(result.image, masks[-1], label_color(len(masks))), f"mean-map mask{tag}"))
+    heat_images, overlay_images = attention_panels(result.image, result.pixel_maps(), masks)
+    heat = [(image, f"head {j}{tag}") for j, image in enumerate(heat_images)]
+    overlays = [(image, f"head {j} mask{tag}") for j, image in enumerate(overlay_images[:-1])]
+    overlays.append((overlay_images[-1], f"mean-map mask{tag}"))
     files = write_attention_downloads(SCRATCH.new("attention"), result, masks, float(threshold))
     h, w = result.image.shape[:2]
     lines = [f"**{description}** · {len(heat)} heads · input {w}x{h} px · masks keep {threshold:.0%} "

@@ -82,3 +82,12 @@ def overlay_labels(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, co
             continue
         out = overlay_mask(out, labels == label, label_color(int(label)), alpha=alpha, contour=contour)
     return out
+
+
+def attention_panels(image: np.ndarray, pixel_maps: np.ndarray,
+                     masks: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Heat maps of attention maps (heads, H, W) and overlays of masks (heads, then any extra such as the
+    mean map's) on `image`, mask j in palette colour j + 1: one colour rule for the CLI and the app."""
+    heat = [heatmap(m) for m in pixel_maps]
+    overlays = [overlay_mask(image, m, label_color(j + 1)) for j, m in enumerate(masks)]
+    return heat, overlays

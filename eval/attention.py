@@ -25,7 +25,7 @@ from dino_seg.device import pick_device
 from dino_seg.files import save_npy, save_png, save_text
 from dino_seg.images import ImageError, list_images, load_image, load_mask
 from dino_seg.models import is_vit
-from dino_seg.viz import heatmap, label_color, overlay_mask
+from dino_seg.viz import attention_panels
 from dino_seg.weights import WeightsError
 from eval.common import add_weight_flags, load_from_args
 
@@ -56,12 +56,12 @@ def write_outputs(out_dir: Path, result, threshold: float) -> np.ndarray:
     save_png(out_dir / "img.png", result.image)
     save_npy(out_dir / "attention.npy", result.maps.astype(np.float32))
     save_npy(out_dir / "masks.npy", masks[:-1])
-    for j, pixel_map in enumerate(result.pixel_maps()):
-        save_png(out_dir / f"attn-head{j}.png", heatmap(pixel_map))
-    for j, mask in enumerate(masks):
-        name = "mean" if j == len(masks) - 1 else f"head{j}"
-        save_png(out_dir / f"mask_th{threshold}_{name}.png",
-                 overlay_mask(result.image, mask, label_color(j + 1)))
+    heat, overlays = attention_panels(result.image, result.pixel_maps(), masks)
+    for j, image in enumerate(heat):
+        save_png(out_dir / f"attn-head{j}.png", image)
+    for j, image in enumerate(overlays):
+        name = "mean" if j == len(overlays) - 1 else f"head{j}"
+        save_png(out_dir / f"mask_th{threshold}_{name}.png", image)
     return masks
 
 
