@@ -40,7 +40,7 @@ from dino_seg.attention import AttentionResult, compute_attention
 from dino_seg.device import pick_device
 from dino_seg.files import save_npy, save_png
 from dino_seg.images import ImageError, load_image, load_mask
-from dino_seg.models import ARCHS, VIT_WIDTHS, is_vit
+from dino_seg.models import ARCHS, is_vit, model_name
 from dino_seg.propagation import segment_sequence
 from dino_seg.video import VideoError, read_video_frames, write_video
 from dino_seg.viz import attention_panels, label_color, overlay_labels
@@ -181,16 +181,8 @@ def get_model(choice: str | None, cfg: AppConfig) -> tuple[nn.Module, str]:
     return model, describe_model(model, source)
 
 
-def _arch_name(model: nn.Module) -> str:
-    if is_vit(model):
-        for name, (dim, _) in VIT_WIDTHS.items():
-            if dim == model.embed_dim:
-                return f"{name}/{model.patch_size}"
-    return "resnet50"
-
-
 def describe_model(model: nn.Module, source: str) -> str:
-    arch = _arch_name(model)
+    arch = model_name(model)
     if source == RANDOM_WEIGHTS:
         return f"RANDOM weights, {arch} (pipeline check only: not DINO, the maps are meaningless)"
     if source in PRESETS:

@@ -86,16 +86,24 @@ def build_backbone(arch: str = "vit_small", patch_size: int = 16, drop_path_rate
         if patch_size not in PATCH_SIZES:
             raise ValueError(f"--patch_size: expected one of {PATCH_SIZES} for {arch}, got {patch_size}")
         embed_dim, heads = VIT_WIDTHS[arch]
-        return DinoVisionTransformer(embed_dim, heads, patch_size=patch_size, img_size=img_size,
-                                     drop_path_rate=drop_path_rate)
+        model = DinoVisionTransformer(embed_dim, heads, patch_size=patch_size, img_size=img_size,
+                                      drop_path_rate=drop_path_rate)
+        model.arch = arch
+        return model
     if arch == "resnet50":
         from torchvision.models import resnet50
 
         model = resnet50(weights=None)
         model.fc = nn.Identity()  # the reference drops the classifier: the backbone outputs (B, 2048)
         model.embed_dim = 2048
+        model.arch = arch
         return model
     raise ValueError(f"--arch: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
+
+
+def model_name(model: nn.Module) -> str:
+    """"vit_small/16"-style name of a backbone built by `build_backbone`."""
+    return f"{model.arch}/{model.patch_size}" if is_vit(model) else model.arch
 
 
 def is_vit(model: nn.Module) -> bool:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dino_seg.models import build_backbone, is_vit, patch_features
+from dino_seg.models import build_backbone, is_vit, model_name, patch_features
 from reference_vit import reference_forward
 
 
@@ -97,3 +97,9 @@ def test_drop_path_applies_in_training_only():
 def test_bad_arch_or_patch_is_a_clear_error(arch, patch, match):
     with pytest.raises(ValueError, match=match):
         build_backbone(arch, patch)
+
+
+def test_backbones_know_their_names():
+    with torch.device("meta"):
+        assert model_name(build_backbone("vit_base", 8)) == "vit_base/8"
+        assert model_name(build_backbone("resnet50")) == "resnet50"
