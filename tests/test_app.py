@@ -18,9 +18,9 @@ from app_fixtures import SIZE, SWAN, cfg  # noqa: F401 - fixtures
 from dino_seg.app import attention as attention_tab
 from dino_seg.app import model_cache, weights_bar
 from dino_seg.app.config import BUNDLED_DAVIS
-from dino_seg.app.errors import friendly
+from dino_seg.app.errors import friendly, scrub_paths
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
-from dino_seg.app.scratch import Scratch
+from dino_seg.app.scratch import SCRATCH, Scratch
 from dino_seg.models import build_backbone
 
 
@@ -94,6 +94,25 @@ def test_unexpected_errors_become_one_line(capsys):
     with pytest.raises(gr.Error, match=r"unexpected error \(KeyError\): 'boom'"):
         broken()
     assert "Traceback" in capsys.readouterr().err  # the console keeps the trace; the page does not
+
+
+def test_user_errors_are_one_line_on_the_console_without_temporary_paths(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    upload = tmp_path / "gradio" / ("ef" * 32) / "notes.pth"
+
+    @friendly
+    def refuse(path: str) -> None:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ('{path}' is text)")
+
+    with pytest.raises(gr.Error) as raised:
+        refuse(str(upload))
+    assert raised.value.message == "notes.pth: not a readable PyTorch checkpoint ('notes.pth' is text)"
+    assert raised.value.print_exception is False  # Gradio prints no traceback for it
+    assert capsys.readouterr().err == "refuse: notes.pth: not a readable PyTorch checkpoint ('notes.pth' is text)\n"
+    assert scrub_paths(f"{SCRATCH.root}/000003-video/frames/00000.jpg is bad") == (
+        "00000.jpg is bad")
+    assert scrub_paths("/data/DAVIS/JPEGImages/480p/bear/00000.jpg is bad") == (
+        "/data/DAVIS/JPEGImages/480p/bear/00000.jpg is bad")  # the person's own paths stay whole
 
 
 # --- the page and the command line

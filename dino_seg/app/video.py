@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import cv2
 import gradio as gr
 import numpy as np
 from PIL import Image
@@ -108,6 +109,22 @@ def mask_from_drawing(editor: dict | None) -> np.ndarray | None:
     return None if painted is None else painted.astype(np.uint8)
 
 
+def _truncation_notes(video_path: str | Path, frames: list[Path], max_frames: int, notes: list[str]) -> list[str]:
+    """The reader's notes, saying how many frames could be read when a file ends before the frame count its
+    header announces (a truncated upload): the reader's "only the first N of M frames (cap C)" would blame the
+    cap for frames that do not exist."""
+    if len(frames) >= max_frames:
+        return notes
+    capture = cv2.VideoCapture(str(video_path))
+    announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    capture.release()
+    if announced <= len(frames):
+        return notes
+    return [n for n in notes if not n.startswith("only the first")] + [
+        f"only {len(frames)} of the {announced} frames its header announces could be read: the file "
+        f"{Path(video_path).name} is truncated or damaged"]
+
+
 def run_scores(results_dir: Path, root: str | Path, sequence: str,
                frames: list[Path]) -> metrics.DavisScores | None:
     """J&F of the propagated frames with davis2017-evaluation's rules, as if the sequence ended with them;
@@ -136,6 +153,7 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
             raise gr.Error("Upload a video file first (or pick a DAVIS sequence).")
         frames, fps, notes = read_video_frames(video_path, work / "frames", max_frames)
         name = Path(video_path).stem
+        notes = _truncation_notes(video_path, frames, max_frames, notes)
         fh, fw = davis.image_size(frames[0])
         if mask_path:
             labels = mask_from_file(mask_path)

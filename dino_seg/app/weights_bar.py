@@ -11,7 +11,7 @@ from dino_seg.models import is_vit
 from dino_seg.weights import WeightsError, WeightsUnavailable
 
 from .config import AppConfig
-from .errors import friendly, one_line
+from .errors import friendly, one_line, scrub_paths
 from .model_cache import RANDOM_WEIGHTS, VIT_PRESETS, get_model, model_key
 
 
@@ -39,8 +39,8 @@ def check_weights(choice: str | None, cfg: AppConfig) -> str:
                 "- or upload a checkpoint file below, or pick **random weights (pipeline check only)** "
                 "to try the page (its maps are meaningless).")
     except WeightsError as err:
-        return (f"### Weights cannot be used: `{source}`\n{one_line(err)}\n\n"
-                "Upload another checkpoint below or pick **random weights (pipeline check only)**.")
+        return scrub_paths(f"### Weights cannot be used: `{source}`\n{one_line(err)}\n\n"
+                           "Upload another checkpoint below or pick **random weights (pipeline check only)**.")
     if source == RANDOM_WEIGHTS:
         return (f"### {description}\nThese untrained weights only check the pipeline; pick DINO weights or "
                 "upload a checkpoint to see what DINO learned.")
