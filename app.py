@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 
 import gradio as gr
 
@@ -20,6 +21,7 @@ from dino_seg.app import attention, results, training, video
 from dino_seg.app.config import ASSETS, BUNDLED_DAVIS, AppConfig
 from dino_seg.app.errors import one_line
 from dino_seg.app.model_cache import RANDOM_WEIGHTS, get_model
+from dino_seg.app.scratch import SCRATCH, cached_files, remove_cached_files
 from dino_seg.app.shared import Shared
 from dino_seg.app.weights_bar import build_weights_bar
 from dino_seg.device import pick_device
@@ -72,8 +74,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # gradio closes its server on it, and atexit then removes the scratch folder
+def queue(demo: gr.Blocks) -> gr.Blocks:
+    """The request queue: two requests at a time (the video tab's jobs one at a time in their own queue)."""
+    return demo.queue(default_concurrency_limit=2, max_size=64)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,16 +89,39 @@ def main(argv: list[str] | None = None) -> int:
     weights = RANDOM_WEIGHTS if args.pretrained_weights == "random" else args.pretrained_weights
     cfg = AppConfig(weights=weights, arch=args.arch, patch_size=args.patch_size, davis_root=args.davis_root,
                     results_dir=args.results_dir, train_dir=args.train_dir, device=str(device))
-    try:  # load once at start-up so the first request is fast; a failure only shows in the banner
-        print(f"weights: {get_model(weights, cfg)[1]} on {device}")
-    except WeightsError as err:
-        print(f"warning: {one_line(err)} (the page shows how to fix this)", file=sys.stderr)
-    demo = build_demo(cfg)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the app as Ctrl-C does, leaving no temporary files
-    allowed = [str(ASSETS)] + [p for p in attention.example_images() if not p.startswith(str(ASSETS))]
-    demo.queue(default_concurrency_limit=2, max_size=64).launch(
-        server_name=args.host, server_port=args.port, share=args.share, show_error=True, ssr_mode=False,
-        allowed_paths=allowed, theme=THEME, css=CSS, footer_links=["gradio", "settings"])
+    stop, signals = threading.Event(), []
+    demo = None
+    try:
+        try:  # load once at start-up so the first request is fast; a failure only shows in the banner
+            print(f"weights: {get_model(weights, cfg)[1]} on {device}")
+        except WeightsError as err:
+            print(f"warning: {one_line(err)} (the page shows how to fix this)", file=sys.stderr)
+        demo = build_demo(cfg)
+        allowed = [str(ASSETS)] + [p for p in attention.example_images() if not p.startswith(str(ASSETS))]
+        try:
+            queue(demo).launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,
+                               ssr_mode=False, allowed_paths=allowed, theme=THEME, css=CSS,
+                               footer_links=["gradio", "settings"], prevent_thread_lock=True)
+        except OSError as err:
+            reason = "in use" if "empty port" in str(err) else f"unavailable ({one_line(err)})"
+            print(f"error: cannot serve on {args.host}:{args.port}: the port is {reason}; pass another --port",
+                  file=sys.stderr)
+            return 1
+        for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and `kill` close the page the same way
+            signal.signal(signum, lambda s, _: (signals.append(s), stop.set()))
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:  # Ctrl-C while the weights load
+        signals.append(signal.SIGINT)
+    finally:
+        if demo is not None:  # the scratch folder and Gradio's cached files of this page are removed
+            files = cached_files(demo)
+            demo.close(verbose=False)
+            remove_cached_files(files | cached_files(demo))
+        SCRATCH.cleanup()
+    if signal.SIGINT in signals:
+        print("interrupted: the app is closed and its temporary files are removed", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -34,7 +34,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def client(cfg) -> Iterator[Client]:
     demo = app.build_demo(cfg)
-    demo.queue(default_concurrency_limit=2).launch(server_name="127.0.0.1", server_port=_free_port(),
+    app.queue(demo).launch(server_name="127.0.0.1", server_port=_free_port(),
                                                    prevent_thread_lock=True, ssr_mode=False, quiet=True)
     try:
         yield Client(demo.local_url, verbose=False)

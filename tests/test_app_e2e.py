@@ -115,9 +115,10 @@ def server(tiny_vit_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-    # SIGTERM stops the app like Ctrl-C: its per-request scratch folder is gone.
+    # SIGTERM stops the app like Ctrl-C (but exits 0): its scratch folder and Gradio's files of the page are gone.
     assert proc.returncode == 0, (base / "app.log").read_text()[-3000:]
     assert list(tmp.glob("dino-seg-app-*")) == []
+    assert [p for p in (base / "gradio").rglob("*") if p.is_file()] == []
 
 
 @pytest.fixture(scope="module")
