@@ -21,6 +21,7 @@ from dino_seg.app import attention, results, training, video
 from dino_seg.app.config import ASSETS, BUNDLED_DAVIS, AppConfig
 from dino_seg.app.errors import one_line
 from dino_seg.app.model_cache import RANDOM_WEIGHTS, get_model
+from dino_seg.app.paths import allowed_roots
 from dino_seg.app.scratch import SCRATCH, cached_files, remove_cached_files
 from dino_seg.app.shared import Shared
 from dino_seg.app.weights_bar import build_weights_bar
@@ -68,7 +69,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results_dir", default="", help="A `python -m eval.davis` output folder to open in the Results tab.")
     parser.add_argument("--train_dir", default="", help="A `python -m train` output folder to open in the Training tab.")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
-    parser.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0 for every interface).")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="Address to serve on (0.0.0.0 for every interface). On an address other than loopback "
+                             "(or with --share) the page opens only uploads and paths under the folders and files "
+                             "given by --davis_root, --results_dir, --train_dir and --pretrained_weights.")
     parser.add_argument("--port", default=7860, type=int, help="Port to serve on.")
     parser.add_argument("--share", action="store_true", help="Also open a public gradio.live link (needs internet).")
     return parser
@@ -87,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     weights = RANDOM_WEIGHTS if args.pretrained_weights == "random" else args.pretrained_weights
+    shared = allowed_roots(args.host, args.share, [args.davis_root, args.results_dir, args.train_dir,
+                                                   args.pretrained_weights])
+    if shared is not None:
+        print(f"public address: path inputs are limited to uploads and {', '.join(shared)}")
     cfg = AppConfig(weights=weights, arch=args.arch, patch_size=args.patch_size, davis_root=args.davis_root,
-                    results_dir=args.results_dir, train_dir=args.train_dir, device=str(device))
+                    results_dir=args.results_dir, train_dir=args.train_dir, device=str(device), allowed_roots=shared)
     stop, signals = threading.Event(), []
     demo = None
     try:

@@ -24,6 +24,7 @@ from .components import UploadImage
 from .config import ASSETS, AppConfig
 from .errors import friendly
 from .model_cache import model_key, model_or_error
+from .paths import check_path
 from .scratch import SCRATCH
 from .shared import Shared
 
@@ -91,6 +92,7 @@ def attention_for(image_path: str | Path, weights: str | None, image_size: int,
                   cfg: AppConfig) -> tuple[AttentionResult, list[str], str]:
     """The attention of an image, computed once per (image content, weights, size) and cached, so that
     moving only the threshold slider never runs the model again."""
+    check_path(str(image_path), cfg, "image")  # an API call may name any server file, not only uploads
     model, description = model_or_error(weights, cfg)
     key = (model_key(weights, cfg), cfg.device, _file_digest(image_path), int(image_size))
     with _ATTENTION_LOCK:

@@ -20,6 +20,7 @@ from .components import FrameSlider
 from .config import BUNDLED_DAVIS, AppConfig
 from .errors import friendly
 from .model_cache import model_or_error
+from .paths import check_path, sequence_name
 from .scratch import SCRATCH
 from .shared import Shared
 
@@ -29,23 +30,24 @@ DAVIS_SOURCE = "DAVIS sequence"
 UPLOAD_SOURCE = "Uploaded video"
 
 
-def _davis_root(root: str | None) -> str:
-    return (root or "").strip() or str(BUNDLED_DAVIS)
+def davis_root(root: str | None, cfg: AppConfig) -> str:
+    """The DAVIS root a person typed (the bundled example when empty), if the page may open it."""
+    return check_path((root or "").strip() or str(BUNDLED_DAVIS), cfg, "DAVIS root")
 
 
 @friendly
-def list_davis(root: str | None) -> dict:
+def list_davis(root: str | None, cfg: AppConfig = AppConfig()) -> dict:
     """Sequence choices of a DAVIS root (the first one selected)."""
-    names = davis.list_sequences(_davis_root(root))
+    names = davis.list_sequences(davis_root(root, cfg))
     return gr.update(choices=names, value=names[0])
 
 
 @friendly
-def davis_first_frame(root: str | None, sequence: str | None) -> np.ndarray | None:
+def davis_first_frame(root: str | None, sequence: str | None, cfg: AppConfig = AppConfig()) -> np.ndarray | None:
     """The first frame of a sequence with its first annotation overlaid (what propagation starts from)."""
     if not sequence:
         return None
-    root = _davis_root(root)
+    root, sequence = davis_root(root, cfg), sequence_name(sequence)
     frames = davis.frame_paths(root, sequence)
     image = np.asarray(load_image(frames[0]))
     gt = davis.annotation_dir(root, sequence) / f"{frames[0].stem}.png"
@@ -55,10 +57,11 @@ def davis_first_frame(root: str | None, sequence: str | None) -> np.ndarray | No
 
 
 @friendly
-def video_first_frame(video_path: str | None) -> tuple[np.ndarray | None, str]:
+def video_first_frame(video_path: str | None, cfg: AppConfig = AppConfig()) -> tuple[np.ndarray | None, str]:
     """The first frame of an uploaded video, to draw the first-frame mask on, and what to do next."""
     if not video_path:
         return None, ""
+    check_path(video_path, cfg, "video")  # an API call may name any server file, not only uploads
     paths, _, notes = read_video_frames(video_path, SCRATCH.new("first-frame"), max_frames=1)
     frame = np.asarray(load_image(paths[0]))
     hint = (f"First frame loaded ({frame.shape[1]}x{frame.shape[0]}): paint the object on it with the brush, "
@@ -151,6 +154,8 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
     if source == UPLOAD_SOURCE:
         if not video_path:
             raise gr.Error("Upload a video file first (or pick a DAVIS sequence).")
+        for path, what in ((video_path, "video"), (mask_path, "mask")):  # API calls may name any server file
+            check_path(path or "", cfg, what)
         frames, fps, notes = read_video_frames(video_path, work / "frames", max_frames)
         name = Path(video_path).stem
         notes = _truncation_notes(video_path, frames, max_frames, notes)
@@ -167,9 +172,10 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
         notes += fit_notes
         root_for_scores = None
     else:
-        root = _davis_root(root)
+        root = davis_root(root, cfg)
         if not sequence:
             raise gr.Error("Pick a DAVIS sequence.")
+        sequence = sequence_name(sequence)
         all_frames = davis.frame_paths(root, sequence)
         frames = all_frames[:max_frames]
         if len(all_frames) > len(frames):
@@ -275,11 +281,13 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                 frame_view = gr.Image(label="Frame", interactive=False, height=360, elem_id="video-frame")
                 frame_paths = gr.State([])
 
-    shared.demo.load(list_davis, root, sequence, api_name="load_davis", api_visibility="private")  # = /list_davis
-    root.submit(list_davis, root, sequence, api_name="list_davis")
-    sequence.change(davis_first_frame, [root, sequence], first, api_name="davis_first_frame")
+    listing = functools.partial(list_davis, cfg=cfg)
+    shared.demo.load(listing, root, sequence, api_name="load_davis", api_visibility="private")  # = /list_davis
+    root.submit(listing, root, sequence, api_name="list_davis")
+    sequence.change(functools.partial(davis_first_frame, cfg=cfg), [root, sequence], first,
+                    api_name="davis_first_frame")
     source.change(switch_video_source, source, [davis_group, upload_group], api_name="switch_video_source")
-    video_in.change(video_first_frame, video_in, [drawing, draw_hint], api_name="video_first_frame")
+    video_in.change(functools.partial(video_first_frame, cfg=cfg), video_in, [drawing, draw_hint], api_name="video_first_frame")
     # Propagation is the slow job: one at a time, in its own queue, so attention requests still run.
     run_button.click(functools.partial(run_video, cfg=cfg),
                      [source, root, sequence, video_in, mask_in, drawing, shared.weights, max_frames, short_side],
