@@ -11,18 +11,16 @@ The tabs live in `dino_seg/app/` (one module per tab, each with module-level han
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 
 import gradio as gr
 
 from dino_seg.app import attention, results, training, video
-from dino_seg.app.config import ASSETS, BUNDLED_DAVIS, AppConfig
+from dino_seg.app.config import BUNDLED_DAVIS, AppConfig
 from dino_seg.app.errors import one_line
 from dino_seg.app.model_cache import RANDOM_WEIGHTS, get_model
 from dino_seg.app.paths import allowed_roots
-from dino_seg.app.scratch import SCRATCH, cached_files, remove_cached_files
+from dino_seg.app.serve import interrupted, serve
 from dino_seg.app.shared import Shared
 from dino_seg.app.weights_bar import build_weights_bar
 from dino_seg.device import pick_device
@@ -30,14 +28,6 @@ from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, WeightsError
 
 TABS = (attention, video, results, training)  # each module's build_tab adds one tab, in this order
-
-# Plain system font stacks: the page must not fetch web fonts (the app often runs offline).
-THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                          font_mono=["ui-monospace", "Consolas", "monospace"])
-CSS = """
-#weights-banner {border-left: 4px solid #d97706; padding-left: 12px;}
-#weights-banner:empty {display: none;}
-"""
 
 
 def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
@@ -78,11 +68,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def queue(demo: gr.Blocks) -> gr.Blocks:
-    """The request queue: two requests at a time (the video tab's jobs one at a time in their own queue)."""
-    return demo.queue(default_concurrency_limit=2, max_size=64)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
@@ -97,40 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"public address: path inputs are limited to uploads and {', '.join(shared)}")
     cfg = AppConfig(weights=weights, arch=args.arch, patch_size=args.patch_size, davis_root=args.davis_root,
                     results_dir=args.results_dir, train_dir=args.train_dir, device=str(device), allowed_roots=shared)
-    stop, signals = threading.Event(), []
-    demo = None
     try:
         try:  # load once at start-up so the first request is fast; a failure only shows in the banner
             print(f"weights: {get_model(weights, cfg)[1]} on {device}")
         except WeightsError as err:
             print(f"warning: {one_line(err)} (the page shows how to fix this)", file=sys.stderr)
         demo = build_demo(cfg)
-        allowed = [str(ASSETS)] + [p for p in attention.example_images() if not p.startswith(str(ASSETS))]
-        try:
-            queue(demo).launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True,
-                               ssr_mode=False, allowed_paths=allowed, theme=THEME, css=CSS,
-                               footer_links=["gradio", "settings"], prevent_thread_lock=True)
-        except OSError as err:
-            reason = "in use" if "empty port" in str(err) else f"unavailable ({one_line(err)})"
-            print(f"error: cannot serve on {args.host}:{args.port}: the port is {reason}; pass another --port",
-                  file=sys.stderr)
-            return 1
-        for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and `kill` close the page the same way
-            signal.signal(signum, lambda s, _: (signals.append(s), stop.set()))
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:  # Ctrl-C while the weights load
-        signals.append(signal.SIGINT)
-    finally:
-        if demo is not None:  # the scratch folder and Gradio's cached files of this page are removed
-            files = cached_files(demo)
-            demo.close(verbose=False)
-            remove_cached_files(files | cached_files(demo))
-        SCRATCH.cleanup()
-    if signal.SIGINT in signals:
-        print("interrupted: the app is closed and its temporary files are removed", file=sys.stderr)
-        return 130
-    return 0
+    except KeyboardInterrupt:
+        return interrupted()
+    return serve(demo, args.host, args.port, args.share)
 
 
 if __name__ == "__main__":

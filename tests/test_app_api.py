@@ -22,6 +22,7 @@ from dino_seg.app import video as video_tab
 from dino_seg.app import weights_bar
 from dino_seg.app.config import ASSETS, BUNDLED_DAVIS, AppConfig
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
+from dino_seg.app.serve import queue
 
 ENDPOINTS = {"/attention", "/refresh_attention", "/check_weights", "/upload_weights", "/list_davis",
              "/davis_first_frame", "/video_first_frame", "/switch_video_source", "/propagate", "/show_frame",
@@ -37,7 +38,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def client(cfg) -> Iterator[Client]:
     demo = app.build_demo(cfg)
-    app.queue(demo).launch(server_name="127.0.0.1", server_port=_free_port(),
+    queue(demo).launch(server_name="127.0.0.1", server_port=_free_port(),
                                                    prevent_thread_lock=True, ssr_mode=False, quiet=True)
     try:
         yield Client(demo.local_url, verbose=False)
