@@ -31,7 +31,7 @@ from .shared import Shared
 MAX_IMAGE_SIDE = 2048  # uploads above this are downscaled first: the model resizes to --image_size anyway
 ATTENTION_CACHE_SIZE = 16
 
-Gallery = list[tuple[np.ndarray, str]]
+Gallery = list[tuple[str, str]]  # (PNG file, caption)
 
 
 def example_images() -> list[str]:
@@ -128,6 +128,14 @@ def write_attention_downloads(folder: Path, result: AttentionResult, masks: np.n
     return [str(zip_path), str(masks_npy), str(attn_npy)]
 
 
+def gallery_png(path: Path, image: np.ndarray) -> str:
+    """A gallery image as a PNG file of the request's folder. Gradio caches a numpy image by rewriting a file
+    named by its content in place, so two requests with the same map (the same image at two thresholds)
+    could truncate it while it is being sent (seen with 8 concurrent requests); a file it copies atomically."""
+    save_png(path, image)
+    return str(path)
+
+
 @friendly
 def run_attention(image_path: str | None, weights: str | None, image_size: float, threshold: float,
                   cfg: AppConfig) -> tuple[Gallery, Gallery, list[str], str]:
@@ -138,10 +146,12 @@ def run_attention(image_path: str | None, weights: str | None, image_size: float
     masks = result.masks(float(threshold), include_mean=True)  # (heads + 1, H, W)
     tag = " (random weights)" if description.startswith("RANDOM") else ""
     heat_images, overlay_images = attention_panels(result.image, result.pixel_maps(), masks)
-    heat = [(image, f"head {j}{tag}") for j, image in enumerate(heat_images)]
-    overlays = [(image, f"head {j} mask{tag}") for j, image in enumerate(overlay_images[:-1])]
-    overlays.append((overlay_images[-1], f"mean-map mask{tag}"))
-    files = write_attention_downloads(SCRATCH.new("attention"), result, masks, float(threshold))
+    folder = SCRATCH.new("attention")
+    heat = [(gallery_png(folder / f"heat_head{j}.png", image), f"head {j}{tag}") for j, image in enumerate(heat_images)]
+    overlays = [(gallery_png(folder / f"mask_head{j}.png", image), f"head {j} mask{tag}")
+                for j, image in enumerate(overlay_images[:-1])]
+    overlays.append((gallery_png(folder / "mask_mean.png", overlay_images[-1]), f"mean-map mask{tag}"))
+    files = write_attention_downloads(folder, result, masks, float(threshold))
     h, w = result.image.shape[:2]
     lines = [f"**{description}** · {len(heat)} heads · input {w}x{h} px · masks keep {threshold:.0%} "
              "of each map's attention mass"] + [f"- note: {n}" for n in notes]
