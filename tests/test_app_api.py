@@ -152,11 +152,19 @@ def test_attention_is_answered_while_a_video_job_runs(client, monkeypatch):
     assert "2 frames" in video.result(timeout=300)[-1]
 
 
-def test_the_frame_cap(client, cfg, monkeypatch):
-    # The page's slider stops at the cap and the API refuses more; the handler caps what it is given.
-    with pytest.raises(Exception, match=f"Value {video_tab.MAX_VIDEO_FRAMES + 1} is greater than maximum value "
-                                        f"{video_tab.MAX_VIDEO_FRAMES}"):
+def test_the_frame_cap(client, cfg, monkeypatch, capsys):
+    # The page's slider stops at the cap and the API refuses more, in one line on the console too; the
+    # handler caps what it is given.
+    refusal = (f"Frames to propagate: Value {video_tab.MAX_VIDEO_FRAMES + 1} is greater than maximum value "
+               f"{video_tab.MAX_VIDEO_FRAMES}.")
+    capsys.readouterr()
+    with pytest.raises(Exception, match=re.escape(refusal)):
         client.predict(*PROPAGATE[:7], video_tab.MAX_VIDEO_FRAMES + 1, 240, api_name="/propagate")
+    err = capsys.readouterr().err
+    assert f"input: {refusal}" in err.splitlines() and "Traceback" not in err
+    choices = "Short side (px): Value: 100 (type: <class 'int'>) is not in the list of choices: [240, 360, 480]"
+    with pytest.raises(Exception, match=re.escape(choices)):
+        client.predict(*PROPAGATE[:7], 4, 100, api_name="/propagate")
     monkeypatch.setattr(video_tab, "MAX_VIDEO_FRAMES", 3)
     _, paths, slider, _, note = video_tab.run_video(*PROPAGATE[:7], 999, 240, cfg)
     assert len(paths) == 3 and slider["maximum"] == 2

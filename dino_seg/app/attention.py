@@ -20,7 +20,7 @@ from dino_seg.files import save_npy, save_png
 from dino_seg.images import ImageError, load_image
 from dino_seg.viz import attention_panels
 
-from .components import UploadImage
+from .components import Slider, UploadImage
 from .config import ASSETS, AppConfig
 from .errors import friendly
 from .model_cache import model_key, model_or_error
@@ -176,8 +176,8 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                                     sources=["upload", "clipboard"], elem_id="attention-image")
                 gr.Examples(example_images(), inputs=image, label="Examples", examples_per_page=8,
                             elem_id="attention-examples")
-                image_size = gr.Slider(128, 960, value=480, step=16, label="Image size (short side, px)")
-                threshold = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Mass threshold",
+                image_size = Slider(128, 960, value=480, step=16, label="Image size (short side, px)")
+                threshold = Slider(0.05, 1.0, value=0.6, step=0.05, label="Mass threshold",
                                       info="Share of each map's attention mass the mask keeps (paper: 0.6)",
                                       elem_id="attention-threshold")
                 run_button = gr.Button("Compute attention", variant="primary", elem_id="attention-run")

@@ -1,10 +1,13 @@
-"""Gradio components the tabs share, adjusted so that API calls from a fresh session get our one-line errors."""
+"""Gradio components the tabs share, adjusted so that API calls (from a fresh session, with any value) get
+one-line errors."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import gradio as gr
+
+from .errors import user_error
 
 
 class UploadImage(gr.Image):
@@ -28,3 +31,27 @@ class FrameSlider(gr.Slider):
 
     def preprocess(self, payload: float) -> float:
         return payload
+
+
+class Slider(gr.Slider):
+    """gr.Slider whose out-of-range values (only API calls can send them) are one console line, not a trace."""
+
+    is_template = True
+
+    def preprocess(self, payload: float) -> float:
+        try:
+            return super().preprocess(payload)
+        except gr.Error as err:
+            raise user_error("input", f"{self.label}: {err.message}") from None
+
+
+class Radio(gr.Radio):
+    """gr.Radio whose values outside its choices (only API calls can send them) are one console line."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except gr.Error as err:
+            raise user_error("input", f"{self.label}: {err.message}") from None

@@ -16,7 +16,7 @@ from dino_seg.propagation import segment_sequence
 from dino_seg.video import read_video_frames, write_video
 from dino_seg.viz import overlay_labels
 
-from .components import FrameSlider
+from .components import FrameSlider, Radio, Slider
 from .config import BUNDLED_DAVIS, AppConfig
 from .errors import friendly
 from .model_cache import model_or_error
@@ -249,7 +249,7 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
     with gr.Tab("Video", id="video"):
         with gr.Row():
             with gr.Column(scale=2):
-                source = gr.Radio([DAVIS_SOURCE, UPLOAD_SOURCE], value=DAVIS_SOURCE, label="Frames")
+                source = Radio([DAVIS_SOURCE, UPLOAD_SOURCE], value=DAVIS_SOURCE, label="Frames")
                 with gr.Group(visible=True) as davis_group:
                     root = gr.Textbox(cfg.davis_root, label="DAVIS root",
                                       info="JPEGImages/480p and Annotations/480p (bundled: 12 frames of blackswan)")
@@ -267,10 +267,10 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                                              sources=[], height=300, layers=False,
                                              brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
                                              elem_id="video-draw")
-                max_frames = gr.Slider(2, MAX_VIDEO_FRAMES, value=12, step=1, label="Frames to propagate",
+                max_frames = Slider(2, MAX_VIDEO_FRAMES, value=12, step=1, label="Frames to propagate",
                                        info=f"Capped at {MAX_VIDEO_FRAMES}: a few seconds a frame on a CPU at 480 px",
                                        elem_id="video-frames")
-                short_side = gr.Radio(list(VIDEO_SHORT_SIDES), value=480, label="Short side (px)",
+                short_side = Radio(list(VIDEO_SHORT_SIDES), value=480, label="Short side (px)",
                                       info="480 as the reference; smaller is faster", elem_id="video-short-side")
                 run_button = gr.Button("Propagate", variant="primary", elem_id="video-run")
             with gr.Column(scale=3):
@@ -287,7 +287,8 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
     sequence.change(functools.partial(davis_first_frame, cfg=cfg), [root, sequence], first,
                     api_name="davis_first_frame")
     source.change(switch_video_source, source, [davis_group, upload_group], api_name="switch_video_source")
-    video_in.change(functools.partial(video_first_frame, cfg=cfg), video_in, [drawing, draw_hint], api_name="video_first_frame")
+    video_in.change(functools.partial(video_first_frame, cfg=cfg), video_in, [drawing, draw_hint],
+                    api_name="video_first_frame")
     # Propagation is the slow job: one at a time, in its own queue, so attention requests still run.
     run_button.click(functools.partial(run_video, cfg=cfg),
                      [source, root, sequence, video_in, mask_in, drawing, shared.weights, max_frames, short_side],
