@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 import urllib.error
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 import app
 from app_fixtures import SIZE, SWAN, cfg  # noqa: F401 - fixtures
 from dino_seg.app import attention as attention_tab
-from dino_seg.app import model_cache, weights_bar
+from dino_seg.app import jobs, model_cache, weights_bar
 from dino_seg.app.config import BUNDLED_DAVIS
 from dino_seg.app.errors import friendly, scrub_paths
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
@@ -131,3 +132,28 @@ def test_page_has_four_tabs_and_the_flags_have_their_defaults(cfg):
 def test_the_library_imports_without_gradio():
     code = "import sys, dino_seg, dino_seg.davis, dino_seg.images, dino_seg.weights; assert 'gradio' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_shutting_down_waits_for_running_jobs_and_refuses_new_ones(capsys):
+    started, finish, done = threading.Event(), threading.Event(), []
+
+    @friendly
+    def slow() -> str:
+        started.set()
+        finish.wait(timeout=60)
+        return "finished"
+
+    worker = threading.Thread(target=lambda: done.append(slow()))
+    worker.start()
+    assert started.wait(timeout=60)
+    try:
+        assert jobs.close(timeout=0.2) is False and jobs.running() == 1  # still running: close waited, in vain
+        with pytest.raises(gr.Error, match="the app is shutting down"):
+            slow()
+        finish.set()
+        assert jobs.close(timeout=60) is True and done == ["finished"]
+    finally:
+        finish.set()
+        worker.join()
+        jobs.reopen()
+    assert "slow: the app is shutting down" in capsys.readouterr().err

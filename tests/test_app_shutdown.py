@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.utils import Status
 
 import app
 from dino_seg.app.config import ASSETS
@@ -61,8 +62,15 @@ def test_ctrl_c_closes_the_app_in_one_line_and_removes_its_files(tiny_vit_weight
         cache = tmp_path / "gradio"
         assert [p for p in cache.rglob("*") if p.is_file()]  # uploads and outputs were cached
         assert list((tmp_path / "tmp").glob("dino-seg-app-*"))
+        # Interrupted during a video job: the job stops between two frames, the process ends cleanly
+        # (ending it under a model call aborted it: "terminate called without an active exception").
+        video = client.submit("DAVIS sequence", "", "blackswan", None, None, None, None, 12, 480,
+                              api_name="/propagate")
+        deadline = time.monotonic() + 60
+        while video.status().code != Status.PROGRESS and not video.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
         proc.send_signal(signum)
-        assert proc.wait(timeout=60) == code
+        assert proc.wait(timeout=150) == code
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -20,6 +20,7 @@ from dino_seg.images import ImageError
 from dino_seg.video import VideoError
 from dino_seg.weights import WeightsError
 
+from .jobs import AppClosing, job
 from .scratch import SCRATCH
 
 T = TypeVar("T")
@@ -62,12 +63,13 @@ def friendly(fn: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
-            return fn(*args, **kwargs)
+            with job():  # shutting down waits for it
+                return fn(*args, **kwargs)
         except gr.Error as err:
             raise user_error(fn.__name__, str(err.message)) from None
         except Image.DecompressionBombError as err:
             raise user_error(fn.__name__, f"image too large to decode safely: {one_line(err)}") from None
-        except USER_ERRORS as err:
+        except (AppClosing, *USER_ERRORS) as err:
             raise user_error(fn.__name__, one_line(err)) from None
         except Exception as err:  # a bug: the console keeps the trace, the page gets a line and stays alive
             traceback.print_exc()

@@ -8,6 +8,7 @@ import threading
 
 import gradio as gr
 
+from . import jobs
 from .attention import example_images
 from .config import ASSETS
 from .errors import one_line
@@ -20,6 +21,9 @@ CSS = """
 #weights-banner {border-left: 4px solid #d97706; padding-left: 12px;}
 #weights-banner:empty {display: none;}
 """
+
+
+JOB_GRACE_S = 120  # the longest step of a job (one attention pass or one video frame) on a slow CPU
 
 
 def queue(demo: gr.Blocks) -> gr.Blocks:
@@ -54,8 +58,13 @@ def serve(demo: gr.Blocks, host: str, port: int, share: bool = False) -> int:
     except KeyboardInterrupt:  # Ctrl-C while the server starts
         signals.append(signal.SIGINT)
     finally:
+        # Running jobs end first (a long one between two steps): the process must not end under a model call,
+        # and their outputs must be cached before the clean-up.
+        if not jobs.close(timeout=JOB_GRACE_S):
+            print(f"warning: {jobs.running()} request(s) still running after {JOB_GRACE_S} s", file=sys.stderr)
         files = cached_files(demo)  # closing the page makes Gradio forget (and only partly delete) them
         demo.close(verbose=False)
         remove_cached_files(files | cached_files(demo))
         SCRATCH.cleanup()
+        jobs.reopen()
     return interrupted() if signal.SIGINT in signals else 0

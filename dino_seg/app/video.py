@@ -19,6 +19,7 @@ from dino_seg.viz import overlay_labels
 from .components import FrameSlider, Radio, Slider
 from .config import BUNDLED_DAVIS, AppConfig
 from .errors import friendly
+from .jobs import check_open
 from .model_cache import model_or_error
 from .paths import check_path, sequence_name
 from .scratch import SCRATCH
@@ -195,6 +196,7 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
     steps = segment_sequence(model, frames, labels, device=cfg.device, short_side=short_side)
     for _, mask in progress.tqdm(steps, total=len(frames) - 1, desc="propagating", unit="frame"):
         masks.append(mask)
+        check_open()  # a shutdown stops the job between two frames
 
     results = work / "results" / name
     overlaid: list[np.ndarray] = []
