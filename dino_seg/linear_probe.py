@@ -86,3 +86,46 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices  # (B, kmax)
     hits = top == targets[:, None]
     return [int(hits[:, :k].sum()) for k in ks]
+
+
+def train_probe_epoch(model: nn.Module, classifier: nn.Module, batches, optimizer: torch.optim.Optimizer, *,
+                      n_last_blocks: int, avgpool_patchtokens: bool, device: torch.device,
+                      on_step=None) -> dict[str, float]:
+    """One pass of the linear classifier over `batches` of (images, labels), the backbone frozen:
+    cross-entropy, one optimiser step per batch (as the reference's `train`). Returns the mean loss
+    over the steps and the learning rate. `on_step(loss)` is called after each step."""
+    classifier.train()
+    criterion = nn.CrossEntropyLoss()
+    total, steps = 0.0, 0
+    for images, labels in batches:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        feats = probe_features(model, images, n_last_blocks, avgpool_patchtokens)  # (B, probe_dim)
+        loss = criterion(classifier(feats), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = float(loss.item())
+        total += value
+        steps += 1
+        if on_step is not None:
+            on_step(value)
+    if steps == 0:
+        raise ValueError("the training loader yielded no batch")
+    return {"loss": total / steps, "lr": float(optimizer.param_groups[0]["lr"])}
+
+
+@torch.no_grad()
+def evaluate_probe(model: nn.Module, classifier: nn.Module, batches, *, n_last_blocks: int,
+                   avgpool_patchtokens: bool, device: torch.device) -> torch.Tensor:
+    """Sums over `batches` as a float64 tensor [loss * B, top-1 hits, top-5 hits, images] (ready to
+    all-reduce across processes before dividing)."""
+    classifier.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    for images, labels in batches:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        logits = classifier(probe_features(model, images, n_last_blocks, avgpool_patchtokens))  # (B, C)
+        hit1, hit5 = topk_correct(logits, labels, (1, 5))
+        sums += torch.tensor([float(criterion(logits, labels)), hit1, hit5, labels.shape[0]],
+                             dtype=torch.float64, device=device)
+    return sums
