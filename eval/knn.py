@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from dino_seg.files import save_text
 from dino_seg.flags import bool_flag
-from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits, first_line
+from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits
 from dino_seg.knn import Features, extract_features, knn_accuracies, load_features, save_features
 from dino_seg.models import model_name
-from eval.common import add_weight_flags, load_from_args
-from train.distributed import cleanup_distributed, init_distributed
+from eval.common import (add_image_folder_flags, add_launch_flags, add_weight_flags, load_from_args, progress,
+                         run_launched)
 
 RESULTS = "knn.json"
 
@@ -47,17 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "trainlabels.pth and testlabels.pth (L2-normalised features, as the reference).")
     p.add_argument("--load_features", default=None, help="Folder of a feature dump to vote on instead of "
                    "extracting features (read with weights_only=True).")
-    p.add_argument("--num_workers", default=10, type=int, help="Data-loading workers per process.")
-    p.add_argument("--dist_url", default="env://", type=str, help="Rendezvous for torch.distributed "
-                   "(env://, as torchrun sets up).")
-    p.add_argument("--local_rank", "--local-rank", default=0, type=int,
-                   help="Set by torch.distributed.launch; LOCAL_RANK from the environment wins when set.")
-    p.add_argument("--data_path", default="/path/to/imagenet/", type=str,
-                   help="ImageFolder root with train/<class>/ and val/<class>/.")
-    p.add_argument("--resize_size", default=256, type=int, help="Short side after the bicubic resize.")
-    p.add_argument("--crop_size", default=224, type=int, help="Side of the centre crop.")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps; under torchrun "
-                   "each process takes cuda:LOCAL_RANK.")
+    add_launch_flags(p)
+    add_image_folder_flags(p)
     p.add_argument("--output_dir", default=None, help="Folder for knn.json (nothing is written without it).")
     return p
 
@@ -74,8 +63,7 @@ def extract_splits(args: argparse.Namespace, device: torch.device, is_main: bool
     feats = {}
     for name, split in (("train", train), ("val", val)):
         def bar(loader, name=name):
-            return tqdm(loader, desc=f"Features {name}", unit="batch", disable=not is_main, file=sys.stderr,
-                        dynamic_ncols=True)
+            return progress(loader, f"Features {name}", enabled=is_main)
         feats[name] = extract_features(model, LabelledDataset(split, transform), batch_size=args.batch_size_per_gpu,
                                        num_workers=args.num_workers, device=device, wrap=bar)
     info = {"model": model_name(model), "weights": description, "num_classes": len(train.classes)}
@@ -131,24 +119,7 @@ def run(args: argparse.Namespace, device: torch.device, is_main: bool, say) -> i
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        info = init_distributed(args.device, args.dist_url, local_rank=args.local_rank)
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    def say(message: str) -> None:
-        if info.is_main:
-            print(message, flush=True)
-
-    try:
-        return run(args, info.device, info.is_main, say)
-    except (ValueError, OSError) as err:  # DataFolderError, KnnError, WeightsError, ImageError, ...
-        tag = f"[rank {info.rank}] " if info.distributed else ""
-        print(f"{tag}error: {first_line(err)}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        cleanup_distributed()
+    return run_launched(args, lambda info, say: run(args, info.device, info.is_main, say))
 
 
 if __name__ == "__main__":

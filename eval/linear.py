@@ -13,22 +13,21 @@ resumes from it).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from dino_seg.flags import bool_flag
-from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits, first_line, train_transform
+from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits, train_transform
 from dino_seg.knn import shard
 from dino_seg.linear_probe import (LinearClassifier, check_probe_flags, evaluate_probe, probe_defaults, probe_dim,
                                    train_probe_epoch)
-from eval.common import add_weight_flags, load_from_args
+from eval.common import (add_image_folder_flags, add_launch_flags, add_weight_flags, load_from_args, progress,
+                         run_launched)
 from train.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
-from train.distributed import DistInfo, all_gather_objects, all_reduce_mean, cleanup_distributed, init_distributed
+from train.distributed import DistInfo, all_gather_objects, all_reduce_mean
 from train.logs import EPOCH_LOG, append_record, trim_records
 from train.main import epoch_seed, seed_everything
 
@@ -47,12 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", default=0.001, type=float, help="Learning rate for a total batch of 256, scaled "
                    "linearly with batch_size_per_gpu x processes; cosine schedule to 0.")
     p.add_argument("--batch_size_per_gpu", default=128, type=int, help="Images per process and step.")
-    p.add_argument("--dist_url", default="env://", type=str, help="Rendezvous for torch.distributed.")
-    p.add_argument("--local_rank", "--local-rank", default=0, type=int,
-                   help="Set by torch.distributed.launch; LOCAL_RANK from the environment wins when set.")
-    p.add_argument("--data_path", default="/path/to/imagenet/", type=str,
-                   help="ImageFolder root with train/<class>/ and val/<class>/.")
-    p.add_argument("--num_workers", default=10, type=int, help="Data-loading workers per process.")
+    add_launch_flags(p)
+    add_image_folder_flags(p)
     p.add_argument("--val_freq", default=1, type=int, help="Epoch frequency for validation.")
     p.add_argument("--output_dir", default=".", help="Where log.txt and checkpoint.pth.tar go.")
     p.add_argument("--num_labels", default=None, type=int,
@@ -61,11 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "else OUTPUT_DIR/checkpoint.pth.tar.")
     p.add_argument("--linear_weights", default=None, help="With --evaluate: a classifier file (ours or an "
                    "official dino_*_linearweights.pth).")
-    p.add_argument("--resize_size", default=256, type=int, help="Validation: short side after the bicubic resize.")
-    p.add_argument("--crop_size", default=224, type=int, help="Side of the training and validation crops.")
     p.add_argument("--seed", default=0, type=int, help="Random seed of the data order and augmentation.")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps; under torchrun "
-                   "each process takes cuda:LOCAL_RANK.")
     return p
 
 
@@ -97,8 +88,7 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
     probe = dict(n_last_blocks=n_last, avgpool_patchtokens=avgpool, device=device)
 
     def validate(epoch_label: str) -> dict[str, float]:
-        bar = tqdm(val_loader, desc=f"Test {epoch_label}", unit="it", disable=not info.is_main, file=sys.stderr,
-                   dynamic_ncols=True)
+        bar = progress(val_loader, f"Test {epoch_label}", enabled=info.is_main, unit="it")
         sums = evaluate_probe(model, classifier_core, bar, **probe)
         sums = all_reduce_mean(sums) * info.world_size  # (4,) summed over the processes
         loss, hit1, hit5, n = sums.tolist()
@@ -144,8 +134,7 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
     for epoch in range(start_epoch, args.epochs):
         seed_everything(epoch_seed(args.seed, epoch, info.rank))  # same crops whether resumed or not
         sampler.set_epoch(epoch)
-        bar = tqdm(train_loader, desc=f"Epoch {epoch}/{args.epochs}", unit="it", disable=not info.is_main,
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = progress(train_loader, f"Epoch {epoch}/{args.epochs}", enabled=info.is_main, unit="it")
         train_stats = train_probe_epoch(model, classifier, bar, optimizer,
                                         on_step=lambda loss: bar.set_postfix(loss=f"{loss:.4f}", refresh=False),
                                         **probe)
@@ -178,24 +167,7 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        info = init_distributed(args.device, args.dist_url, local_rank=args.local_rank)
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    def say(message: str) -> None:
-        if info.is_main:
-            print(message, flush=True)
-
-    try:
-        return run(args, info, say)
-    except (ValueError, OSError) as err:
-        tag = f"[rank {info.rank}] " if info.distributed else ""
-        print(f"{tag}error: {first_line(err)}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        cleanup_distributed()
+    return run_launched(args, lambda info, say: run(args, info, say))
 
 
 if __name__ == "__main__":
