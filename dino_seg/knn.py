@@ -102,8 +102,9 @@ def knn_classifier(train_features: torch.Tensor, train_labels: torch.Tensor, tes
     train_features (N, D) and test_features (M, D) are L2-normalised; each test image takes its k
     most cosine-similar training images, weighted by exp(sim / temperature), and ranks the classes
     by summed weight. Top-5 counts the first min(5, k) classes of the ranking over
-    max(num_classes, 1000) classes, as the reference does. Test images go in chunks of `chunk_size` (default: a similarity
-    block of at most DEFAULT_CHUNK_BYTES) so memory stays bounded whatever the size of the sets.
+    max(num_classes, 1000) classes, as the reference does. Test images go in chunks of `chunk_size`
+    (default: a similarity block of at most DEFAULT_CHUNK_BYTES) so memory stays bounded whatever
+    the size of the sets.
     """
     n_train = train_features.shape[0]
     if train_features.shape[1] != test_features.shape[1]:

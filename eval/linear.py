@@ -144,7 +144,8 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
         if epoch % args.val_freq == 0 or epoch == args.epochs - 1:
             test_stats = validate(f"{epoch}")
-            say(f"Accuracy at epoch {epoch} of the network on the {len(val_set)} test images: {test_stats['acc1']:.1f}%")
+            say(f"Accuracy at epoch {epoch} of the network on the {len(val_set)} test images: "
+                f"{test_stats['acc1']:.1f}%")
             best_acc = max(best_acc, test_stats["acc1"])
             say(f"Max accuracy so far: {best_acc:.2f}%")
             log_stats.update({f"test_{k}": v for k, v in test_stats.items()})

@@ -59,8 +59,10 @@ def reference_knn_classifier(train_features, train_labels, test_features, test_l
 
 def random_features(n_train: int, n_test: int, dim: int, classes: int, seed: int):
     g = torch.Generator().manual_seed(seed)
-    return (F.normalize(torch.randn(n_train, dim, generator=g), dim=1), torch.randint(0, classes, (n_train,), generator=g),
-            F.normalize(torch.randn(n_test, dim, generator=g), dim=1), torch.randint(0, classes, (n_test,), generator=g))
+    train = F.normalize(torch.randn(n_train, dim, generator=g), dim=1)
+    train_labels = torch.randint(0, classes, (n_train,), generator=g)
+    test = F.normalize(torch.randn(n_test, dim, generator=g), dim=1)
+    return train, train_labels, test, torch.randint(0, classes, (n_test,), generator=g)
 
 
 # (classes, k): many classes, fewer than 5 classes, k < 5, k = 1, k larger than the class count.
