@@ -114,8 +114,11 @@ def read_knn_results(folder: str | Path) -> dict[int, dict[str, float]] | None:
         raise ValueError(f"{path}: not JSON ({err.msg})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
-    return {int(k): {m: float(v[m]) for m in ("top1", "top5")} for k, v in data.items()
-            if k.isdigit() and isinstance(v, dict)}
+    try:
+        return {int(k): {m: float(v[m]) for m in ("top1", "top5")} for k, v in data.items()
+                if k.isdigit() and isinstance(v, dict)}
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: expected {{\"<k>\": {{\"top1\": %, \"top5\": %}}, ...}} as eval.knn writes it") from None
 
 
 def read_linear_log(folder: str | Path) -> list[dict]:
