@@ -22,39 +22,12 @@ from dino_seg.knn import KnnError, extract_features, knn_classifier, load_featur
 from dino_seg.runs import knn_epochs, read_epoch_log, read_knn_results
 from dino_seg.weights import load_model
 from eval.knn import main as knn_main
+from reference_knn import reference_knn_classifier
 from train.main import main as train_main
 from train_helpers import textured_images, tiny_args, torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--resize_size", "36", "--crop_size", "32", "--num_workers", "0", "--device", "cpu"]
-
-
-def reference_knn_classifier(train_features, train_labels, test_features, test_labels, k, T, num_classes=1000):
-    """eval_knn.py's knn_classifier, transcribed as the reference writes it (100 chunks, one-hot)."""
-    top1, top5, total = 0.0, 0.0, 0
-    train_features = train_features.t()
-    num_test_images, num_chunks = test_labels.shape[0], 100
-    imgs_per_chunk = num_test_images // num_chunks
-    retrieval_one_hot = torch.zeros(k, num_classes).to(train_features.device)
-    for idx in range(0, num_test_images, imgs_per_chunk):
-        features = test_features[idx: min((idx + imgs_per_chunk), num_test_images), :]
-        targets = test_labels[idx: min((idx + imgs_per_chunk), num_test_images)]
-        batch_size = targets.shape[0]
-        similarity = torch.mm(features, train_features)
-        distances, indices = similarity.topk(k, largest=True, sorted=True)
-        candidates = train_labels.view(1, -1).expand(batch_size, -1)
-        retrieved_neighbors = torch.gather(candidates, 1, indices)
-        retrieval_one_hot.resize_(batch_size * k, num_classes).zero_()
-        retrieval_one_hot.scatter_(1, retrieved_neighbors.view(-1, 1), 1)
-        distances_transform = distances.clone().div_(T).exp_()
-        probs = torch.sum(torch.mul(retrieval_one_hot.view(batch_size, -1, num_classes),
-                                    distances_transform.view(batch_size, -1, 1)), 1)
-        _, predictions = probs.sort(1, True)
-        correct = predictions.eq(targets.data.view(-1, 1))
-        top1 = top1 + correct.narrow(1, 0, 1).sum().item()
-        top5 = top5 + correct.narrow(1, 0, min(5, k)).sum().item()
-        total += targets.size(0)
-    return top1 * 100.0 / total, top5 * 100.0 / total
 
 
 def random_features(n_train: int, n_test: int, dim: int, classes: int, seed: int):
