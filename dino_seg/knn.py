@@ -125,21 +125,27 @@ def knn_classifier(train_features: torch.Tensor, train_labels: torch.Tensor, tes
     n_top5 = min(5, k)
     top1 = top5 = 0
     for start in range(0, test_features.shape[0], chunk_size):
-        feats = test_features[start: start + chunk_size].to(device)  # (B, D)
-        targets = test_labels[start: start + chunk_size].to(device)  # (B,)
-        similarity = feats @ train_features.T  # (B, N)
-        distances, indices = similarity.topk(k, dim=1, largest=True, sorted=True)  # (B, k)
-        neighbours = train_labels[indices]  # (B, k)
-        weights = (distances / temperature).exp()
-        # Summing the weights per class equals the reference's one-hot (B * k, C) product, without it.
-        scores = torch.zeros(feats.shape[0], width, device=device, dtype=weights.dtype)
-        scores.scatter_add_(1, neighbours, weights)  # (B, C)
-        predictions = scores.sort(1, True).indices[:, :n_top5]  # (B, n_top5), ties as the reference's sort
-        correct = predictions == targets[:, None]
-        top1 += int(correct[:, 0].sum())
-        top5 += int(correct.sum())
+        hit1, hit5 = _vote_chunk(train_features, train_labels, test_features[start: start + chunk_size].to(device),
+                                 test_labels[start: start + chunk_size].to(device), k, temperature, width, n_top5)
+        top1, top5 = top1 + hit1, top5 + hit5
     total = test_features.shape[0]
     return top1 * 100.0 / total, top5 * 100.0 / total
+
+
+def _vote_chunk(train_features: torch.Tensor, train_labels: torch.Tensor, feats: torch.Tensor, targets: torch.Tensor,
+                k: int, temperature: float, width: int, n_top5: int) -> tuple[int, int]:
+    # A function of its own so that one chunk's similarity block is freed before the next one exists.
+    similarity = feats @ train_features.T  # (B, N)
+    distances, indices = similarity.topk(k, dim=1, largest=True, sorted=True)  # (B, k)
+    del similarity
+    neighbours = train_labels[indices]  # (B, k)
+    weights = (distances / temperature).exp()
+    # Summing the weights per class equals the reference's one-hot (B * k, C) product, without it.
+    scores = torch.zeros(feats.shape[0], width, device=feats.device, dtype=weights.dtype)
+    scores.scatter_add_(1, neighbours, weights)  # (B, C)
+    predictions = scores.sort(1, True).indices[:, :n_top5]  # (B, n_top5), ties as the reference's sort
+    correct = predictions == targets[:, None]
+    return int(correct[:, 0].sum()), int(correct.sum())
 
 
 @dataclass(frozen=True)
