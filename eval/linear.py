@@ -24,6 +24,7 @@ from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits, 
 from dino_seg.knn import shard
 from dino_seg.linear_probe import (LinearClassifier, check_probe_flags, evaluate_probe, probe_defaults, probe_dim,
                                    train_probe_epoch)
+from dino_seg.runs import read_jsonl
 from eval.common import (add_image_folder_flags, add_launch_flags, add_weight_flags, load_from_args, progress,
                          run_launched)
 from train.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
@@ -127,6 +128,9 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
         say(f"Found checkpoint at {ckpt_path}: resuming at epoch {start_epoch}")
     if len(set(all_gather_objects(start_epoch))) > 1:
         raise ValueError(f"--output_dir: the processes found different checkpoints in {out}")
+    if any("train_wd" in r for r in read_jsonl(out / EPOCH_LOG)):  # the reference default is "." too
+        raise ValueError(f"--output_dir: {out} holds the log.txt of a `python -m train` run; give the linear "
+                         "probe a folder of its own")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         trim_records(out / EPOCH_LOG, lambda r: int(r.get("epoch", -1)) < start_epoch)

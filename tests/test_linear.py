@@ -144,3 +144,9 @@ def test_bad_flags_get_one_line_errors(probe_data, tiny_vit_weights, tmp_path):
     assert code == 2 and stderr.strip().startswith("error: --evaluate: no classifier at")
     code, _, stderr = run_linear([*flags, "--num_labels", "3"])
     assert code == 2 and stderr.strip() == f"error: --num_labels 3: {probe_data / 'train'} has 6 classes"
+    train_run = tmp_path / "train_run"
+    train_run.mkdir()
+    (train_run / "log.txt").write_text('{"train_loss": 5.0, "train_wd": 0.04, "epoch": 0}\n')
+    code, _, stderr = run_linear([*flags, "--output_dir", str(train_run)])
+    assert code == 2 and "holds the log.txt of a `python -m train` run" in stderr
+    assert (train_run / "log.txt").read_text() == '{"train_loss": 5.0, "train_wd": 0.04, "epoch": 0}\n'
