@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from .images import IMAGE_SUFFIXES, ImageError, IMAGENET_MEAN, IMAGENET_STD, load_image
+from .images import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, load_image
 
 SPLITS = ("train", "val")
 
@@ -128,5 +128,5 @@ def first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-__all__ = ["DataFolderError", "ImageError", "LabelledDataset", "LabelledImages", "eval_transform", "find_splits",
+__all__ = ["DataFolderError", "LabelledDataset", "LabelledImages", "eval_transform", "find_splits",
            "first_line", "train_transform"]
