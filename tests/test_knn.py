@@ -218,3 +218,26 @@ def test_training_with_knn_logs_accuracy_and_leaves_the_weights_unchanged(knn_da
                                "--crop_size", "32", "--num_workers", "0", "--device", "cpu"])
     assert code == 0
     assert f"5-NN classifier result: Top1: {log[1]['knn_top1']}, Top5: {log[1]['knn_top5']}" in stdout
+
+
+@pytest.mark.slow
+def test_two_process_training_logs_the_knn_of_its_teacher(knn_data, tmp_path):
+    data = tmp_path / "images"
+    textured_images(data, 8, seed=5)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS"):
+        env.pop(key, None)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "train",
+           *tiny_args(data, out, batch_size_per_gpu=2, knn_data_path=knn_data, knn_k=3)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("k-NN top-1") == 1  # rank 0 votes and prints alone
+    (record,) = read_epoch_log(out)
+    # Both ranks extracted half of the images each; one process on the saved teacher agrees.
+    code, stdout, _ = run_knn(["--pretrained_weights", str(out / "checkpoint.pth"), "--data_path", str(knn_data),
+                               "--nb_knn", "3", "--resize_size", str(round(32 * 256 / 224)), "--crop_size", "32",
+                               "--num_workers", "0", "--device", "cpu"])
+    assert code == 0
+    assert f"3-NN classifier result: Top1: {record['knn_top1']}, Top5: {record['knn_top5']}" in stdout
