@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from dino_seg.files import atomic_binary
 
 MODULE_PREFIX = "module."
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """torch.save `state` to a temporary file next to `path`, then rename it over `path`: a crash
-    while saving never leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    while saving never leaves a truncated checkpoint behind, and a full disk raises NoSpaceError naming
+    `path` (the previous checkpoint stays as it was)."""
+    with atomic_binary(path, fsync=True) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path) -> dict:

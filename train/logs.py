@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+from dino_seg.files import atomic_path
 
 EPOCH_LOG = "log.txt"
 METRICS_LOG = "metrics.jsonl"
@@ -53,8 +55,8 @@ def trim_records(path: str | Path, keep: Callable[[dict], bool]) -> int:
         else:
             dropped += 1
     if dropped:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        mode = stat.S_IMODE(path.stat().st_mode)  # the rewritten log keeps the mode it had
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.chmod(tmp, mode)
     return dropped
