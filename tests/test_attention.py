@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -242,3 +244,38 @@ def test_without_weights_the_cli_takes_the_reference_scripts_default_release():
     assert resolve_weights(cli.get_args_parser().parse_args(["--arch", "vit_base"]))[0] == "dino_vitb8"
     source, description = resolve_weights(cli.get_args_parser().parse_args(["--arch", "vit_tiny"]))
     assert source == "" and "RANDOM" in description  # no official vit_tiny: said loudly
+
+
+def test_cli_mirrors_subfolders_and_never_lets_two_images_share_an_output_folder(tmp_path, tiny_vit_weights,
+                                                                                   capsys):
+    images = tmp_path / "images"
+    for sub in ("a", "b"):
+        (images / sub).mkdir(parents=True)
+        _write_image(images / sub / "frame.jpg", (32, 32), 0 if sub == "a" else 1)
+    _write_image(images / "frame.jpg", (32, 32), 2)
+    _write_image(images / "frame.png", (32, 32), 3)
+    _write_image(images / "frame_jpg.png", (32, 32), 4)  # the name a disambiguated folder would take
+    out = tmp_path / "out"
+    stale = out / "a" / "frame" / ".img.png.0badc0de.dino-tmp.png"  # left by a run killed mid-write
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    assert cli.main(["--pretrained_weights", str(tiny_vit_weights), "--image_path", str(images),
+                     "--image_size", "32", "32", "--output_dir", str(out), "--device", "cpu"]) == 0
+    assert "of 5 image(s)" in capsys.readouterr().out
+    folders = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("img.png"))
+    assert folders == ["a/frame", "b/frame", "frame_jpg", "frame_jpg_2", "frame_png"]
+    assert not stale.exists()
+    # Each folder holds its own image: the two `frame.jpg` of a/ and b/ were not written over each other.
+    assert not np.array_equal(np.asarray(Image.open(out / "a/frame/img.png")),
+                              np.asarray(Image.open(out / "b/frame/img.png")))
+    assert np.array_equal(np.asarray(Image.open(out / "frame_png/img.png")),
+                          np.asarray(Image.open(images / "frame.png")))
+    # A real `frame_jpg.png` keeps its natural folder; `frame.jpg`, disambiguated, moves aside.
+    assert np.array_equal(np.asarray(Image.open(out / "frame_jpg/img.png")),
+                          np.asarray(Image.open(images / "frame_jpg.png")))
+
+
+def test_output_folders_of_a_single_file_and_of_a_folder(tmp_path):
+    assert cli.output_folders([tmp_path / "x" / "photo.jpg"], None) == {tmp_path / "x" / "photo.jpg": Path("photo")}
+    paths = [tmp_path / "s1" / "00000.jpg", tmp_path / "s2" / "00000.jpg"]
+    assert list(cli.output_folders(paths, tmp_path).values()) == [Path("s1/00000"), Path("s2/00000")]
