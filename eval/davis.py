@@ -22,7 +22,7 @@ from tqdm import tqdm
 from dino_seg.davis import DavisError, RESOLUTIONS, VOID_LABEL, annotation_dir, frame_paths, image_size, \
     list_sequences, read_annotation, write_indexed_png
 from dino_seg.device import pick_device
-from dino_seg.files import save_text
+from dino_seg.files import remove_stale_temp, save_text
 from dino_seg.images import ImageError
 from dino_seg.metrics import DavisScores, format_table, score_sequence, summarise, write_csvs
 from dino_seg.models import is_vit
@@ -150,6 +150,12 @@ def run(args: argparse.Namespace) -> int:
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # Temporary files of a run killed mid-write (kill -9) are never completed: remove them.
+    stale = remove_stale_temp(output_dir, recursive=False)
+    for name, _, _ in plan:
+        stale += remove_stale_temp(output_dir / name)
+    if stale:
+        print(f"removed {len(stale)} stale temporary file(s) of an interrupted run", file=sys.stderr)
     done, skipped, n_frames, seconds, per_sequence = [], [], 0, 0.0, {}
     for name, frames, first_gt in tqdm(plan, desc="sequences", unit="seq", file=sys.stderr):
         seq_dir = output_dir / name

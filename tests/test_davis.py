@@ -220,3 +220,17 @@ def test_input_errors_are_one_line(davis_root, tmp_path, capsys):
     assert "--device" in error(["--data_path", davis_root, "--sequences", "shapes", "--device", "tpu"])
     assert "no such file" in error(["--data_path", davis_root, "--sequences", "shapes",
                                     "--pretrained_weights", tmp_path / "w.pth"])
+
+
+def test_a_start_removes_stale_temporary_files(davis_root, tmp_path, tiny_vit_weights, capsys):
+    out = tmp_path / "out"
+    stale = [out / ".summary.json.0badc0de.dino-tmp.json", out / "more" / ".00002.png.0badc0de.dino-tmp.png"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    code, _, stderr = _run(["--pretrained_weights", tiny_vit_weights, "--data_path", davis_root, "--output_dir", out,
+                            "--sequences", "more", "--short_side", 64, "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    assert "removed 2 stale temporary file(s) of an interrupted run" in stderr
+    assert not any(p.exists() for p in stale)
+    assert not list(out.rglob(".*"))

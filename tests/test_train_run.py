@@ -274,3 +274,16 @@ def test_torchrun_two_processes_gloo_end_with_identical_weights(tmp_path, arch):
     assert len(read_jsonl(out / "log.txt")) == 1
     # lr scaled by the total batch: 0.0005 * 2 * 2 / 256
     assert read_jsonl(out / "metrics.jsonl")[0]["lr"] == pytest.approx(0.0005 * 4 / 256)
+
+
+def test_a_start_removes_stale_temporary_files_of_its_writers(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run["out"], out)
+    stale = out / ".checkpoint.pth.0badc0de.dino-tmp.pth"  # what kill -9 during a save leaves
+    stale.write_bytes(b"\0" * 1000)
+    other = out / ".notes.tmp"  # not one of ours: kept
+    other.write_text("mine")
+    code, stdout, _ = run_train(tiny_args(tiny_run["data"], out, saveckp_freq=1))
+    assert code == 0 and "Nothing to do" in stdout
+    assert f"removed a stale temporary file of an interrupted run: {stale}" in stdout
+    assert not stale.exists() and other.read_text() == "mine"

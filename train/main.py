@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dino_seg.files import remove_stale_temp
 from dino_seg.models import ARCHS, build_backbone
 from dino_seg.flags import bool_flag
 from train.augment import DataAugmentationDINO
@@ -145,6 +146,9 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
     out = Path(args.output_dir)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        # A run killed while saving (kill -9) leaves a checkpoint-sized temporary file: remove it.
+        for stale in remove_stale_temp(out, recursive=False):
+            say(f"removed a stale temporary file of an interrupted run: {stale}")
     say("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
     say(f"Processes: {info.world_size} ({info.launcher} launch, backend {info.backend or 'none'}), "
         f"device {info.device}")
