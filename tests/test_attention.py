@@ -279,3 +279,14 @@ def test_output_folders_of_a_single_file_and_of_a_folder(tmp_path):
     assert cli.output_folders([tmp_path / "x" / "photo.jpg"], None) == {tmp_path / "x" / "photo.jpg": Path("photo")}
     paths = [tmp_path / "s1" / "00000.jpg", tmp_path / "s2" / "00000.jpg"]
     assert list(cli.output_folders(paths, tmp_path).values()) == [Path("s1/00000"), Path("s2/00000")]
+
+
+def test_cli_full_disk_is_one_line(tmp_path, tiny_vit_weights, capsys, monkeypatch):
+    from dino_seg import files
+    from test_files import FullDisk
+
+    _write_image(tmp_path / "a.png", (32, 32), 0)
+    monkeypatch.setattr(files, "open", FullDisk(room=100), raising=False)
+    assert cli.main(["--pretrained_weights", str(tiny_vit_weights), "--image_path", str(tmp_path / "a.png"),
+                     "--image_size", "32", "32", "--output_dir", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == f"error: no space left on device while writing {tmp_path / 'out/a/img.png'}\n"

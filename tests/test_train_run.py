@@ -287,3 +287,22 @@ def test_a_start_removes_stale_temporary_files_of_its_writers(tiny_run, tmp_path
     assert code == 0 and "Nothing to do" in stdout
     assert f"removed a stale temporary file of an interrupted run: {stale}" in stdout
     assert not stale.exists() and other.read_text() == "mine"
+
+
+def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(tiny_run, tmp_path, monkeypatch):
+    from dino_seg import files
+    from test_files import FullDisk
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run["out"], out)
+    digest = hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest()
+    monkeypatch.setattr(files, "open", FullDisk(room=0), raising=False)
+    code, _, stderr = run_train(tiny_args(tiny_run["data"], out, epochs=2, saveckp_freq=1))
+    assert code == 2
+    assert "Traceback" not in stderr
+    ckpt = out / "checkpoint.pth"
+    assert stderr.strip().splitlines()[-1] == (f"error: no space left on device while writing {ckpt}; the last "
+                              f"complete checkpoint {ckpt} is kept unchanged. Free some space, "
+                              "then start again with the same --output_dir to resume.")
+    assert hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest() == digest
+    assert not list(out.glob(".*dino-tmp*"))

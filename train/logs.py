@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from dino_seg.files import atomic_path
+from dino_seg.files import NoSpaceError, atomic_path, is_no_space
 
 EPOCH_LOG = "log.txt"
 METRICS_LOG = "metrics.jsonl"
@@ -25,8 +25,13 @@ def _clean(value: object) -> object:
 
 def write_record(f: IO[str], record: dict) -> None:
     """One JSON line, flushed so a reader (the app) sees it at once."""
-    f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
-    f.flush()
+    try:
+        f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        f.flush()
+    except OSError as err:
+        if is_no_space(err):
+            raise NoSpaceError(getattr(f, "name", "a log file")) from None
+        raise
 
 
 def append_record(path: str | Path, record: dict) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dino_seg.files import remove_stale_temp
+from dino_seg.files import NoSpaceError, remove_stale_temp
 from dino_seg.models import ARCHS, build_backbone
 from dino_seg.flags import bool_flag
 from train.augment import DataAugmentationDINO
@@ -332,6 +332,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}; {kept}. Lower --lr, raise --warmup_epochs, use --use_fp16 false or "
                   "--clip_grad, then start again with the same --output_dir to resume.", file=sys.stderr, flush=True)
         return 1
+    except NoSpaceError as err:
+        ckpt = Path(args.output_dir) / CHECKPOINT
+        kept = (f"the last complete checkpoint {ckpt} is kept unchanged" if ckpt.is_file()
+                else "no checkpoint was written")
+        print(f"{tag}error: {err}; {kept}. Free some space, then start again with the same --output_dir to resume.",
+              file=sys.stderr, flush=True)
+        return 2
     except (ValueError, OSError) as err:
         print(f"{tag}error: {err}", file=sys.stderr, flush=True)
         return 2
