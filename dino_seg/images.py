@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dino_seg.labels import read_label_png
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -86,19 +88,5 @@ def load_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     Palette PNGs (PASCAL VOC, DAVIS 2017): every index but 0 is foreground, 255 is void.
     Grayscale or RGB masks (DAVIS 2016 0/255, 0/1 binaries): any non-zero value is foreground.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such mask file")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P":
-                idx = np.asarray(img)
-                return (idx != 0) & (idx != 255), idx == 255
-            arr = np.asarray(img if img.mode in ("L", "1", "I", "I;16", "F") else img.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file, expected a mask PNG") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"{path}: cannot decode mask ({err})") from None
-    fg = arr.any(axis=-1) if arr.ndim == 3 else arr > 0
-    return fg, np.zeros_like(fg)
+    mask = read_label_png(path, what="mask", error=ImageError, binary_255="object", accept="any")
+    return (mask.labels > 0) & ~mask.void, mask.void
