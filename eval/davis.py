@@ -5,7 +5,8 @@
 
 Writes OUTPUT_DIR/<sequence>/<frame>.png (indexed PNGs, DAVIS palette, original size) for every frame, then
 global_results-<set>.csv, per-sequence_results-<set>.csv (davis2017-evaluation's columns) and summary.json.
-A sequence whose outputs are all present is skipped unless --overwrite.
+OUTPUT_DIR/provenance.json records the weights and settings; a sequence whose outputs are all present and were
+made with the same ones is skipped unless --overwrite, and other settings stop the run unless --overwrite.
 """
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ from dino_seg.images import ImageError
 from dino_seg.metrics import DavisScores, format_table, score_sequence, summarise, write_csvs
 from dino_seg.models import is_vit
 from dino_seg.propagation import segment_sequence
-from dino_seg.weights import WeightsError
+from dino_seg.provenance import differences, read_provenance, weights_identity, write_provenance
+from dino_seg.weights import PRESETS, WeightsError
 from dino_seg.flags import bool_flag
-from eval.common import add_weight_flags, load_from_args
+from eval.common import add_weight_flags, load_from_args, resolve_weights
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -113,6 +115,46 @@ def _complete(out_dir: Path, frames: list[Path]) -> bool:
     return all((out_dir / f"{f.stem}.png").is_file() for f in frames)
 
 
+def run_settings(args: argparse.Namespace, model: torch.nn.Module) -> dict:
+    """What decides the masks: recorded in OUTPUT_DIR/provenance.json and compared when a run resumes."""
+    source, _ = resolve_weights(args)
+    settings = {
+        "weights": weights_identity(source, PRESETS),
+        "checkpoint_key": args.checkpoint_key if source and source not in PRESETS else None,
+        "arch": model.arch,
+        "patch_size": model.patch_size,
+        "short_side": args.short_side,
+        "n_last_frames": args.n_last_frames,
+        "topk": args.topk,
+        "size_mask_neighborhood": args.size_mask_neighborhood,
+        "resolution": args.resolution,
+        "first_frame": getattr(args, "first_frame", "annotation"),
+    }
+    method = getattr(args, "method", None)
+    if method is not None:
+        settings["method"] = method
+    return settings
+
+
+def _check_provenance(output_dir: Path, settings: dict, plan: list, overwrite: bool) -> list[str]:
+    """Sequences already complete under `settings` in `output_dir`; raises DavisError if the folder holds
+    results of other settings (or of unknown ones) and --overwrite was not given."""
+    redo = "pass --overwrite to redo them with the current settings, or choose another --output_dir"
+    record = read_provenance(output_dir)
+    if record is None:
+        previous = [name for name, frames, _ in plan if _complete(output_dir / name, frames)]
+        if previous and not overwrite:
+            raise DavisError(f"--output_dir {output_dir} holds results ({', '.join(previous[:3])}"
+                             f"{', ...' if len(previous) > 3 else ''}) without a record of the settings that "
+                             f"produced them: {redo}")
+        return []
+    diff = differences(record["settings"], settings)
+    if diff and not overwrite:
+        raise DavisError(f"--output_dir {output_dir} holds results of other settings ({'; '.join(diff)}): {redo}")
+    sequences = record.get("sequences")
+    return [] if diff or not isinstance(sequences, list) else [str(n) for n in sequences]
+
+
 def run(args: argparse.Namespace) -> int:
     if args.results_path:
         results = Path(args.results_path)
@@ -150,16 +192,19 @@ def run(args: argparse.Namespace) -> int:
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    settings = run_settings(args, model)
+    recorded = _check_provenance(output_dir, settings, plan, args.overwrite)
     # Temporary files of a run killed mid-write (kill -9) are never completed: remove them.
     stale = remove_stale_temp(output_dir, recursive=False)
     for name, _, _ in plan:
         stale += remove_stale_temp(output_dir / name)
     if stale:
         print(f"removed {len(stale)} stale temporary file(s) of an interrupted run", file=sys.stderr)
+    write_provenance(output_dir, settings, recorded)
     done, skipped, n_frames, seconds, per_sequence = [], [], 0, 0.0, {}
     for name, frames, first_gt in tqdm(plan, desc="sequences", unit="seq", file=sys.stderr):
         seq_dir = output_dir / name
-        if not args.overwrite and _complete(seq_dir, frames):
+        if not args.overwrite and name in recorded and _complete(seq_dir, frames):
             skipped.append(name)
             continue
         annotation = read_annotation(first_gt)
@@ -176,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
         seconds += elapsed
         n_frames += len(frames) - 1
         done.append(name)
+        if name not in recorded:
+            recorded.append(name)
+            write_provenance(output_dir, settings, recorded)
     # Timings of sequences skipped now come from the run that made them, so the summary covers them all.
     previous = _previous_timings(output_dir / "summary.json")
     for name in skipped:
@@ -191,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
     scores = _score(output_dir, args, names)
     summary = {
         "args": vars(args),
+        "settings": settings,
         "weights": description,
         "device": str(device),
         "sequences_run": done,

@@ -2,6 +2,7 @@
 indexed outputs, an end-to-end run on synthetic sequences, resume and every input error."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import cv2
@@ -13,6 +14,7 @@ from PIL import Image
 from davis_data import make_davis, save_palette_png, shape_masks
 from dino_seg.davis import (DavisError, first_frame_labels, frame_paths, list_sequences, read_annotation,
                             read_frame, resized_shape, write_indexed_png)
+from dino_seg.models import build_backbone
 from dino_seg.viz import davis_palette
 from eval import davis as cli
 
@@ -234,3 +236,53 @@ def test_a_start_removes_stale_temporary_files(davis_root, tmp_path, tiny_vit_we
     assert "removed 2 stale temporary file(s) of an interrupted run" in stderr
     assert not any(p.exists() for p in stale)
     assert not list(out.rglob(".*"))
+
+
+def test_resume_with_other_weights_or_settings_stops_with_what_differs(davis_root, tmp_path, tiny_vit_weights,
+                                                                       capsys):
+    out = tmp_path / "out"
+    common = ["--data_path", davis_root, "--output_dir", out, "--sequences", "more", "--device", "cpu"]
+    first = ["--pretrained_weights", tiny_vit_weights, "--short_side", 64]
+    code, _, stderr = _run(common + first, capsys)
+    assert code == 0, stderr
+    record = json.loads((out / "provenance.json").read_text())
+    digest = hashlib.sha256(tiny_vit_weights.read_bytes()).hexdigest()
+    assert record == {"settings": {"weights": f"sha256 {digest}", "checkpoint_key": "teacher", "arch": "vit_tiny",
+                                   "patch_size": 16, "short_side": 64, "n_last_frames": 7, "topk": 5,
+                                   "size_mask_neighborhood": 12, "resolution": "480p", "first_frame": "annotation"},
+                      "sequences": ["more"]}
+    assert json.loads((out / "summary.json").read_text())["settings"] == record["settings"]
+    stamp = _stamp(out / "more" / "00001.png")
+
+    # Same settings (the weights file copied elsewhere: identity is the content): skipped as complete.
+    moved = tmp_path / "copy.pth"
+    moved.write_bytes(tiny_vit_weights.read_bytes())
+    code, _, stderr = _run(common + ["--pretrained_weights", moved, "--short_side", 64], capsys)
+    assert code == 0 and "skipped 1 complete sequence(s)" in stderr
+
+    # Other short side, other weights: one line naming what differs; nothing rewritten.
+    code, _, stderr = _run(common + ["--pretrained_weights", tiny_vit_weights, "--short_side", 128], capsys)
+    assert code == 2
+    assert stderr.splitlines()[-1] == (
+        f"error: --output_dir {out} holds results of other settings (short_side 64 -> 128): pass "
+        "--overwrite to redo them with the current settings, or choose another --output_dir")
+    torch.manual_seed(1)
+    other = tmp_path / "other.pth"
+    torch.save(build_backbone("vit_tiny", 16).state_dict(), other)
+    other_digest = hashlib.sha256(other.read_bytes()).hexdigest()
+    code, _, stderr = _run(common + ["--pretrained_weights", other, "--short_side", 64, "--topk", 3], capsys)
+    assert code == 2 and stderr.count("error") == 1 and stderr.splitlines()[-1].startswith("error: ")
+    assert f"(weights sha256 {digest} -> sha256 {other_digest}; topk 5 -> 3)" in stderr
+    assert _stamp(out / "more" / "00001.png") == stamp
+    assert json.loads((out / "provenance.json").read_text()) == record
+
+    # --overwrite redoes them and records the new settings.
+    code, _, stderr = _run(common + ["--pretrained_weights", other, "--short_side", 64, "--overwrite"], capsys)
+    assert code == 0, stderr
+    assert _stamp(out / "more" / "00001.png") != stamp
+    assert json.loads((out / "provenance.json").read_text())["settings"]["weights"] == f"sha256 {other_digest}"
+
+    # Results without a record (made by an older version, or copied in) are not silently taken as ours.
+    (out / "provenance.json").unlink()
+    code, _, stderr = _run(common + ["--pretrained_weights", other, "--short_side", 64], capsys)
+    assert code == 2 and "holds results (more) without a record of the settings" in stderr
