@@ -25,7 +25,7 @@ from dino_seg.davis import DavisError, RESOLUTIONS, VOID_LABEL, annotation_dir, 
 from dino_seg.device import pick_device
 from dino_seg.files import remove_stale_temp, save_text
 from dino_seg.images import ImageError
-from dino_seg.metrics import DavisScores, format_table, score_sequence, summarise, write_csvs
+from dino_seg.metrics import DavisScores, csv_paths, format_table, score_sequence, summarise, write_csvs
 from dino_seg.models import is_vit
 from dino_seg.propagation import segment_sequence
 from dino_seg.provenance import differences, read_provenance, weights_identity, write_provenance
@@ -85,9 +85,32 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
 
 
+def _drop_stale_scores(results_dir: Path, subset: str, reason: str) -> None:
+    """The folder's CSVs and summary.json scores no longer describe its masks: remove the CSVs, and
+    replace summary.json's scores by the reason (its timings and settings still hold)."""
+    for path in csv_paths(results_dir, subset):
+        path.unlink(missing_ok=True)
+    summary_path = results_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):  # none, or unreadable: nothing of it can be trusted
+        if summary_path.is_file():
+            summary_path.unlink()
+        return
+    if isinstance(summary, dict):
+        summary["scores"] = None
+        summary["scores_error"] = reason
+        save_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
+
+
 def _score(results_dir: Path, args: argparse.Namespace, names: list[str]) -> DavisScores:
-    per_seq = [score_sequence(results_dir, args.data_path, name, args.resolution)
-               for name in tqdm(names, desc="scoring", unit="seq", file=sys.stderr)]
+    try:
+        per_seq = [score_sequence(results_dir, args.data_path, name, args.resolution)
+                   for name in tqdm(names, desc="scoring", unit="seq", file=sys.stderr)]
+    except (DavisError, ImageError) as err:
+        # A failed (re)scoring must not leave the previous numbers beside masks they may not describe.
+        _drop_stale_scores(results_dir, args.set, str(err))
+        raise DavisError(f"{err} (no scores written; earlier score files of {results_dir} removed)") from None
     scores = summarise(per_seq)
     if scores.missing:
         shown = ", ".join(str(p) for p in scores.missing[:3])
@@ -160,7 +183,16 @@ def run(args: argparse.Namespace) -> int:
         results = Path(args.results_path)
         if not results.is_dir():
             raise DavisError(f"--results_path: results folder not found: {results}")
-        _score(results, args, _sequences(args))
+        scores = _score(results, args, _sequences(args))
+        summary_path = results / "summary.json"
+        try:  # a summary of the run that made these masks gets the new scores, not the old ones
+            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+        except (OSError, ValueError):
+            summary = None
+        if isinstance(summary, dict):
+            summary["scores"] = scores.global_scores
+            summary.pop("scores_error", None)
+            save_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
         return 0
 
     for flag in ("n_last_frames", "topk", "bs", "short_side"):

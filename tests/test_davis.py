@@ -286,3 +286,28 @@ def test_resume_with_other_weights_or_settings_stops_with_what_differs(davis_roo
     (out / "provenance.json").unlink()
     code, _, stderr = _run(common + ["--pretrained_weights", other, "--short_side", 64], capsys)
     assert code == 2 and "holds results (more) without a record of the settings" in stderr
+
+
+def test_failed_rescoring_leaves_no_stale_scores(davis_root, tmp_path, capsys):
+    # Results made earlier (here: the ground truth itself) with their CSVs and a summary of the run.
+    results = tmp_path / "results"
+    for name in ("shapes", "more"):
+        (results / name).mkdir(parents=True)
+        for png in (davis_root / "Annotations" / "480p" / name).iterdir():
+            (results / name / png.name).write_bytes(png.read_bytes())
+    (results / "summary.json").write_text(json.dumps({"seconds": 1.5, "scores": {"J&F-Mean": 0.5}}))
+    code, _, stderr = _run(["--results_path", results, "--data_path", davis_root], capsys)
+    assert code == 0, stderr
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["scores"]["J&F-Mean"] == 1.0 and summary["seconds"] == 1.5  # rescored: the new numbers
+
+    # A result frame of the wrong size: the rescoring fails, and the old numbers go with it.
+    save_palette_png(results / "more" / "00002.png", np.zeros((32, 48), np.uint8))
+    code, _, stderr = _run(["--results_path", results, "--data_path", davis_root], capsys)
+    assert code == 2 and stderr.count("error: result ") == 1 and "Traceback" not in stderr
+    assert "no scores written; earlier score files of" in stderr
+    assert not (results / "global_results-val.csv").exists()
+    assert not (results / "per-sequence_results-val.csv").exists()
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["scores"] is None and "is 48x32 but its ground truth is 96x64" in summary["scores_error"]
+    assert summary["seconds"] == 1.5
