@@ -103,6 +103,22 @@ def _drop_stale_scores(results_dir: Path, subset: str, reason: str) -> None:
         save_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
 
 
+def _scorable(args: argparse.Namespace, names: list[str]) -> tuple[list[str], str]:
+    """The sequences with ground truth to score: davis2017-evaluation scores frames 1 to N-2, so a sequence needs
+    at least 3 annotated frames; with fewer (DAVIS test-dev gives only the first) the others are named."""
+    scorable, unscored = [], []
+    for name in names:
+        folder = annotation_dir(args.data_path, name, args.resolution)
+        (scorable if len(list(folder.glob("*.png"))) >= 3 else unscored).append(name)
+    note = ""
+    if unscored:
+        shown = ", ".join(unscored[:5]) + (f" and {len(unscored) - 5} more" if len(unscored) > 5 else "")
+        note = (f"{'nothing to score' if not scorable else 'not scored'}: {shown} "
+                f"{'has' if len(unscored) == 1 else 'have'} ground truth for fewer than 3 frames (only the first, "
+                "as in DAVIS test-dev?); J&F needs the annotations of the frames in between")
+    return scorable, note
+
+
 def _score(results_dir: Path, args: argparse.Namespace, names: list[str]) -> DavisScores:
     try:
         per_seq = [score_sequence(results_dir, args.data_path, name, args.resolution)
@@ -183,7 +199,13 @@ def run(args: argparse.Namespace) -> int:
         results = Path(args.results_path)
         if not results.is_dir():
             raise DavisError(f"--results_path: results folder not found: {results}")
-        scores = _score(results, args, _sequences(args))
+        names, note = _scorable(args, _sequences(args))
+        if not names:
+            _drop_stale_scores(results, args.set, "no ground truth to score against")
+            raise DavisError(note)
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
+        scores = _score(results, args, names)
         summary_path = results / "summary.json"
         try:  # a summary of the run that made these masks gets the new scores, not the old ones
             summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
@@ -268,7 +290,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {len(skipped)} complete sequence(s) (--overwrite true to redo): {', '.join(skipped)}",
               file=sys.stderr)
 
-    scores = _score(output_dir, args, names)
+    scorable, note = _scorable(args, names)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
+    scores = _score(output_dir, args, scorable) if scorable else None
+    if scores is None:
+        _drop_stale_scores(output_dir, args.set, "no ground truth to score against")
+        print(f"wrote the masks of {len(names)} sequence(s) to {output_dir}; no J&F: nothing to score")
     summary = {
         "args": vars(args),
         "settings": settings,
@@ -283,8 +311,12 @@ def run(args: argparse.Namespace) -> int:
         "per_sequence": {name: per_sequence[name] for name in names if name in per_sequence},
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
         "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
-        "scores": scores.global_scores,
+        "scores": scores.global_scores if scores is not None else None,
     }
+    if scores is None:
+        summary["scores_error"] = "no ground truth to score against"
+    elif len(scorable) < len(names):
+        summary["sequences_not_scored"] = [name for name in names if name not in scorable]
     save_text(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return 0
 

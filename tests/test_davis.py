@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -311,3 +312,32 @@ def test_failed_rescoring_leaves_no_stale_scores(davis_root, tmp_path, capsys):
     summary = json.loads((results / "summary.json").read_text())
     assert summary["scores"] is None and "is 48x32 but its ground truth is 96x64" in summary["scores_error"]
     assert summary["seconds"] == 1.5
+
+
+def test_ground_truth_of_the_first_frame_only_writes_masks_and_says_there_is_nothing_to_score(
+        davis_root, tmp_path, tiny_vit_weights, capsys):
+    for name in ("shapes", "more"):  # DAVIS test-dev style: only the first frame is annotated
+        for png in sorted((davis_root / "Annotations" / "480p" / name).iterdir())[1:]:
+            png.unlink()
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(["--pretrained_weights", tiny_vit_weights, "--data_path", davis_root,
+                                 "--output_dir", out, "--short_side", 64, "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    assert ("warning: nothing to score: shapes, more have ground truth for fewer than 3 frames (only the first, "
+            "as in DAVIS test-dev?); J&F needs the annotations of the frames in between") in stderr
+    assert f"wrote the masks of 2 sequence(s) to {out}; no J&F: nothing to score" in stdout
+    assert "nan" not in stdout + stderr and "J&F-Mean" not in stdout
+    assert sorted(p.name for p in (out / "shapes").iterdir()) == [f"{t:05d}.png" for t in range(5)]
+    assert not (out / "global_results-val.csv").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scores"] is None and summary["scores_error"] == "no ground truth to score against"
+    # Scoring such a folder alone is an error, not a table of nan.
+    code, stdout, stderr = _run(["--results_path", out, "--data_path", davis_root], capsys)
+    assert code == 2 and stderr.startswith("error: nothing to score: shapes, more") and stderr.count("\n") == 1
+    # Mixed: the annotated sequence is scored, the other named.
+    shutil.rmtree(davis_root / "Annotations" / "480p" / "more")
+    shutil.copytree(tmp_path / "out" / "more", davis_root / "Annotations" / "480p" / "more")
+    code, stdout, stderr = _run(["--results_path", out, "--data_path", davis_root], capsys)
+    assert code == 0 and "warning: not scored: shapes has ground truth for fewer than 3 frames" in stderr
+    assert [r.split(",")[0] for r in (out / "per-sequence_results-val.csv").read_text().splitlines()[1:]] == [
+        "more_1", "more_2", "more_3"]
