@@ -57,8 +57,13 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB, honouring its EXIF orientation."""
+def load_image(path: str | Path, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """Open an image file as 8-bit RGB, honouring its EXIF orientation.
+
+    An image above PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, twice over) raises ImageError,
+    unless it is a JPEG and `min_size` (width, height: the least the caller needs) lets libjpeg decode it
+    reduced (1/2, 1/4 or 1/8) to a size within the limit.
+    """
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
@@ -69,10 +74,34 @@ def load_image(path: str | Path) -> Image.Image:
             img.load()
             img = ImageOps.exif_transpose(img) or img
             return to_rgb(img)
+    except Image.DecompressionBombError as err:
+        reduced = _reduced_jpeg(path, min_size) if min_size else None
+        if reduced is None:
+            raise ImageError(f"{path}: too large to decode safely ({err})") from None
+        return reduced
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (expected PNG, JPEG, BMP, TIFF or WebP)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path}: cannot decode image ({err})") from None
+
+
+def _reduced_jpeg(path: Path, min_size: tuple[int, int]) -> Image.Image | None:
+    """A JPEG decoded at the smallest libjpeg scale still covering `min_size` (either orientation), or None
+    when the file is no JPEG or even that is above the decompression-bomb limit."""
+    from PIL import JpegImagePlugin
+
+    side = max(min_size)  # EXIF may rotate the image by 90 degrees: cover the need both ways
+    try:
+        img = JpegImagePlugin.JpegImageFile(str(path))  # the plugin itself runs no bomb check
+    except (OSError, SyntaxError, ValueError):
+        return None
+    with img:
+        img.draft("RGB", (side, side))  # libjpeg picks the largest reduction that stays >= the size asked
+        if Image.MAX_IMAGE_PIXELS is not None and img.width * img.height > Image.MAX_IMAGE_PIXELS:
+            return None
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return to_rgb(img)
 
 
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:

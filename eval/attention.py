@@ -167,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
     skipped = 0
     for path in tqdm(images, desc="images", unit="img", disable=len(images) == 1):
         try:
-            image = load_image(path)
+            # A huge JPEG may be decoded reduced, as long as that still covers the size the model gets.
+            need = args.image_size * 2 if len(args.image_size) == 1 else args.image_size[::-1]
+            image = load_image(path, min_size=(need[0], need[1]))
             result = compute_attention(model, image, tuple(args.image_size))
         except (ImageError, ValueError) as err:
             if len(images) == 1:

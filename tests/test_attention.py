@@ -290,3 +290,28 @@ def test_cli_full_disk_is_one_line(tmp_path, tiny_vit_weights, capsys, monkeypat
     assert cli.main(["--pretrained_weights", str(tiny_vit_weights), "--image_path", str(tmp_path / "a.png"),
                      "--image_size", "32", "32", "--output_dir", str(tmp_path / "out"), "--device", "cpu"]) == 2
     assert capsys.readouterr().err == f"error: no space left on device while writing {tmp_path / 'out/a/img.png'}\n"
+
+
+def test_decompression_bombs_are_skipped_or_decoded_reduced(tmp_path, tiny_vit_weights, capsys, monkeypatch):
+    # PIL refuses images above twice MAX_IMAGE_PIXELS: lower it so that small files play the bombs.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
+    images = tmp_path / "images"
+    images.mkdir()
+    _write_image(images / "a_bomb.png", (64, 64), 0)  # 4096 px > 3000: no reduced decode for PNG
+    Image.fromarray(np.full((256, 256, 3), 90, np.uint8)).save(images / "b_big.jpg")  # decodable at 1/8
+    _write_image(images / "c_small.png", (32, 32), 1)
+    out = tmp_path / "out"
+    assert cli.main(["--pretrained_weights", str(tiny_vit_weights), "--image_path", str(images),
+                     "--image_size", "32", "--output_dir", str(out), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert f"warning: skipped {images / 'a_bomb.png'}: too large to decode safely (Image size (4096 pixels) " \
+           "exceeds limit of 3000 pixels" in captured.out + captured.err
+    assert "of 2 image(s)" in captured.out and "1 unreadable file(s) skipped" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["b_big", "c_small"]
+    assert Image.open(out / "b_big" / "img.png").size == (32, 32)
+    # The reduced decode is libjpeg's 1/8 scale: 32 x 32, the size asked for.
+    assert load_image(images / "b_big.jpg", min_size=(32, 32)).size == (32, 32)
+    with pytest.raises(ImageError, match="too large to decode safely"):
+        load_image(images / "b_big.jpg", min_size=(33, 20))  # 1/4 (64 x 64) would be needed: still too large
+    with pytest.raises(ImageError, match="too large to decode safely"):
+        load_image(images / "b_big.jpg")
