@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 import urllib.error
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +102,33 @@ def _reason(err: BaseException) -> str:
     return str(reason).splitlines()[0][:120] or type(err).__name__
 
 
+def load_error_reason(path: str | Path, err: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused `path`, in one line, without torch's advice to retry with
+    weights_only=False (that would run whatever code the file pickles)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch underlines its advice with terminal codes
+    found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
+    if found:
+        return (f"unsupported global {found.group(1)}: the file pickles code or objects other than tensors; "
+                "refused without running it")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        head = b""
+    if head and not head.startswith(b"PK") and head[0] != 0x80:
+        shown = head[:16].decode("ascii", "replace")
+        return f"not a PyTorch checkpoint: the file starts with {shown!r}, not a zip archive or a pickle"
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        return "truncated or corrupt checkpoint: its zip archive is incomplete"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    unpickler = [line.split("WeightsUnpickler error:", 1)[1].strip() for line in lines
+                 if "WeightsUnpickler error:" in line]
+    lines = unpickler or [line for line in lines if "weights_only" not in line and "torch.load" not in line
+                          and "Weights only load failed" not in line] or ["refused by torch.load(weights_only=True)"]
+    detail = lines[0]
+    return f"{type(err).__name__}: {detail}"
+
+
 def _read_checkpoint(path: Path) -> object:
     try:
         # Official full checkpoints pickle an argparse.Namespace under "args": allow that one type,
@@ -111,7 +140,7 @@ def _read_checkpoint(path: Path) -> object:
     except IsADirectoryError:
         raise WeightsError(f"{path}: is a folder, expected a checkpoint file (.pth)") from None
     except Exception as err:  # torch raises many types for non-checkpoints (pickle, zip, EOF, ...)
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({_reason(err)})") from None
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({load_error_reason(path, err)})") from None
 
 
 def _extract_backbone(checkpoint: object, checkpoint_key: str, source: Path | str) -> dict[str, torch.Tensor]:
@@ -184,9 +213,11 @@ def load_model(
         if arch and arch not in ARCHS:
             raise WeightsError(f"--arch: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
         if (arch and arch != found_arch) or (patch_size and found_patch and patch_size != found_patch):
+            asked = " ".join(f"--{flag} {value}" for flag, value in (("arch", arch), ("patch_size", patch_size))
+                             if value)
             raise WeightsError(f"{pretrained_weights}: the weights are {found_arch}"
-                               f"{'/' + str(found_patch) if found_patch else ''}, but --arch {arch} "
-                               f"--patch_size {patch_size} was asked for")
+                               f"{'/' + str(found_patch) if found_patch else ''}, but {asked} "
+                               "was asked for (leave --arch and --patch_size out to take them from the weights)")
         grid = 224
         if found_patch:  # keep the checkpoint's positional grid: the reference interpolates from it
             grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) * found_patch

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        print("interrupted: the outputs written so far are complete; run again to redo the rest", file=sys.stderr)
+        print("\ninterrupted: the outputs written so far are complete (files are written whole)", file=sys.stderr)
         return 130
 
 

@@ -217,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
             save_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
         return 0
 
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise DavisError(f"--output_dir {args.output_dir}: is a file, expected a folder")
     for flag in ("n_last_frames", "topk", "bs", "short_side"):
         minimum = {"n_last_frames": 0, "short_side": 64}.get(flag, 1)
         if getattr(args, flag) < minimum:
@@ -328,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DavisError, WeightsError, ImageError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: complete sequences are kept (files are written whole); run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

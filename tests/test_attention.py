@@ -315,3 +315,21 @@ def test_decompression_bombs_are_skipped_or_decoded_reduced(tmp_path, tiny_vit_w
         load_image(images / "b_big.jpg", min_size=(33, 20))  # 1/4 (64 x 64) would be needed: still too large
     with pytest.raises(ImageError, match="too large to decode safely"):
         load_image(images / "b_big.jpg")
+
+
+def test_cli_output_dir_that_is_a_file_and_ctrl_c_are_one_line(tmp_path, tiny_vit_weights, capsys, monkeypatch):
+    _write_image(tmp_path / "a.png", (32, 32), 0)
+    common = ["--pretrained_weights", str(tiny_vit_weights), "--image_path", str(tmp_path / "a.png"),
+              "--image_size", "32", "32", "--device", "cpu"]
+    taken = tmp_path / "file"
+    taken.write_text("x")
+    assert cli.main(common + ["--output_dir", str(taken)]) == 2
+    assert capsys.readouterr().err == f"error: --output_dir {taken}: is a file, expected a folder\n"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "compute_attention", interrupted)
+    assert cli.main(common + ["--output_dir", str(tmp_path / "out")]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted: the outputs written so far are complete (files are written whole)"

@@ -341,3 +341,23 @@ def test_ground_truth_of_the_first_frame_only_writes_masks_and_says_there_is_not
     assert code == 0 and "warning: not scored: shapes has ground truth for fewer than 3 frames" in stderr
     assert [r.split(",")[0] for r in (out / "per-sequence_results-val.csv").read_text().splitlines()[1:]] == [
         "more_1", "more_2", "more_3"]
+
+
+def test_output_dir_that_is_a_file_and_ctrl_c_are_one_line(davis_root, tmp_path, tiny_vit_weights, capsys,
+                                                           monkeypatch):
+    common = ["--pretrained_weights", tiny_vit_weights, "--data_path", davis_root, "--sequences", "more",
+              "--short_side", 64, "--device", "cpu"]
+    taken = tmp_path / "file"
+    taken.write_text("x")
+    code, _, stderr = _run(common + ["--output_dir", taken], capsys)
+    assert code == 2 and stderr == f"error: --output_dir {taken}: is a file, expected a folder\n"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "segment_sequence", interrupted)
+    code, _, stderr = _run(common + ["--output_dir", tmp_path / "out"], capsys)
+    assert code == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == ("interrupted: complete sequences are kept (files are written whole); "
+                                               "run the same command again to resume")
+    assert not list((tmp_path / "out").rglob("*.png"))

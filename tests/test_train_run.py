@@ -306,3 +306,26 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(tiny_run, tmp_path,
                               "then start again with the same --output_dir to resume.")
     assert hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest() == digest
     assert not list(out.glob(".*dino-tmp*"))
+
+
+def test_output_dir_that_is_a_file_and_ctrl_c_are_one_line(tiny_run, tmp_path, monkeypatch):
+    import train.main as train_module
+
+    taken = tmp_path / "file"
+    taken.write_text("x")
+    code, _, stderr = run_train(tiny_args(tiny_run["data"], taken))
+    assert code == 2 and stderr == f"error: --output_dir {taken}: is a file, expected a folder\n"
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run["out"], out)
+    digest = hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest()
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    code, _, stderr = run_train(tiny_args(tiny_run["data"], out, epochs=2))
+    assert code == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"interrupted: {out / 'checkpoint.pth'} holds the last complete epoch; "
+                                               "start again with the same --output_dir to resume")
+    assert hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest() == digest

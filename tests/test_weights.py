@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import urllib.error
 
 import pytest
@@ -85,7 +86,7 @@ def test_resnet50_weights_load(tmp_path):
 def test_mismatches_name_the_architectures_and_the_keys(tmp_path, tiny_vit_weights):
     with pytest.raises(WeightsError, match=r"vit_tiny/16, but --arch vit_small"):
         load_model(tiny_vit_weights, arch="vit_small")
-    with pytest.raises(WeightsError, match=r"vit_tiny/16, but --arch None --patch_size 8"):
+    with pytest.raises(WeightsError, match=r"vit_tiny/16, but --patch_size 8 was asked for"):
         load_model(tiny_vit_weights, patch_size=8)
     sd = torch.load(tiny_vit_weights)
     del sd["norm.weight"]
@@ -152,3 +153,62 @@ def test_a_download_of_the_wrong_model_is_rejected_and_not_cached(tmp_path, monk
     with pytest.raises(WeightsError, match="downloaded weights are vit_tiny/16, expected vit_small/16"):
         weights.fetch_preset("dino_vits16")
     assert not preset_cache_path("dino_vits16").exists()
+
+
+class _RunsCode:
+    """Pickles as a call of os.system: loading it with plain pickle would run the command."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_a_foreign_pickle_is_refused_with_its_reason_in_full(tmp_path):
+    from train.checkpoint import load_checkpoint
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"teacher": {"w": torch.ones(1)}, "payload": _RunsCode(f"touch {marker}")}, evil)
+    system = f"{os.system.__module__}.system"  # posix.system on Linux and macOS
+    with pytest.raises(WeightsError) as info:
+        load_model(evil)
+    assert str(info.value) == (f"{evil}: not a readable PyTorch checkpoint (unsupported global {system}: the file "
+                               "pickles code or objects other than tensors; refused without running it)")
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(evil)
+    assert f"unsupported global {system}" in str(info.value)
+    assert not marker.exists()  # the command never ran
+    other = tmp_path / "other.pth"  # a global torch does not block outright, only refuses
+    torch.save({"obj": argparse.ArgumentParser}, other)
+    with pytest.raises(WeightsError, match=r"\(unsupported global argparse\.ArgumentParser: the file pickles"):
+        load_model(other)
+
+
+def test_a_text_file_or_a_truncated_checkpoint_never_relays_the_weights_only_false_advice(tmp_path,
+                                                                                          tiny_vit_weights):
+    text = tmp_path / "notes.pth"
+    text.write_text("hello world\nthis is text\n")
+    with pytest.raises(WeightsError) as info:
+        load_model(text)
+    assert str(info.value) == (f"{text}: not a readable PyTorch checkpoint (not a PyTorch checkpoint: the file "
+                               "starts with 'hello world\\nthis', not a zip archive or a pickle)")
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(tiny_vit_weights.read_bytes()[:5000])
+    with pytest.raises(WeightsError) as info:
+        load_model(cut)
+    assert str(info.value) == (f"{cut}: not a readable PyTorch checkpoint (truncated or corrupt checkpoint: its zip "
+                               "archive is incomplete)")
+    for message in (str(info.value),):
+        assert "weights_only" not in message
+
+
+def test_a_mismatch_names_the_inferred_patch_size_never_none(tiny_vit_weights):
+    with pytest.raises(WeightsError) as info:
+        load_model(tiny_vit_weights, arch="vit_small")
+    assert str(info.value) == (f"{tiny_vit_weights}: the weights are vit_tiny/16, but --arch "
+                               "vit_small was asked for (leave --arch and --patch_size out to take them from the "
+                               "weights)")
+    with pytest.raises(WeightsError, match=r"the weights are vit_tiny/16, but --patch_size 8 was asked for \("):
+        load_model(tiny_vit_weights, patch_size=8)

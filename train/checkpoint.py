@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from dino_seg.files import atomic_binary
+from dino_seg.weights import load_error_reason
 
 MODULE_PREFIX = "module."
 
@@ -28,9 +29,7 @@ def load_checkpoint(path: str | Path) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a corrupt or foreign file
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
-        raise ValueError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {detail[:300]})") from None
+        raise ValueError(f"{path}: cannot read the checkpoint ({load_error_reason(path, err)})") from None
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
     if isinstance(ckpt.get("args"), argparse.Namespace):

@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the flags, join the process group if launched by torchrun or SLURM, train."""
     args = get_args_parser().parse_args(argv)
     args.arch = args.arch.replace("deit", "vit")  # the reference's DeiT-S is our ViT-S
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        print(f"error: --output_dir {args.output_dir}: is a file, expected a folder", file=sys.stderr)
+        return 2
     try:
         info = init_distributed(args.device, args.dist_url, local_rank=args.local_rank)
     except (ValueError, RuntimeError) as err:
@@ -342,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         print(f"{tag}error: {err}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        if info.is_main:
+            ckpt = Path(args.output_dir) / CHECKPOINT
+            kept = f"{ckpt} holds the last complete epoch" if ckpt.is_file() else "no checkpoint was written yet"
+            print(f"\ninterrupted: {kept}; start again with the same --output_dir to resume", file=sys.stderr,
+                  flush=True)
+        return 130
     finally:
         cleanup_distributed()
 
