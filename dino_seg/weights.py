@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
-import tempfile
 import urllib.error
 import zipfile
 from dataclasses import dataclass
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .files import temp_path_for
 from .models import ARCHS, VIT_WIDTHS, build_backbone
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/dino"
@@ -49,6 +50,18 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# What is known of the released files' content (GUIDE: MD5 prefixes as pinned by open-metric-learning's model zoo,
+# and ViT-S/8's size): checked before a download takes its final name and whenever a cached file is used.
+# Presets missing here have no pinned digest: only their structure (architecture, patch size, keys) is checked.
+PINNED: dict[str, tuple[str, int | None]] = {
+    "dino_vits16": ("cf0f22", None),
+    "dino_vits8": ("230cd5", 86_728_949),
+    "dino_vitb16": ("552daf", None),
+    "dino_vitb8": ("556550", None),
+}
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of cached files already checked
+
+
 class WeightsError(ValueError):
     """Weights that cannot be read or do not fit the requested architecture."""
 
@@ -67,19 +80,58 @@ def preset_cache_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / PRESETS[name].filename
 
 
+def digest_mismatch(name: str, path: Path) -> str | None:
+    """Why `path` is not preset `name`'s released file by its pinned size and MD5 prefix; None when it matches
+    or when no digest is pinned for that preset."""
+    if name not in PINNED:
+        return None
+    prefix, size = PINNED[name]
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"{actual:,} bytes, expected {size:,}"
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            md5.update(block)
+    if not md5.hexdigest().startswith(prefix):
+        return f"MD5 {md5.hexdigest()[:12]}..., expected one beginning with {prefix}"
+    return None
+
+
+def _check_cached(name: str, path: Path) -> None:
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    reason = digest_mismatch(name, path)
+    if reason:
+        raise WeightsError(f"cached preset {name} at {path} is not the released file ({reason}): delete it to "
+                           "download it again, or pass --pretrained_weights PATH")
+    _VERIFIED.add(key)
+
+
 def fetch_preset(name: str, progress: bool = True) -> Path:
-    """Path of a preset's weights, downloading them into the torch hub cache once."""
+    """Path of a preset's weights, downloading them into the torch hub cache once.
+
+    A download takes its final name only after its size and MD5 prefix match the pinned ones (PINNED) and its
+    structure matches the preset; a cached file is checked against PINNED too, never silently used otherwise.
+    Presets without a pinned digest get the structural check only (`digest_pinned(name)` says which).
+    """
     preset = PRESETS[name]
     path = preset_cache_path(name)
     if path.is_file():
+        _check_cached(name, path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
-    os.close(fd)
+    tmp = str(temp_path_for(path))  # created with the umask's mode, not mkstemp's private 0600
     try:
         torch.hub.download_url_to_file(preset.url, tmp, progress=progress)
         # Verify before the file takes its final name: a truncated or foreign download must not
-        # be cached as the preset. The releases publish no checksum, so check the content.
+        # be cached as the preset.
+        reason = digest_mismatch(name, Path(tmp))
+        if reason:
+            raise WeightsError(f"{preset.url}: the download is not the released file ({reason}); truncated or "
+                               "altered, it was not cached")
         sd = _extract_backbone(_read_checkpoint(Path(tmp)), "teacher", Path(tmp))
         arch, patch = infer_arch(sd, source=preset.url)
         if (arch, patch) != (preset.arch, preset.patch_size):
@@ -95,6 +147,11 @@ def fetch_preset(name: str, progress: bool = True) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def digest_pinned(name: str) -> bool:
+    """Whether preset `name`'s file is checked by content (size, MD5) besides its structure."""
+    return name in PINNED
 
 
 def _reason(err: BaseException) -> str:
@@ -190,7 +247,14 @@ def load_state_dict(source: str | Path, checkpoint_key: str = "teacher") -> dict
     if source not in PRESETS and not path.exists():
         raise WeightsError(f"--pretrained_weights: {source}: no such file and not a preset "
                            f"(presets: {', '.join(PRESETS)})")
-    return _extract_backbone(_read_checkpoint(path), checkpoint_key, path)
+    sd = _extract_backbone(_read_checkpoint(path), checkpoint_key, path)
+    if source in PRESETS:  # the structural check, for every preset (the only one where no digest is pinned)
+        preset = PRESETS[source]
+        found = infer_arch(sd, source=path)
+        if found != (preset.arch, preset.patch_size):
+            raise WeightsError(f"cached preset {source} at {path} holds {found[0]}/{found[1]} weights, expected "
+                               f"{preset.arch}/{preset.patch_size}: delete it to download it again")
+    return sd
 
 
 def load_model(

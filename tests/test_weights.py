@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,14 +144,75 @@ def test_a_cached_preset_loads_without_network(tmp_path, monkeypatch):
     path.parent.mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(build_backbone("vit_small", 16).state_dict(), path)
+    # No real weights here: pin this stand-in's digest for the preset, as the released file's is pinned.
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    monkeypatch.setitem(weights.PINNED, "dino_vits16", (md5[:6], path.stat().st_size))
     model = load_model("dino_vits16")
     assert (model.embed_dim, model.patch_size) == (384, 16)
+
+
+def test_a_cached_file_that_is_not_the_released_one_is_reported_never_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    path = preset_cache_path("dino_vits16")
+    path.parent.mkdir(parents=True)
+    torch.save(build_backbone("vit_small", 16).state_dict(), path)  # right structure, not the released file
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()
+    with pytest.raises(WeightsError) as info:
+        load_model("dino_vits16")
+    assert str(info.value) == (f"cached preset dino_vits16 at {path} is not the released file (MD5 {md5[:12]}..., "
+                               "expected one beginning with cf0f22): delete it to download it again, or pass "
+                               "--pretrained_weights PATH")
+    monkeypatch.setitem(weights.PINNED, "dino_vits16", (md5[:6], path.stat().st_size + 1))
+    with pytest.raises(WeightsError, match=rf"is not the released file \({path.stat().st_size:,} bytes, expected"):
+        load_model("dino_vits16")
+    # A preset without a pinned digest (ResNet-50) keeps the structural check, for cached files too.
+    resnet = preset_cache_path("dino_resnet50")
+    torch.save(build_backbone("vit_small", 16).state_dict(), resnet)
+    assert not weights.digest_pinned("dino_resnet50")
+    with pytest.raises(WeightsError, match=r"cached preset dino_resnet50 .* holds vit_small/16 weights, expected "
+                                           r"resnet50/None: delete it"):
+        load_model("dino_resnet50")
+
+
+def test_the_pinned_digests_are_the_released_files(monkeypatch):
+    assert weights.PINNED == {"dino_vits16": ("cf0f22", None), "dino_vits8": ("230cd5", 86_728_949),
+                              "dino_vitb16": ("552daf", None), "dino_vitb8": ("556550", None)}
+    assert all(weights.digest_pinned(name) == (name in weights.PINNED) for name in PRESETS)
+
+
+def test_a_truncated_or_altered_download_is_never_cached(tmp_path, monkeypatch, tiny_vit_weights):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    full = tiny_vit_weights.read_bytes()
+    md5 = hashlib.md5(full).hexdigest()
+    monkeypatch.setitem(weights.PINNED, "dino_vits8", (md5[:6], len(full)))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda url, dst, progress=True: Path(dst).write_bytes(full[: len(full) // 2]))
+    with pytest.raises(WeightsError) as info:
+        weights.fetch_preset("dino_vits8")
+    assert str(info.value) == (f"{PRESETS['dino_vits8'].url}: the download is not the released file "
+                               f"({len(full) // 2:,} bytes, expected {len(full):,}); truncated or altered, it was "
+                               "not cached")
+    altered = bytearray(full)
+    altered[-100] ^= 1  # right size, other content
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda url, dst, progress=True: Path(dst).write_bytes(bytes(altered)))
+    with pytest.raises(WeightsError, match=r"the download is not the released file \(MD5 "):
+        weights.fetch_preset("dino_vits8")
+    # Without a pinned digest, a truncated file fails the structural read: not cached either.
+    monkeypatch.delitem(weights.PINNED, "dino_vits8")
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda url, dst, progress=True: Path(dst).write_bytes(full[: len(full) // 2]))
+    with pytest.raises(WeightsError, match="truncated or corrupt checkpoint"):
+        weights.fetch_preset("dino_vits8")
+    assert list((tmp_path / "hub" / "checkpoints").iterdir()) == []
 
 
 def test_a_download_of_the_wrong_model_is_rejected_and_not_cached(tmp_path, monkeypatch, tiny_vit_weights):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "download_url_to_file",
                         lambda url, dst, progress=True: torch.save(torch.load(tiny_vit_weights), dst))
+    monkeypatch.delitem(weights.PINNED, "dino_vits16")  # the structural check alone (its digest check: above)
     with pytest.raises(WeightsError, match="downloaded weights are vit_tiny/16, expected vit_small/16"):
         weights.fetch_preset("dino_vits16")
     assert not preset_cache_path("dino_vits16").exists()
