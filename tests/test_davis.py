@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -361,3 +362,67 @@ def test_output_dir_that_is_a_file_and_ctrl_c_are_one_line(davis_root, tmp_path,
     assert stderr.strip().splitlines()[-1] == ("interrupted: complete sequences are kept (files are written whole); "
                                                "run the same command again to resume")
     assert not list((tmp_path / "out").rglob("*.png"))
+
+
+def test_cli_masks_equal_an_independent_run_of_the_reference_steps(davis_root, tmp_path, tiny_vit_weights, capsys):
+    """The whole glue (frame reading and resizing, first-frame labels, file order, output size) against the
+    reference's eval_video_segmentation.py steps, transcribed here, on the same tiny model."""
+    import torch.nn.functional as F
+
+    from dino_seg.models import patch_features
+    from dino_seg.weights import load_model
+    from test_propagation import _ref_norm_mask, _ref_video
+
+    out = tmp_path / "out"
+    code, _, stderr = _run(["--pretrained_weights", tiny_vit_weights, "--data_path", davis_root, "--output_dir", out,
+                            "--sequences", "shapes", "--short_side", 128, "--n_last_frames", 2,
+                            "--size_mask_neighborhood", 2, "--topk", 3, "--device", "cpu"], capsys)
+    assert code == 0, stderr
+
+    model = load_model(tiny_vit_weights)
+    patch, short = 16, 128
+
+    def read_frame(path):  # the reference's read_frame, with its 480 as `short`
+        img = cv2.imread(str(path))
+        ori_h, ori_w = img.shape[:2]
+        if ori_h > ori_w:
+            tw = short
+            th = int(((tw * ori_h) / ori_w // 64) * 64)
+        else:
+            th = short
+            tw = int(((th * ori_w) / ori_h // 64) * 64)
+        img = cv2.resize(img, (tw, th)).astype(np.float32) / 255.0
+        img = torch.from_numpy(np.transpose(img[:, :, ::-1].copy(), (2, 0, 1))).float()
+        for t, m, s in zip(img, [0.485, 0.456, 0.406], [0.228, 0.224, 0.225]):
+            t.sub_(m).div_(s)
+        return img, ori_h, ori_w
+
+    def read_seg(path, th, tw):  # the reference's read_seg and to_one_hot
+        seg = Image.open(path)
+        small = torch.from_numpy(np.array(seg.resize((tw // patch, th // patch), 0)).copy()).float()[None]
+        y = small.long().view(-1, 1)
+        n_dims = int(y.max()) + 1
+        one_hot = torch.zeros(y.size(0), n_dims).scatter_(1, y, 1).view(*small.shape, -1)
+        return one_hot.permute(0, 3, 1, 2)  # (1, C, h, w)
+
+    frames = sorted((davis_root / "JPEGImages" / "480p" / "shapes").glob("*.jpg"))
+    read = [read_frame(f) for f in frames]
+    _, ori_h, ori_w = read[0]
+    with torch.no_grad():
+        feats = [patch_features(model, img[None])[0] for img, _, _ in read]  # (h, w, D) each
+    first_gt = davis_root / "Annotations" / "480p" / "shapes" / "00000.png"
+    first_seg = read_seg(first_gt, *read[0][0].shape[1:])
+    args = SimpleNamespace(size_mask_neighborhood=2, topk=3, n_last_frames=2)
+    soft = _ref_video(args, feats, first_seg)
+    assert sorted(p.name for p in (out / "shapes").iterdir()) == [f.stem + ".png" for f in frames]
+    with Image.open(out / "shapes" / "00000.png") as im:
+        assert np.array_equal(np.array(im), np.array(Image.open(first_gt)))
+    for frame, avg in zip(frames[1:], soft):
+        up = F.interpolate(avg, scale_factor=patch, mode="bilinear", align_corners=False,
+                           recompute_scale_factor=False)[0]
+        _, seg = torch.max(_ref_norm_mask(up), dim=0)
+        expected = np.array(Image.fromarray(seg.numpy().astype(np.uint8)).resize((ori_w, ori_h), 0))
+        with Image.open(out / "shapes" / f"{frame.stem}.png") as im:
+            got = np.array(im)
+        assert got.shape == (ori_h, ori_w) and len(np.unique(expected)) > 1  # not a trivial all-background mask
+        assert np.array_equal(got, expected), f"{frame.name}: {np.mean(got != expected):.4%} of pixels differ"
