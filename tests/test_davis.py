@@ -426,3 +426,29 @@ def test_cli_masks_equal_an_independent_run_of_the_reference_steps(davis_root, t
             got = np.array(im)
         assert got.shape == (ori_h, ori_w) and len(np.unique(expected)) > 1  # not a trivial all-background mask
         assert np.array_equal(got, expected), f"{frame.name}: {np.mean(got != expected):.4%} of pixels differ"
+
+
+def test_full_resolution_and_the_train_set_through_the_cli(tmp_path, tiny_vit_weights, capsys):
+    root = make_davis(tmp_path / "davis", {"tall": 4}, height=128, width=192, n_objects=2, subset="train")
+    for kind in ("JPEGImages", "Annotations"):
+        (root / kind / "480p").rename(root / kind / "Full-Resolution")
+    (root / "ImageSets" / "2017" / "val.txt").write_text("absent\n")  # --set val would fail on this one
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(["--pretrained_weights", tiny_vit_weights, "--data_path", root, "--output_dir", out,
+                                 "--set", "train", "--resolution", "Full-Resolution", "--short_side", 64,
+                                 "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    assert sorted(p.name for p in (out / "tall").iterdir()) == [f"{t:05d}.png" for t in range(4)]
+    with Image.open(out / "tall" / "00002.png") as im:
+        assert im.size == (192, 128)  # masks at the full resolution, whatever the network's input size
+    with Image.open(out / "tall" / "00000.png") as im:
+        assert np.array_equal(np.array(im), shape_masks(0, 128, 192, 2))
+    assert (out / "global_results-train.csv").is_file() and not (out / "global_results-val.csv").exists()
+    assert [r.split(",")[0] for r in (out / "per-sequence_results-train.csv").read_text().splitlines()[1:]] == [
+        "tall_1", "tall_2"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["resolution"] == "Full-Resolution" and summary["args"]["set"] == "train"
+    # 480p frames are not silently used instead: without them the default resolution is an error.
+    code, _, stderr = _run(["--pretrained_weights", tiny_vit_weights, "--data_path", root, "--output_dir",
+                            tmp_path / "o2", "--set", "train", "--device", "cpu"], capsys)
+    assert code == 2 and "no frames folder" in stderr and "480p" in stderr
