@@ -75,9 +75,9 @@ def test_single_process_epoch_writes_reference_checkpoint_and_logs(tiny_run):
     assert "backbone.pos_embed" in ckpt["teacher"] and "head.last_layer.weight_g" in ckpt["teacher"]
     assert ckpt["dino_loss"]["center"].shape == (1, 64)
     assert float(ckpt["dino_loss"]["center"].abs().sum()) > 0  # the centre moved
-    # The teacher is an EMA of the student, not a copy of it.
+    # The teacher is not a copy of the student (its exact EMA: test_teacher_is_the_ema_of_the_student).
     student = {k[len("module."):]: v for k, v in ckpt["student"].items()}
-    assert 0 < max_diff(student, ckpt["teacher"]) < 1
+    assert max_diff(student, ckpt["teacher"]) > 1e-7
     # --freeze_last_layer 1: during epoch 0 the last layer keeps its initial weights in both networks
     # (up to the EMA's float rounding), while the rest of the head trains.
     last = "head.last_layer.weight_v"
@@ -329,3 +329,25 @@ def test_output_dir_that_is_a_file_and_ctrl_c_are_one_line(tiny_run, tmp_path, m
     assert stderr.strip().splitlines()[-1] == (f"interrupted: {out / 'checkpoint.pth'} holds the last complete epoch; "
                                                "start again with the same --output_dir to resume")
     assert hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest() == digest
+
+
+def test_teacher_is_the_ema_of_the_student(tmp_path):
+    from train.main import build_student_teacher, seed_everything
+
+    data = tmp_path / "data"
+    textured_images(data, 4)  # batch 4: one iteration, so the teacher is one EMA step from the initial weights
+    code, _, stderr = run_train(tiny_args(data, tmp_path / "run", momentum_teacher=0.9, lr=0.1, saveckp_freq=0))
+    assert code == 0, stderr
+    ckpt = load(tmp_path / "run" / "checkpoint.pth")
+    assert [m["momentum"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [0.9]
+    seed_everything(0)  # the run's initial weights: same seed, same construction
+    initial, _ = build_student_teacher(arch="vit_tiny", patch_size=16, drop_path_rate=0.1, out_dim=64,
+                                       use_bn_in_head=False, norm_last_layer=True)
+    s0 = initial.state_dict()
+    s1 = {k[len("module."):]: v for k, v in ckpt["student"].items()}
+    teacher = ckpt["teacher"]
+    # teacher = m * teacher0 + (1 - m) * student1, with teacher0 = student0 (the teacher starts as a copy).
+    expected = {k: 0.9 * s0[k] + 0.1 * s1[k] for k in teacher}
+    assert max_diff(expected, teacher) < 1e-6
+    # The step moved both networks by much more than that tolerance: the check tells the EMA from a copy.
+    assert max_diff({k: s0[k] for k in teacher}, teacher) > 1e-4 and max_diff(s1, teacher) > 1e-3
