@@ -159,8 +159,11 @@ def run(args: argparse.Namespace) -> int:
     if output_dir.exists() and not output_dir.is_dir():
         print(f"error: --output_dir {output_dir}: is a file, expected a folder", file=sys.stderr)
         return 2
-    # Temporary files of a run killed mid-write (kill -9) are never completed: remove them.
-    stale = remove_stale_temp(output_dir)
+    # Temporary files of a run killed mid-write (kill -9) are never completed: remove them from the folders this
+    # run writes (not the whole tree under OUTPUT_DIR, which defaults to the working directory).
+    stale = remove_stale_temp(output_dir, recursive=False)
+    for folder in sorted(set(folders.values())):
+        stale += remove_stale_temp(output_dir / folder, recursive=False)
     if stale:
         print(f"removed {len(stale)} stale temporary file(s) of an interrupted run")
     rows: list[dict[str, float | str]] = []
