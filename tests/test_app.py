@@ -17,7 +17,7 @@ import torch
 import app
 from app_fixtures import SIZE, SWAN, cfg  # noqa: F401 - fixtures
 from dino_seg.app import attention as attention_tab
-from dino_seg.app import jobs, model_cache, weights_bar
+from dino_seg.app import components, jobs, model_cache, weights_bar
 from dino_seg.app.config import BUNDLED_DAVIS
 from dino_seg.app.errors import friendly, scrub_paths
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
@@ -157,3 +157,9 @@ def test_shutting_down_waits_for_running_jobs_and_refuses_new_ones(capsys):
         worker.join()
         jobs.reopen()
     assert "slow: the app is shutting down" in capsys.readouterr().err
+
+
+def test_adjusted_components_are_drawn_by_their_gradio_parents():
+    assert [c.get_block_name() for c in (components.Slider(0, 1), components.Radio(["a"]),
+                                         components.FrameSlider(0, 1), components.UploadImage())] == [
+        "slider", "radio", "slider", "image"]

@@ -33,8 +33,16 @@ class FrameSlider(gr.Slider):
         return payload
 
 
+def refused(component: gr.components.Component, err: gr.Error) -> gr.Error:
+    """A value a component refuses (only API calls can send one: a slider's out-of-range number, a radio's
+    unknown choice) as one console line naming the input, not Gradio's traceback."""
+    return user_error("input", f"{component.label}: {err.message}")
+
+
+# The subclasses below keep their Gradio parent as their only base: Gradio draws a template component with
+# the front-end of its direct parent.
 class Slider(gr.Slider):
-    """gr.Slider whose out-of-range values (only API calls can send them) are one console line, not a trace."""
+    """gr.Slider whose out-of-range values are one line."""
 
     is_template = True
 
@@ -42,11 +50,11 @@ class Slider(gr.Slider):
         try:
             return super().preprocess(payload)
         except gr.Error as err:
-            raise user_error("input", f"{self.label}: {err.message}") from None
+            raise refused(self, err) from None
 
 
 class Radio(gr.Radio):
-    """gr.Radio whose values outside its choices (only API calls can send them) are one console line."""
+    """gr.Radio whose values outside its choices are one line."""
 
     is_template = True
 
@@ -54,4 +62,4 @@ class Radio(gr.Radio):
         try:
             return super().preprocess(payload)
         except gr.Error as err:
-            raise user_error("input", f"{self.label}: {err.message}") from None
+            raise refused(self, err) from None
