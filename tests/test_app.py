@@ -11,8 +11,10 @@ import urllib.error
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import app
 from app_fixtures import SIZE, SWAN, cfg  # noqa: F401 - fixtures
@@ -21,7 +23,7 @@ from dino_seg.app import components, jobs, model_cache, weights_bar
 from dino_seg.app.config import BUNDLED_DAVIS
 from dino_seg.app.errors import friendly, scrub_paths
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
-from dino_seg.app.scratch import SCRATCH, Scratch
+from dino_seg.app.scratch import SCRATCH, VIEWS, Scratch
 from dino_seg.models import build_backbone
 
 
@@ -163,3 +165,11 @@ def test_adjusted_components_are_drawn_by_their_gradio_parents():
     assert [c.get_block_name() for c in (components.Slider(0, 1), components.Radio(["a"]),
                                          components.FrameSlider(0, 1), components.UploadImage())] == [
         "slider", "radio", "slider", "image"]
+
+
+def test_image_outputs_reach_gradio_as_png_files():
+    image = np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    data = components.ImageView(interactive=False).postprocess(image)
+    path = Path(data.path)
+    assert path.suffix == ".png" and VIEWS.root in path.parents
+    assert np.array_equal(np.asarray(Image.open(path)), image)

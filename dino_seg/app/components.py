@@ -1,13 +1,17 @@
-"""Gradio components the tabs share, adjusted so that API calls (from a fresh session, with any value) get
-one-line errors."""
+"""Gradio components the tabs share, adjusted: API calls (from a fresh session, with any value) get one-line
+errors, and image outputs reach Gradio as files (safe when two requests show the same image)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import gradio as gr
+import numpy as np
+
+from dino_seg.files import save_png
 
 from .errors import user_error
+from .scratch import VIEWS
 
 
 class UploadImage(gr.Image):
@@ -63,3 +67,19 @@ class Radio(gr.Radio):
             return super().preprocess(payload)
         except gr.Error as err:
             raise refused(self, err) from None
+
+
+class ImageView(gr.Image):
+    """An output gr.Image that hands Gradio a PNG file instead of an array. Gradio caches an array by rewriting
+    a file named by its content in place, so two requests showing the same image at once (two visitors
+    loading the page: the same first DAVIS frame) could truncate it while it is being sent; a file it copies
+    atomically. Handlers still return arrays."""
+
+    is_template = True
+
+    def postprocess(self, value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            path = VIEWS.new("view") / "image.png"
+            save_png(path, value)
+            value = str(path)
+        return super().postprocess(value)

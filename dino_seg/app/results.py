@@ -14,7 +14,7 @@ from dino_seg import davis, metrics
 from dino_seg.images import load_image
 from dino_seg.viz import label_color, overlay_labels
 
-from .components import FrameSlider
+from .components import FrameSlider, ImageView
 from .config import AppConfig
 from .errors import friendly
 from .paths import check_path, sequence_name
@@ -142,8 +142,8 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
         frame_chart = gr.Plot(label="Per-frame scores", show_label=False)
         compare_note = gr.Markdown()
         with gr.Row():
-            gt_view = gr.Image(label="Ground truth", interactive=False, elem_id="results-gt")
-            pred_view = gr.Image(label="Prediction", interactive=False, elem_id="results-pred")
+            gt_view = ImageView(label="Ground truth", interactive=False, elem_id="results-gt")
+            pred_view = ImageView(label="Prediction", interactive=False, elem_id="results-pred")
 
     opening, scoring, comparing = (functools.partial(fn, cfg=cfg) for fn in (open_results, sequence_scores,
                                                                             compare_frame))

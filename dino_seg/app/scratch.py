@@ -18,8 +18,8 @@ SCRATCH_KEEP = 24  # request folders kept in the app's temporary folder (older o
 class Scratch:
     """Per-request folders inside one app-level temporary folder; only the newest `keep` are kept."""
 
-    def __init__(self, keep: int = SCRATCH_KEEP) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="dino-seg-app-"))
+    def __init__(self, keep: int = SCRATCH_KEEP, prefix: str = "dino-seg-app-") -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
         self.keep = keep
         self._folders: list[Path] = []
         self._lock = threading.Lock()
@@ -41,6 +41,9 @@ class Scratch:
 
 
 SCRATCH = Scratch()
+# Images shown in gr.Image outputs, written as files (see components.ImageView); many per request, so kept
+# apart from the request folders, whose files the page may still need (the video tab's frames).
+VIEWS = Scratch(keep=64, prefix="dino-seg-app-views-")
 
 
 def cached_files(demo: gr.Blocks) -> set[str]:

@@ -12,7 +12,7 @@ from . import jobs
 from .attention import example_images
 from .config import ASSETS
 from .errors import one_line
-from .scratch import SCRATCH, cached_files, remove_cached_files
+from .scratch import SCRATCH, VIEWS, cached_files, remove_cached_files
 
 # Plain system font stacks: the page must not fetch web fonts (the app often runs offline).
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -66,5 +66,6 @@ def serve(demo: gr.Blocks, host: str, port: int, share: bool = False) -> int:
         demo.close(verbose=False)
         remove_cached_files(files | cached_files(demo))
         SCRATCH.cleanup()
+        VIEWS.cleanup()
         jobs.reopen()
     return interrupted() if signal.SIGINT in signals else 0

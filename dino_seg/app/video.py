@@ -16,7 +16,7 @@ from dino_seg.propagation import segment_sequence
 from dino_seg.video import read_video_frames, write_video
 from dino_seg.viz import overlay_labels
 
-from .components import FrameSlider, Radio, Slider
+from .components import FrameSlider, ImageView, Radio, Slider
 from .config import BUNDLED_DAVIS, AppConfig
 from .errors import friendly
 from .jobs import check_open
@@ -258,7 +258,7 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                     # Any name is accepted: the choices are set per root in a session, and an API call
                     # that names a sequence must not depend on /list_davis having run first.
                     sequence = gr.Dropdown(label="Sequence", allow_custom_value=True, elem_id="video-sequence")
-                    first = gr.Image(label="First frame and its annotation", interactive=False, height=240,
+                    first = ImageView(label="First frame and its annotation", interactive=False, height=240,
                                      elem_id="video-first")
                 with gr.Group(visible=False) as upload_group:
                     video_in = gr.Video(label="Video file", sources=["upload"], height=240, elem_id="video-in")
@@ -280,7 +280,7 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                 video_out = gr.Video(label="Propagated labels", autoplay=True, loop=True, interactive=False,
                                      height=360, elem_id="video-out")
                 frame_index = FrameSlider(0, 1, value=0, step=1, label="Frame", interactive=False)
-                frame_view = gr.Image(label="Frame", interactive=False, height=360, elem_id="video-frame")
+                frame_view = ImageView(label="Frame", interactive=False, height=360, elem_id="video-frame")
                 frame_paths = gr.State([])
 
     listing = functools.partial(list_davis, cfg=cfg)
