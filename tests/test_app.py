@@ -76,7 +76,7 @@ def test_banner_for_random_unreadable_and_usable_weights(cfg, tmp_path):
     assert "not a readable PyTorch checkpoint" in weights_bar.check_weights(str(bad), cfg)
     assert weights_bar.check_weights(None, cfg) == "Weights: **vit_tiny16.pth (vit_tiny/16)** on cpu"
     update, banner = weights_bar.add_uploaded_weights(cfg.weights, cfg)
-    assert update["value"] == cfg.weights and RANDOM_WEIGHTS in update["choices"]
+    assert update["value"] == cfg.weights and (RANDOM_WEIGHTS, RANDOM_WEIGHTS) in update["choices"]
     assert banner.startswith("Weights: **vit_tiny16.pth")
 
 

@@ -87,11 +87,24 @@ def test_attention_answers_from_a_fresh_session(client):
 
 @pytest.mark.parametrize("weights", ["random", RANDOM_WEIGHTS, "dino_vits8"])
 def test_random_weights_appear_once_in_the_choices(weights):
-    choices = weights_bar.weight_choices(AppConfig(weights=weights), ["/runs/a/checkpoint.pth"])
+    choices = [value for _, value in weights_bar.weight_choices(AppConfig(weights=weights),
+                                                                 ["/runs/a/checkpoint.pth"])]
     assert choices.count(RANDOM_WEIGHTS) == 1 and "random" not in choices
     assert len(choices) == len(set(choices))
     assert choices[0] == (RANDOM_WEIGHTS if "random" in weights else weights)
     assert choices[1] == "/runs/a/checkpoint.pth"
+
+
+def test_uploaded_weights_are_labelled_by_their_file_name(cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    upload = tmp_path / "gradio" / ("ab" * 32) / "mine.pth"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(Path(cfg.weights).read_bytes())
+    update, banner = weights_bar.add_uploaded_weights(str(upload), cfg)
+    assert update["value"] == str(upload) and ("mine.pth (uploaded)", str(upload)) in update["choices"]
+    assert (Path(cfg.weights).name, cfg.weights) not in update["choices"]  # the person's own paths stay whole
+    assert (cfg.weights, cfg.weights) in update["choices"]
+    assert banner == "Weights: **mine.pth (vit_tiny/16)** on cpu"
 
 
 # --- the queue: what the hostile-input probe showed, kept as tests
