@@ -64,13 +64,16 @@ class ImageFilesDataset(Dataset):
     An image that cannot be decoded is replaced by the next readable one (so batches stay full and
     the order stays deterministic) and its path is returned in `skipped` for the caller to report.
     The augmentation of item i in epoch e is seeded from (seed, e, i): independent of the number of
-    workers and of which worker loads it, which makes resumed runs see the same crops.
+    workers and of which worker loads it, which makes resumed runs see the same crops. A transform with
+    a `load(path)` method decodes its own files (the fast augmentation decodes JPEGs reduced); others
+    get `load_image`'s PIL image.
     """
 
     def __init__(self, root: str | Path, transform: Callable[[Image.Image], object], seed: int = 0) -> None:
         self.root = Path(root)
         self.paths = find_images(self.root)
         self.transform = transform
+        self.load = getattr(transform, "load", load_image)
         self.seed = seed
         self.epoch = 0
 
@@ -86,7 +89,7 @@ class ImageFilesDataset(Dataset):
         for k in range(len(self.paths)):
             path = self.paths[(index + k) % len(self.paths)]
             try:
-                image = load_image(path)
+                image = self.load(path)
             except (ImageError, Image.DecompressionBombError):
                 skipped.append(str(path))
                 continue
