@@ -242,6 +242,19 @@ def test_reduced_jpeg_decode_maps_geometry_to_the_full_image(tmp_path, orientati
         assert orientation == 1
 
 
+def test_full_size_jpeg_decode_is_load_image_for_every_orientation(tmp_path):
+    stored = photo("chelsea", (61, 45))
+    for orientation in range(1, 9):
+        path = tmp_path / f"o{orientation}.jpg"
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        stored.save(path, quality=90, exif=exif)
+        decoded = fa.load_reduced(path, lambda w, h: 1)
+        full = load_image(path)
+        assert decoded.scale == 1 and decoded.full_size == full.size and decoded.image.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(decoded.image), np.asarray(full))
+
+
 # ---------------------------------------------------------------- bad and unusual input
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +54,14 @@ _ORIENTATION_AXES = {
 }
 
 
-def load_reduced(path: str | Path, reduction: callable) -> DecodedImage:
+def load_reduced(path: str | Path, reduction: Callable[[int, int], int]) -> DecodedImage:
     """Decode `path` as 8-bit RGB like `dino_seg.images.load_image`, JPEGs at 1/`reduction(W, H)` of
     their size (W, H: the EXIF-oriented full size) through libjpeg's DCT scaling (`Image.draft`).
 
-    Anything that the reduced decoding does not handle falls back to `load_image`, so unreadable
-    files raise the same `ImageError` and other formats decode exactly as there."""
+    A JPEG that is already RGB and upright is used as decoded (`load_image` would copy it twice, for
+    the EXIF transposition and the RGB conversion, to the same pixels). Anything else that fails here
+    falls back to `load_image`, so unreadable files raise the same `ImageError` and other formats
+    decode exactly as there."""
     try:
         with Image.open(path) as img:
             if img.format == "JPEG":
@@ -68,16 +70,18 @@ def load_reduced(path: str | Path, reduction: callable) -> DecodedImage:
                 axes = _ORIENTATION_AXES.get(orientation, _ORIENTATION_AXES[1])
                 full = (stored[axes[0][0]], stored[axes[1][0]])
                 d = reduction(*full)
+                scale, offset = 1, (0.0, 0.0)
                 if d > 1:
                     drafted = img.draft("RGB", (max(stored[0] // d, 1), max(stored[1] // d, 1)))
                     if drafted is not None:
                         scale = round(stored[0] / drafted[1][2])
-                        img.load()
-                        out = ImageOps.exif_transpose(img) or img
                         reduced = [-(-n // scale) for n in stored]  # libjpeg's ceil(n / scale)
                         offset = tuple(reduced[axis] - stored[axis] / scale if mirrored else 0.0
                                        for axis, mirrored in axes)
-                        return DecodedImage(to_rgb(out), full, scale, offset)
+                img.load()
+                if img.mode != "RGB" or axes != _ORIENTATION_AXES[1]:
+                    img = to_rgb(ImageOps.exif_transpose(img) or img)
+                return DecodedImage(img, full, scale, offset)
     except Exception:  # noqa: BLE001 - whatever failed, the plain decoder decides (and names the error)
         pass
     image = load_image(path)
