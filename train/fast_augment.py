@@ -195,17 +195,23 @@ def gaussian_blur(img: np.ndarray, radius: float) -> np.ndarray:
     return cv2.sepFilter2D(img, -1, k, k, borderType=cv2.BORDER_REPLICATE)
 
 
-def _normalize_lut(solarize: bool) -> np.ndarray:
-    """(1, 256, 3) float32: ToTensor's v / 255 then Normalize, optionally after ImageOps.solarize (128)."""
-    levels = np.arange(256)
-    if solarize:
-        levels = np.where(levels < 128, levels, 255 - levels)
-    x = (levels.astype(np.float32) / np.float32(255))[:, None]
-    out = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
-    return out.astype(np.float32)[None]
+_SOLARIZE = np.where(np.arange(256) < 128, np.arange(256), 255 - np.arange(256)).astype(np.uint8)
+_MEAN_255 = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+_INV_STD_255 = 1 / (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255)
 
 
-_NORMALIZE = {False: _normalize_lut(False), True: _normalize_lut(True)}
+def solarize(img: np.ndarray) -> np.ndarray:
+    """ImageOps.solarize(img, 128): levels from 128 up inverted."""
+    return cv2.LUT(img, _SOLARIZE)
+
+
+def to_normalized_tensor(img: np.ndarray) -> torch.Tensor:
+    """ToTensor then Normalize(ImageNet): (H, W, 3) uint8 -> contiguous (3, H, W) float32, as
+    (v - 255 mean) / (255 std), within 1e-6 of the reference's (v / 255 - mean) / std."""
+    out = torch.empty((3, img.shape[0], img.shape[1]))
+    out.copy_(torch.from_numpy(img).permute(2, 0, 1))
+    return out.sub_(_MEAN_255).mul_(_INV_STD_255)
+
 
 _JITTER = {0: adjust_brightness, 1: adjust_contrast, 2: adjust_saturation, 3: adjust_hue}
 
@@ -227,7 +233,7 @@ def resized_crop(source: torch.Tensor | Image.Image, box: tuple[float, float, fl
     ix1, iy1 = min(math.ceil(x1), source.width), min(math.ceil(y1), source.height)
     region = source.crop((ix0, iy0, ix1, iy1))
     inner = (x0 - ix0, y0 - iy0, min(x1 - ix0, ix1 - ix0), min(y1 - iy0, iy1 - iy0))
-    return np.asarray(region.resize((size, size), Image.BICUBIC, box=inner))
+    return np.array(region.resize((size, size), Image.BICUBIC, box=inner))  # writable, for torch.from_numpy
 
 
 @dataclass
@@ -324,8 +330,9 @@ class FastAugmentationDINO:
             img = to_grayscale(img)
         if p.blur is not None:
             img = gaussian_blur(img, p.blur)
-        out = cv2.LUT(np.ascontiguousarray(img), _NORMALIZE[p.solarize])  # (size, size, 3) float32
-        return torch.from_numpy(out).permute(2, 0, 1).contiguous()  # (3, size, size)
+        if p.solarize:
+            img = solarize(img)
+        return to_normalized_tensor(img)  # (3, size, size)
 
     def __call__(self, image: DecodedImage | Image.Image) -> list[torch.Tensor]:
         decoded = image if isinstance(image, DecodedImage) else DecodedImage(image, image.size)
