@@ -22,12 +22,10 @@ from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD, load_image, to_rgb
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range, as the reference uses
 JPEG_REDUCTIONS = (8, 4, 2)  # libjpeg's DCT scalings (1/8, 1/4, 1/2), largest first
 
-# Pillow's RGB -> L weights (Convert.c's L24: 19595, 38470, 7471 / 65536): one row for the contrast mean,
-# three identical rows for grayscale-as-RGB. cv2.transform rounds half to even where Pillow rounds half
-# up: 136 of the 2^24 colours differ, by 1.
-_L_ROW = np.array([19595.0, 38470.0, 7471.0]) / 65536.0
-_GRAY1 = _L_ROW[None, :]
-_GRAY3 = np.repeat(_GRAY1, 3, axis=0)
+# Pillow's RGB -> L weights (Convert.c's L24: 19595, 38470, 7471 / 65536). With this one-row matrix
+# cv2.transform rounds half to even where Pillow rounds half up: 136 of the 2^24 colours differ, by 1.
+# (A three-row matrix takes a lower-precision path: about 1% of photo pixels off by 1.)
+_GRAY1 = np.array([[19595.0, 38470.0, 7471.0]]) / 65536.0
 _LEVELS = np.arange(256, dtype=np.float32)
 
 
@@ -149,7 +147,7 @@ def adjust_contrast(img: np.ndarray, factor: float) -> np.ndarray:
 def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
     """ImageEnhance.Color: blend with the image's luma as RGB. Pillow truncates; OpenCV rounds half to
     even, so the offset -0.499 turns its rounding into truncation (off only for fractions >= 0.999)."""
-    return cv2.addWeighted(img, factor, cv2.transform(img, _GRAY3), 1.0 - factor, -0.499)
+    return cv2.addWeighted(img, factor, to_grayscale(img), 1.0 - factor, -0.499)
 
 
 def adjust_hue(img: np.ndarray, factor: float) -> np.ndarray:
@@ -162,7 +160,7 @@ def adjust_hue(img: np.ndarray, factor: float) -> np.ndarray:
 
 def to_grayscale(img: np.ndarray) -> np.ndarray:
     """Pillow's L as three equal channels (torchvision's rgb_to_grayscale(num_output_channels=3))."""
-    return cv2.transform(img, _GRAY3)
+    return cv2.cvtColor(cv2.transform(img, _GRAY1), cv2.COLOR_GRAY2RGB)
 
 
 def pillow_blur_kernel(radius: float, passes: int = 3) -> np.ndarray:
