@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -107,7 +108,9 @@ def collate_crops(batch: Sequence[tuple[list[torch.Tensor], tuple[str, ...]]]
 
 
 def seed_worker(worker_id: int, seed: int, rank: int) -> None:
-    """Seed a loader worker from (seed, epoch, rank, worker), for anything the per-sample seeds miss."""
+    """Seed a loader worker from (seed, epoch, rank, worker), for anything the per-sample seeds miss;
+    OpenCV gets one thread per worker, as torch does, so N workers do not run N x cores threads."""
+    cv2.setNumThreads(1)
     info = get_worker_info()
     epoch = getattr(info.dataset, "epoch", 0) if info is not None else 0
     state = np.random.SeedSequence([seed % 2**64, epoch, rank, worker_id]).generate_state(2, dtype=np.uint32)
