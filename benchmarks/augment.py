@@ -38,7 +38,7 @@ from PIL import Image  # noqa: E402
 from train.augment import AUGMENTATIONS, DataAugmentationDINO  # noqa: E402
 from train.data import ImageFilesDataset, build_loader, find_images, seeded_rng  # noqa: E402
 
-PICTURES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
+PICTURES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
 
 
 def make_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
