@@ -145,9 +145,10 @@ def adjust_contrast(img: np.ndarray, factor: float) -> np.ndarray:
 
 
 def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
-    """ImageEnhance.Color: blend with the image's luma as RGB. Pillow truncates; OpenCV rounds half to
-    even, so the offset -0.499 turns its rounding into truncation (off only for fractions >= 0.999)."""
-    return cv2.addWeighted(img, factor, to_grayscale(img), 1.0 - factor, -0.499)
+    """ImageEnhance.Color: blend with the image's luma as RGB. Pillow truncates; OpenCV rounds to the
+    nearest, so the offset -0.4999 turns its rounding into truncation (off only for fractions >= 0.9999;
+    a smaller offset would drown in OpenCV's single-precision error)."""
+    return cv2.addWeighted(img, factor, to_grayscale(img), 1.0 - factor, -0.4999)
 
 
 def adjust_hue(img: np.ndarray, factor: float) -> np.ndarray:
