@@ -17,7 +17,7 @@ from tqdm import tqdm
 from dino_seg.files import NoSpaceError, remove_stale_temp
 from dino_seg.models import ARCHS, build_backbone
 from dino_seg.flags import bool_flag
-from train.augment import DataAugmentationDINO
+from train.augment import AUGMENTATIONS, DataAugmentationDINO
 from train.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
 from train.data import ImageFilesDataset, build_loader
 from train.distributed import DistInfo, all_gather_objects, cleanup_distributed, init_distributed
@@ -87,6 +87,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Area range of the local crops (default 0.05 0.4).")
     p.add_argument("--global_crops_size", default=224, type=int, help="Global crop side in pixels (default 224).")
     p.add_argument("--local_crops_size", default=96, type=int, help="Local crop side in pixels (default 96).")
+    p.add_argument("--augmentation", default="fast", choices=AUGMENTATIONS,
+                   help="fast (default: the reference's augmentation distribution on uint8 arrays with OpenCV, "
+                        "JPEGs decoded at the size the crops need) or reference (its exact PIL pipeline).")
     # Misc
     p.add_argument("--data_path", default="/path/to/imagenet/train/", type=str,
                    help="Folder of training images: an ImageFolder tree or any folder, searched recursively.")
@@ -163,7 +166,8 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
 
     # ============ data ============
     transform = DataAugmentationDINO(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
-                                     global_crops_size=args.global_crops_size, local_crops_size=args.local_crops_size)
+                                     global_crops_size=args.global_crops_size, local_crops_size=args.local_crops_size,
+                                     augmentation=args.augmentation)
     dataset = ImageFilesDataset(args.data_path, transform, seed=args.seed)
     loader = build_loader(dataset, batch_size=args.batch_size_per_gpu, num_workers=args.num_workers,
                           rank=info.rank, world_size=info.world_size, seed=args.seed,
