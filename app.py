@@ -11,15 +11,16 @@ The tabs live in `dino_seg/app/` (one module per tab, each with module-level han
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 import gradio as gr
 
 from dino_seg.app import attention, results, training, video
-from dino_seg.app.config import ASSETS, BUNDLED_DAVIS, AppConfig
+from dino_seg.app.config import BUNDLED_DAVIS, AppConfig
 from dino_seg.app.errors import one_line
 from dino_seg.app.model_cache import RANDOM_WEIGHTS, get_model
+from dino_seg.app.paths import allowed_roots
+from dino_seg.app.serve import interrupted, serve
 from dino_seg.app.shared import Shared
 from dino_seg.app.weights_bar import build_weights_bar
 from dino_seg.device import pick_device
@@ -27,14 +28,6 @@ from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, WeightsError
 
 TABS = (attention, video, results, training)  # each module's build_tab adds one tab, in this order
-
-# Plain system font stacks: the page must not fetch web fonts (the app often runs offline).
-THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                          font_mono=["ui-monospace", "Consolas", "monospace"])
-CSS = """
-#weights-banner {border-left: 4px solid #d97706; padding-left: 12px;}
-#weights-banner:empty {display: none;}
-"""
 
 
 def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
@@ -66,14 +59,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results_dir", default="", help="A `python -m eval.davis` output folder to open in the Results tab.")
     parser.add_argument("--train_dir", default="", help="A `python -m train` output folder to open in the Training tab.")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
-    parser.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0 for every interface).")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="Address to serve on (0.0.0.0 for every interface). On an address other than loopback "
+                             "(or with --share) the page opens only uploads and paths under the folders and files "
+                             "given by --davis_root, --results_dir, --train_dir and --pretrained_weights.")
     parser.add_argument("--port", default=7860, type=int, help="Port to serve on.")
     parser.add_argument("--share", action="store_true", help="Also open a public gradio.live link (needs internet).")
     return parser
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # gradio closes its server on it, and atexit then removes the scratch folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,19 +76,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     weights = RANDOM_WEIGHTS if args.pretrained_weights == "random" else args.pretrained_weights
+    shared = allowed_roots(args.host, args.share, [args.davis_root, args.results_dir, args.train_dir,
+                                                   args.pretrained_weights])
+    if shared is not None:
+        print(f"public address: path inputs are limited to uploads and {', '.join(shared)}")
     cfg = AppConfig(weights=weights, arch=args.arch, patch_size=args.patch_size, davis_root=args.davis_root,
-                    results_dir=args.results_dir, train_dir=args.train_dir, device=str(device))
-    try:  # load once at start-up so the first request is fast; a failure only shows in the banner
-        print(f"weights: {get_model(weights, cfg)[1]} on {device}")
-    except WeightsError as err:
-        print(f"warning: {one_line(err)} (the page shows how to fix this)", file=sys.stderr)
-    demo = build_demo(cfg)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the app as Ctrl-C does, leaving no temporary files
-    allowed = [str(ASSETS)] + [p for p in attention.example_images() if not p.startswith(str(ASSETS))]
-    demo.queue(default_concurrency_limit=2, max_size=64).launch(
-        server_name=args.host, server_port=args.port, share=args.share, show_error=True, ssr_mode=False,
-        allowed_paths=allowed, theme=THEME, css=CSS, footer_links=["gradio", "settings"])
-    return 0
+                    results_dir=args.results_dir, train_dir=args.train_dir, device=str(device), allowed_roots=shared)
+    try:
+        try:  # load once at start-up so the first request is fast; a failure only shows in the banner
+            print(f"weights: {get_model(weights, cfg)[1]} on {device}")
+        except WeightsError as err:
+            print(f"warning: {one_line(err)} (the page shows how to fix this)", file=sys.stderr)
+        demo = build_demo(cfg)
+    except KeyboardInterrupt:
+        return interrupted()
+    return serve(demo, args.host, args.port, args.share)
 
 
 if __name__ == "__main__":

@@ -6,21 +6,24 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 import urllib.error
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import app
 from app_fixtures import SIZE, SWAN, cfg  # noqa: F401 - fixtures
 from dino_seg.app import attention as attention_tab
-from dino_seg.app import model_cache, weights_bar
+from dino_seg.app import components, jobs, model_cache, weights_bar
 from dino_seg.app.config import BUNDLED_DAVIS
-from dino_seg.app.errors import friendly
+from dino_seg.app.errors import friendly, scrub_paths
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
-from dino_seg.app.scratch import Scratch
+from dino_seg.app.scratch import SCRATCH, VIEWS, Scratch
 from dino_seg.models import build_backbone
 
 
@@ -73,7 +76,7 @@ def test_banner_for_random_unreadable_and_usable_weights(cfg, tmp_path):
     assert "not a readable PyTorch checkpoint" in weights_bar.check_weights(str(bad), cfg)
     assert weights_bar.check_weights(None, cfg) == "Weights: **vit_tiny16.pth (vit_tiny/16)** on cpu"
     update, banner = weights_bar.add_uploaded_weights(cfg.weights, cfg)
-    assert update["value"] == cfg.weights and RANDOM_WEIGHTS in update["choices"]
+    assert update["value"] == cfg.weights and (RANDOM_WEIGHTS, RANDOM_WEIGHTS) in update["choices"]
     assert banner.startswith("Weights: **vit_tiny16.pth")
 
 
@@ -96,6 +99,25 @@ def test_unexpected_errors_become_one_line(capsys):
     assert "Traceback" in capsys.readouterr().err  # the console keeps the trace; the page does not
 
 
+def test_user_errors_are_one_line_on_the_console_without_temporary_paths(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    upload = tmp_path / "gradio" / ("ef" * 32) / "notes.pth"
+
+    @friendly
+    def refuse(path: str) -> None:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ('{path}' is text)")
+
+    with pytest.raises(gr.Error) as raised:
+        refuse(str(upload))
+    assert raised.value.message == "notes.pth: not a readable PyTorch checkpoint ('notes.pth' is text)"
+    assert raised.value.print_exception is False  # Gradio prints no traceback for it
+    assert capsys.readouterr().err == "refuse: notes.pth: not a readable PyTorch checkpoint ('notes.pth' is text)\n"
+    assert scrub_paths(f"{SCRATCH.root}/000003-video/frames/00000.jpg is bad") == (
+        "00000.jpg is bad")
+    assert scrub_paths("/data/DAVIS/JPEGImages/480p/bear/00000.jpg is bad") == (
+        "/data/DAVIS/JPEGImages/480p/bear/00000.jpg is bad")  # the person's own paths stay whole
+
+
 # --- the page and the command line
 
 def test_page_has_four_tabs_and_the_flags_have_their_defaults(cfg):
@@ -112,3 +134,42 @@ def test_page_has_four_tabs_and_the_flags_have_their_defaults(cfg):
 def test_the_library_imports_without_gradio():
     code = "import sys, dino_seg, dino_seg.davis, dino_seg.images, dino_seg.weights; assert 'gradio' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_shutting_down_waits_for_running_jobs_and_refuses_new_ones(capsys):
+    started, finish, done = threading.Event(), threading.Event(), []
+
+    @friendly
+    def slow() -> str:
+        started.set()
+        finish.wait(timeout=60)
+        return "finished"
+
+    worker = threading.Thread(target=lambda: done.append(slow()))
+    worker.start()
+    assert started.wait(timeout=60)
+    try:
+        assert jobs.close(timeout=0.2) is False and jobs.running() == 1  # still running: close waited, in vain
+        with pytest.raises(gr.Error, match="the app is shutting down"):
+            slow()
+        finish.set()
+        assert jobs.close(timeout=60) is True and done == ["finished"]
+    finally:
+        finish.set()
+        worker.join()
+        jobs.reopen()
+    assert "slow: the app is shutting down" in capsys.readouterr().err
+
+
+def test_adjusted_components_are_drawn_by_their_gradio_parents():
+    assert [c.get_block_name() for c in (components.Slider(0, 1), components.Radio(["a"]),
+                                         components.FrameSlider(0, 1), components.UploadImage())] == [
+        "slider", "radio", "slider", "image"]
+
+
+def test_image_outputs_reach_gradio_as_png_files():
+    image = np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    data = components.ImageView(interactive=False).postprocess(image)
+    path = Path(data.path)
+    assert path.suffix == ".png" and VIEWS.root in path.parents
+    assert np.array_equal(np.asarray(Image.open(path)), image)

@@ -17,7 +17,7 @@ from dino_seg.app.config import AppConfig
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
 from dino_seg.attention import compute_attention
 from dino_seg.images import load_image
-from dino_seg.viz import heatmap
+from dino_seg.viz import attention_panels, heatmap
 from dino_seg.weights import load_model
 
 
@@ -29,7 +29,10 @@ def test_attention_outputs_equal_the_library(cfg, tiny_vit_weights, fresh_cache)
     assert len(heat) == 3 and len(overlays) == 3 + 1  # vit_tiny has 3 heads; the mean map's mask last
     assert [caption for _, caption in overlays] == ["head 0 mask", "head 1 mask", "head 2 mask", "mean-map mask"]
     for (image, _), pixel_map in zip(heat, expected.pixel_maps()):
-        assert np.array_equal(image, heatmap(pixel_map))
+        assert np.array_equal(np.asarray(Image.open(image)), heatmap(pixel_map))  # a PNG: lossless
+    _, expected_overlays = attention_panels(expected.image, expected.pixel_maps(), masks)
+    for (image, _), overlay in zip(overlays, expected_overlays):
+        assert np.array_equal(np.asarray(Image.open(image)), overlay)
     by_name = {Path(f).name: Path(f) for f in files}
     assert set(by_name) == {"masks_th0.60_png.zip", "masks_th0.60.npy", "attention.npy"}
     assert np.array_equal(np.load(by_name["masks_th0.60.npy"]), masks)

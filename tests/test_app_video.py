@@ -127,3 +127,56 @@ def test_davis_run_is_scored_only_when_its_frames_have_ground_truth(cfg, tmp_pat
     (root / "Annotations" / "480p" / "shapes" / "00002.png").unlink()
     _, _, _, _, note = video_tab.run_video(video_tab.DAVIS_SOURCE, str(root), "shapes", None, None, None, None, 4, 64, cfg)
     assert "**J&F" not in note and "no J&F: the ground truth of these frames is incomplete" in note
+
+
+def test_truncated_upload_says_how_many_frames_could_be_read(cfg, tmp_path, monkeypatch):
+    # A 10-frame Motion-JPEG AVI (OpenCV writes it without any codec library) cut in half: its header still
+    # announces 10 frames, 4 can be decoded.
+    frames = davis.frame_paths(BUNDLED_DAVIS, "blackswan")[:10]
+    full = tmp_path / "full.avi"
+    writer = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 90))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(cv2.resize(cv2.imread(str(frame)), (160, 90), interpolation=cv2.INTER_AREA))
+    writer.release()
+    # Uploads sit in Gradio's cache under a long hashed folder: put the cut file there.
+    cache = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    upload = cache / ("ab" * 32) / "holiday.avi"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(full.read_bytes()[:full.stat().st_size // 2])
+    capture = cv2.VideoCapture(str(upload))
+    announced, readable = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0
+    while capture.read()[0]:
+        readable += 1
+    capture.release()
+    assert announced == 10 and 2 <= readable < 10
+
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.pad(np.full((30, 40), 255, np.uint8), ((30, 30), (60, 60)))).save(mask)
+    _, paths, _, _, note = video_tab.run_video(video_tab.UPLOAD_SOURCE, None, None, str(upload), str(mask), None,
+                                               None, 20, 240, cfg)
+    assert len(paths) == readable
+    assert (f"- note: only {readable} of the 10 frames its header announces could be read: the file "
+            "holiday.avi is truncated or damaged") in note
+    assert "cap 20" not in note and str(cache) not in note
+
+    # The cap still speaks when it is what cut the video short.
+    _, paths, _, _, note = video_tab.run_video(video_tab.UPLOAD_SOURCE, None, None, str(full), str(mask), None,
+                                               None, 3, 240, cfg)
+    assert len(paths) == 3 and "- note: only the first 3 of 10 frames are used (cap 3)" in note
+    assert "truncated" not in note
+
+
+def test_errors_name_uploads_by_file_name_only(cfg, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    upload = cache / ("cd" * 32) / "clip.mp4"
+    upload.parent.mkdir(parents=True)
+    upload.write_text("this is not a video")
+    with pytest.raises(gr.Error) as raised:
+        video_tab.run_video(video_tab.UPLOAD_SOURCE, None, None, str(upload), None, None, None, 3, 240, cfg)
+    message = raised.value.message
+    assert message.startswith("clip.mp4: ") and str(cache) not in message
+    # The console gets the same single line, not a traceback.
+    assert capsys.readouterr().err == f"run_video: {message}\n"

@@ -20,17 +20,18 @@ from dino_seg.files import save_npy, save_png
 from dino_seg.images import ImageError, load_image
 from dino_seg.viz import attention_panels
 
-from .components import UploadImage
+from .components import Slider, UploadImage
 from .config import ASSETS, AppConfig
 from .errors import friendly
 from .model_cache import model_key, model_or_error
+from .paths import check_path
 from .scratch import SCRATCH
 from .shared import Shared
 
 MAX_IMAGE_SIDE = 2048  # uploads above this are downscaled first: the model resizes to --image_size anyway
 ATTENTION_CACHE_SIZE = 16
 
-Gallery = list[tuple[np.ndarray, str]]
+Gallery = list[tuple[str, str]]  # (PNG file, caption)
 
 
 def example_images() -> list[str]:
@@ -91,6 +92,7 @@ def attention_for(image_path: str | Path, weights: str | None, image_size: int,
                   cfg: AppConfig) -> tuple[AttentionResult, list[str], str]:
     """The attention of an image, computed once per (image content, weights, size) and cached, so that
     moving only the threshold slider never runs the model again."""
+    check_path(str(image_path), cfg, "image")  # an API call may name any server file, not only uploads
     model, description = model_or_error(weights, cfg)
     key = (model_key(weights, cfg), cfg.device, _file_digest(image_path), int(image_size))
     with _ATTENTION_LOCK:
@@ -126,6 +128,14 @@ def write_attention_downloads(folder: Path, result: AttentionResult, masks: np.n
     return [str(zip_path), str(masks_npy), str(attn_npy)]
 
 
+def gallery_png(path: Path, image: np.ndarray) -> str:
+    """A gallery image as a PNG file of the request's folder. Gradio caches a numpy image by rewriting a file
+    named by its content in place, so two requests with the same map (the same image at two thresholds)
+    could truncate it while it is being sent (seen with 8 concurrent requests); a file it copies atomically."""
+    save_png(path, image)
+    return str(path)
+
+
 @friendly
 def run_attention(image_path: str | None, weights: str | None, image_size: float, threshold: float,
                   cfg: AppConfig) -> tuple[Gallery, Gallery, list[str], str]:
@@ -136,10 +146,12 @@ def run_attention(image_path: str | None, weights: str | None, image_size: float
     masks = result.masks(float(threshold), include_mean=True)  # (heads + 1, H, W)
     tag = " (random weights)" if description.startswith("RANDOM") else ""
     heat_images, overlay_images = attention_panels(result.image, result.pixel_maps(), masks)
-    heat = [(image, f"head {j}{tag}") for j, image in enumerate(heat_images)]
-    overlays = [(image, f"head {j} mask{tag}") for j, image in enumerate(overlay_images[:-1])]
-    overlays.append((overlay_images[-1], f"mean-map mask{tag}"))
-    files = write_attention_downloads(SCRATCH.new("attention"), result, masks, float(threshold))
+    folder = SCRATCH.new("attention")
+    heat = [(gallery_png(folder / f"heat_head{j}.png", image), f"head {j}{tag}") for j, image in enumerate(heat_images)]
+    overlays = [(gallery_png(folder / f"mask_head{j}.png", image), f"head {j} mask{tag}")
+                for j, image in enumerate(overlay_images[:-1])]
+    overlays.append((gallery_png(folder / "mask_mean.png", overlay_images[-1]), f"mean-map mask{tag}"))
+    files = write_attention_downloads(folder, result, masks, float(threshold))
     h, w = result.image.shape[:2]
     lines = [f"**{description}** · {len(heat)} heads · input {w}x{h} px · masks keep {threshold:.0%} "
              "of each map's attention mass"] + [f"- note: {n}" for n in notes]
@@ -164,8 +176,8 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                                     sources=["upload", "clipboard"], elem_id="attention-image")
                 gr.Examples(example_images(), inputs=image, label="Examples", examples_per_page=8,
                             elem_id="attention-examples")
-                image_size = gr.Slider(128, 960, value=480, step=16, label="Image size (short side, px)")
-                threshold = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Mass threshold",
+                image_size = Slider(128, 960, value=480, step=16, label="Image size (short side, px)")
+                threshold = Slider(0.05, 1.0, value=0.6, step=0.05, label="Mass threshold",
                                       info="Share of each map's attention mass the mask keeps (paper: 0.6)",
                                       elem_id="attention-threshold")
                 run_button = gr.Button("Compute attention", variant="primary", elem_id="attention-run")

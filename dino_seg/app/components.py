@@ -1,10 +1,17 @@
-"""Gradio components the tabs share, adjusted so that API calls from a fresh session get our one-line errors."""
+"""Gradio components the tabs share, adjusted: API calls (from a fresh session, with any value) get one-line
+errors, and image outputs reach Gradio as files (safe when two requests show the same image)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import gradio as gr
+import numpy as np
+
+from dino_seg.files import save_png
+
+from .errors import user_error
+from .scratch import VIEWS
 
 
 class UploadImage(gr.Image):
@@ -28,3 +35,51 @@ class FrameSlider(gr.Slider):
 
     def preprocess(self, payload: float) -> float:
         return payload
+
+
+def refused(component: gr.components.Component, err: gr.Error) -> gr.Error:
+    """A value a component refuses (only API calls can send one: a slider's out-of-range number, a radio's
+    unknown choice) as one console line naming the input, not Gradio's traceback."""
+    return user_error("input", f"{component.label}: {err.message}")
+
+
+# The subclasses below keep their Gradio parent as their only base: Gradio draws a template component with
+# the front-end of its direct parent.
+class Slider(gr.Slider):
+    """gr.Slider whose out-of-range values are one line."""
+
+    is_template = True
+
+    def preprocess(self, payload: float) -> float:
+        try:
+            return super().preprocess(payload)
+        except gr.Error as err:
+            raise refused(self, err) from None
+
+
+class Radio(gr.Radio):
+    """gr.Radio whose values outside its choices are one line."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except gr.Error as err:
+            raise refused(self, err) from None
+
+
+class ImageView(gr.Image):
+    """An output gr.Image that hands Gradio a PNG file instead of an array. Gradio caches an array by rewriting
+    a file named by its content in place, so two requests showing the same image at once (two visitors
+    loading the page: the same first DAVIS frame) could truncate it while it is being sent; a file it copies
+    atomically. Handlers still return arrays."""
+
+    is_template = True
+
+    def postprocess(self, value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            path = VIEWS.new("view") / "image.png"
+            save_png(path, value)
+            value = str(path)
+        return super().postprocess(value)

@@ -21,3 +21,6 @@ class AppConfig:
     results_dir: str = ""
     train_dir: str = ""
     device: str = "cpu"
+    # None: any server path may be opened (a loopback address); else only paths under these folders and
+    # uploads (a public address: see dino_seg/app/paths.py).
+    allowed_roots: tuple[str, ...] | None = None

@@ -1,13 +1,18 @@
-"""The handlers' error wrapper: the library's errors become one readable line in the page, never a trace."""
+"""The handlers' error wrapper: the library's errors become one readable line in the page and on the console,
+never a trace, and never a server's temporary path."""
 
 from __future__ import annotations
 
 import functools
+import re
+import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 from PIL import Image
 
 from dino_seg import davis
@@ -15,9 +20,28 @@ from dino_seg.images import ImageError
 from dino_seg.video import VideoError
 from dino_seg.weights import WeightsError
 
+from .jobs import AppClosing, job
+from .scratch import SCRATCH
+
 T = TypeVar("T")
 
 USER_ERRORS = (ImageError, WeightsError, davis.DavisError, VideoError, ValueError, OSError)
+_PATH_END = r"[^\s'\"`,;()\[\]]*"  # a path runs until a space, a quote or a bracket
+
+
+def temp_roots() -> list[str]:
+    """Folders whose paths are the server's business: Gradio's upload cache and the app's scratch folder."""
+    roots = {get_upload_folder(), str(SCRATCH.root)}
+    roots |= {str(Path(r).resolve()) for r in roots}
+    return sorted(roots, key=len, reverse=True)
+
+
+def scrub_paths(text: str) -> str:
+    """`text` with every path under a temporary folder replaced by its file name (uploads sit in Gradio's
+    cache under a long hash: the person knows the file by its name)."""
+    for root in temp_roots():
+        text = re.sub(re.escape(root.rstrip("/")) + r"/" + _PATH_END, lambda m: Path(m.group()).name, text)
+    return text
 
 
 def one_line(err: BaseException) -> str:
@@ -26,21 +50,30 @@ def one_line(err: BaseException) -> str:
     return text.splitlines()[0][:500]
 
 
+def user_error(where: str, message: str) -> gr.Error:
+    """A gr.Error for the page, logged as one line on the console instead of Gradio's traceback."""
+    message = scrub_paths(message)
+    print(f"{where}: {message}", file=sys.stderr, flush=True)
+    return gr.Error(message, print_exception=False)
+
+
 def friendly(fn: Callable[..., T]) -> Callable[..., T]:
     """Raise gr.Error with a one-line message for any failure of `fn` (the page shows it as a toast)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+            with job():  # shutting down waits for it
+                return fn(*args, **kwargs)
+        except gr.Error as err:
+            raise user_error(fn.__name__, str(err.message)) from None
         except Image.DecompressionBombError as err:
-            raise gr.Error(f"image too large to decode safely: {one_line(err)}") from None
-        except USER_ERRORS as err:
-            raise gr.Error(one_line(err)) from None
+            raise user_error(fn.__name__, f"image too large to decode safely: {one_line(err)}") from None
+        except (AppClosing, *USER_ERRORS) as err:
+            raise user_error(fn.__name__, one_line(err)) from None
         except Exception as err:  # a bug: the console keeps the trace, the page gets a line and stays alive
             traceback.print_exc()
-            raise gr.Error(f"unexpected error ({type(err).__name__}): {one_line(err)}") from None
+            message = scrub_paths(f"unexpected error ({type(err).__name__}): {one_line(err)}")
+            raise gr.Error(message, print_exception=False) from None
 
     return wrapper

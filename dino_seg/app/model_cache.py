@@ -14,6 +14,7 @@ from dino_seg.models import is_vit, model_name
 from dino_seg.weights import PRESETS, WeightsUnavailable, load_model
 
 from .config import AppConfig
+from .paths import check_path
 
 RANDOM_WEIGHTS = "random weights (pipeline check only)"
 VIT_PRESETS = [name for name, preset in PRESETS.items() if preset.arch.startswith("vit")]
@@ -47,6 +48,8 @@ def _load(source: str, arch: str | None, patch_size: int | None, device: str) ->
 def get_model(choice: str | None, cfg: AppConfig) -> tuple[nn.Module, str]:
     """The cached model of a weights choice and a description that says what its weights are."""
     source, arch, patch = model_key(choice, cfg)
+    if source != RANDOM_WEIGHTS and source not in PRESETS:
+        check_path(source, cfg, "weights file")
     with _MODEL_LOCK:  # two sessions asking at once load it once
         model = _load(source, arch, patch, cfg.device)
     return model, describe_model(model, source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import gradio as gr
@@ -13,10 +14,12 @@ from dino_seg import davis, metrics
 from dino_seg.images import load_image
 from dino_seg.viz import label_color, overlay_labels
 
-from .components import FrameSlider
-from .config import BUNDLED_DAVIS, AppConfig
+from .components import FrameSlider, ImageView
+from .config import AppConfig
 from .errors import friendly
+from .paths import check_path, sequence_name
 from .shared import Shared
+from .video import davis_root
 
 
 def _results_subset(folder: Path) -> str:
@@ -49,9 +52,9 @@ def jf_chart(per_sequence: pd.DataFrame) -> Figure:
 
 
 @friendly
-def open_results(results_dir: str | None) -> tuple[str, pd.DataFrame, Figure, dict]:
+def open_results(results_dir: str | None, cfg: AppConfig = AppConfig()) -> tuple[str, pd.DataFrame, Figure, dict]:
     """(global scores Markdown, per-sequence table with J&F, chart, sequence choices) of an eval.davis folder."""
-    folder = Path((results_dir or "").strip())
+    folder = Path(check_path((results_dir or "").strip(), cfg, "results folder"))
     if not str(folder) or str(folder) == "." or not folder.is_dir():
         raise gr.Error(f"results folder not found: {results_dir!r} (an --output_dir of python -m eval.davis)")
     subset = _results_subset(folder)
@@ -88,23 +91,26 @@ def per_frame_chart(scores: metrics.SequenceScores) -> Figure:
 
 
 @friendly
-def sequence_scores(results_dir: str | None, root: str | None, sequence: str | None) -> tuple[Figure | None, dict]:
+def sequence_scores(results_dir: str | None, root: str | None, sequence: str | None,
+                    cfg: AppConfig = AppConfig()) -> tuple[Figure | None, dict]:
     """Per-frame J and F of one sequence, and the frame slider's range."""
     if not sequence:
         return None, gr.update()
-    root = (root or "").strip() or str(BUNDLED_DAVIS)
-    scores = metrics.score_sequence(Path((results_dir or "").strip()), root, sequence)
+    root, sequence = davis_root(root, cfg), sequence_name(sequence)
+    folder = check_path((results_dir or "").strip(), cfg, "results folder")
+    scores = metrics.score_sequence(Path(folder), root, sequence)
     n = len(davis.frame_paths(root, sequence))
     return per_frame_chart(scores), gr.update(minimum=0, maximum=n - 1, value=min(1, n - 1), step=1)
 
 
 @friendly
-def compare_frame(results_dir: str | None, root: str | None, sequence: str | None,
-                  index: float) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+def compare_frame(results_dir: str | None, root: str | None, sequence: str | None, index: float,
+                  cfg: AppConfig = AppConfig()) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """Ground truth and prediction of one frame, each overlaid on the frame."""
     if not sequence:
         return None, None, ""
-    root = (root or "").strip() or str(BUNDLED_DAVIS)
+    root, sequence = davis_root(root, cfg), sequence_name(sequence)
+    results_dir = check_path((results_dir or "").strip(), cfg, "results folder")
     frames = davis.frame_paths(root, sequence)
     frame = frames[max(0, min(int(index), len(frames) - 1))]
     image = np.asarray(load_image(frame))
@@ -136,17 +142,19 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
         frame_chart = gr.Plot(label="Per-frame scores", show_label=False)
         compare_note = gr.Markdown()
         with gr.Row():
-            gt_view = gr.Image(label="Ground truth", interactive=False, elem_id="results-gt")
-            pred_view = gr.Image(label="Prediction", interactive=False, elem_id="results-pred")
+            gt_view = ImageView(label="Ground truth", interactive=False, elem_id="results-gt")
+            pred_view = ImageView(label="Prediction", interactive=False, elem_id="results-pred")
 
-    open_button.click(open_results, results_dir, [summary, table, chart, sequence], api_name="open_results")
+    opening, scoring, comparing = (functools.partial(fn, cfg=cfg) for fn in (open_results, sequence_scores,
+                                                                            compare_frame))
+    open_button.click(opening, results_dir, [summary, table, chart, sequence], api_name="open_results")
     compare_inputs = [results_dir, root, sequence, frame]
     compare_outputs = [gt_view, pred_view, compare_note]
     # .then: the frame slider may keep its value for a new sequence, and then fires no change event.
-    sequence.change(sequence_scores, [results_dir, root, sequence], [frame_chart, frame],
-                    api_name="sequence_scores").then(compare_frame, compare_inputs, compare_outputs,
+    sequence.change(scoring, [results_dir, root, sequence], [frame_chart, frame],
+                    api_name="sequence_scores").then(comparing, compare_inputs, compare_outputs,
                                                      api_name="compare_sequence_frame", api_visibility="private")
-    frame.release(compare_frame, compare_inputs, compare_outputs, api_name="compare_frame")
+    frame.release(comparing, compare_inputs, compare_outputs, api_name="compare_frame")
     return {"results_dir": results_dir, "root": root, "open": open_button, "summary": summary, "table": table,
             "chart": chart, "sequence": sequence, "frame": frame, "frame_chart": frame_chart,
             "compare_note": compare_note, "gt_view": gt_view, "pred_view": pred_view}

@@ -13,6 +13,7 @@ from dino_seg import runs
 
 from .config import AppConfig
 from .errors import friendly, one_line
+from .paths import check_path
 from .shared import Shared
 from .weights_bar import check_weights, weight_choices
 
@@ -92,9 +93,9 @@ def evaluation_summary(folder: Path, epochs: list[dict]) -> str:
 
 
 @friendly
-def open_training_run(train_dir: str | None) -> tuple[str, Figure, pd.DataFrame, dict]:
+def open_training_run(train_dir: str | None, cfg: AppConfig = AppConfig()) -> tuple[str, Figure, pd.DataFrame, dict]:
     """(summary Markdown, curves, checkpoint table, checkpoint choices) of a `python -m train` folder."""
-    folder = Path((train_dir or "").strip())
+    folder = Path(check_path((train_dir or "").strip(), cfg, "training folder"))
     if not str(folder) or str(folder) == "." or not folder.is_dir():
         raise gr.Error(f"training folder not found: {train_dir!r} (an --output_dir of python -m train)")
     try:
@@ -146,8 +147,10 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                 checkpoint = gr.Dropdown(label="Checkpoint", allow_custom_value=True)
                 use_button = gr.Button("Use in the Attention tab", elem_id="use-checkpoint")
 
-    open_button.click(open_training_run, train_dir, [summary, curves, table, checkpoint], api_name="open_training")
-    use_button.click(functools.partial(use_checkpoint, cfg=cfg), checkpoint, [shared.weights, shared.tabs, shared.banner],
+    open_button.click(functools.partial(open_training_run, cfg=cfg), train_dir, [summary, curves, table, checkpoint],
+                      api_name="open_training")
+    use_button.click(functools.partial(use_checkpoint, cfg=cfg), checkpoint,
+                     [shared.weights, shared.tabs, shared.banner],
                      api_name="use_checkpoint")
     return {"train_dir": train_dir, "open": open_button, "summary": summary, "curves": curves, "table": table,
             "checkpoint": checkpoint, "use": use_button}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import cv2
 import gradio as gr
 import numpy as np
 from PIL import Image
@@ -15,10 +16,12 @@ from dino_seg.propagation import segment_sequence
 from dino_seg.video import read_video_frames, write_video
 from dino_seg.viz import overlay_labels
 
-from .components import FrameSlider
+from .components import FrameSlider, ImageView, Radio, Slider
 from .config import BUNDLED_DAVIS, AppConfig
 from .errors import friendly
+from .jobs import check_open
 from .model_cache import model_or_error
+from .paths import check_path, sequence_name
 from .scratch import SCRATCH
 from .shared import Shared
 
@@ -28,23 +31,24 @@ DAVIS_SOURCE = "DAVIS sequence"
 UPLOAD_SOURCE = "Uploaded video"
 
 
-def _davis_root(root: str | None) -> str:
-    return (root or "").strip() or str(BUNDLED_DAVIS)
+def davis_root(root: str | None, cfg: AppConfig) -> str:
+    """The DAVIS root a person typed (the bundled example when empty), if the page may open it."""
+    return check_path((root or "").strip() or str(BUNDLED_DAVIS), cfg, "DAVIS root")
 
 
 @friendly
-def list_davis(root: str | None) -> dict:
+def list_davis(root: str | None, cfg: AppConfig = AppConfig()) -> dict:
     """Sequence choices of a DAVIS root (the first one selected)."""
-    names = davis.list_sequences(_davis_root(root))
+    names = davis.list_sequences(davis_root(root, cfg))
     return gr.update(choices=names, value=names[0])
 
 
 @friendly
-def davis_first_frame(root: str | None, sequence: str | None) -> np.ndarray | None:
+def davis_first_frame(root: str | None, sequence: str | None, cfg: AppConfig = AppConfig()) -> np.ndarray | None:
     """The first frame of a sequence with its first annotation overlaid (what propagation starts from)."""
     if not sequence:
         return None
-    root = _davis_root(root)
+    root, sequence = davis_root(root, cfg), sequence_name(sequence)
     frames = davis.frame_paths(root, sequence)
     image = np.asarray(load_image(frames[0]))
     gt = davis.annotation_dir(root, sequence) / f"{frames[0].stem}.png"
@@ -54,10 +58,11 @@ def davis_first_frame(root: str | None, sequence: str | None) -> np.ndarray | No
 
 
 @friendly
-def video_first_frame(video_path: str | None) -> tuple[np.ndarray | None, str]:
+def video_first_frame(video_path: str | None, cfg: AppConfig = AppConfig()) -> tuple[np.ndarray | None, str]:
     """The first frame of an uploaded video, to draw the first-frame mask on, and what to do next."""
     if not video_path:
         return None, ""
+    check_path(video_path, cfg, "video")  # an API call may name any server file, not only uploads
     paths, _, notes = read_video_frames(video_path, SCRATCH.new("first-frame"), max_frames=1)
     frame = np.asarray(load_image(paths[0]))
     hint = (f"First frame loaded ({frame.shape[1]}x{frame.shape[0]}): paint the object on it with the brush, "
@@ -108,6 +113,22 @@ def mask_from_drawing(editor: dict | None) -> np.ndarray | None:
     return None if painted is None else painted.astype(np.uint8)
 
 
+def _truncation_notes(video_path: str | Path, frames: list[Path], max_frames: int, notes: list[str]) -> list[str]:
+    """The reader's notes, saying how many frames could be read when a file ends before the frame count its
+    header announces (a truncated upload): the reader's "only the first N of M frames (cap C)" would blame the
+    cap for frames that do not exist."""
+    if len(frames) >= max_frames:
+        return notes
+    capture = cv2.VideoCapture(str(video_path))
+    announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    capture.release()
+    if announced <= len(frames):
+        return notes
+    return [n for n in notes if not n.startswith("only the first")] + [
+        f"only {len(frames)} of the {announced} frames its header announces could be read: the file "
+        f"{Path(video_path).name} is truncated or damaged"]
+
+
 def run_scores(results_dir: Path, root: str | Path, sequence: str,
                frames: list[Path]) -> metrics.DavisScores | None:
     """J&F of the propagated frames with davis2017-evaluation's rules, as if the sequence ended with them;
@@ -134,8 +155,11 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
     if source == UPLOAD_SOURCE:
         if not video_path:
             raise gr.Error("Upload a video file first (or pick a DAVIS sequence).")
+        for path, what in ((video_path, "video"), (mask_path, "mask")):  # API calls may name any server file
+            check_path(path or "", cfg, what)
         frames, fps, notes = read_video_frames(video_path, work / "frames", max_frames)
         name = Path(video_path).stem
+        notes = _truncation_notes(video_path, frames, max_frames, notes)
         fh, fw = davis.image_size(frames[0])
         if mask_path:
             labels = mask_from_file(mask_path)
@@ -149,9 +173,10 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
         notes += fit_notes
         root_for_scores = None
     else:
-        root = _davis_root(root)
+        root = davis_root(root, cfg)
         if not sequence:
             raise gr.Error("Pick a DAVIS sequence.")
+        sequence = sequence_name(sequence)
         all_frames = davis.frame_paths(root, sequence)
         frames = all_frames[:max_frames]
         if len(all_frames) > len(frames):
@@ -171,6 +196,7 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
     steps = segment_sequence(model, frames, labels, device=cfg.device, short_side=short_side)
     for _, mask in progress.tqdm(steps, total=len(frames) - 1, desc="propagating", unit="frame"):
         masks.append(mask)
+        check_open()  # a shutdown stops the job between two frames
 
     results = work / "results" / name
     overlaid: list[np.ndarray] = []
@@ -225,14 +251,14 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
     with gr.Tab("Video", id="video"):
         with gr.Row():
             with gr.Column(scale=2):
-                source = gr.Radio([DAVIS_SOURCE, UPLOAD_SOURCE], value=DAVIS_SOURCE, label="Frames")
+                source = Radio([DAVIS_SOURCE, UPLOAD_SOURCE], value=DAVIS_SOURCE, label="Frames")
                 with gr.Group(visible=True) as davis_group:
                     root = gr.Textbox(cfg.davis_root, label="DAVIS root",
                                       info="JPEGImages/480p and Annotations/480p (bundled: 12 frames of blackswan)")
                     # Any name is accepted: the choices are set per root in a session, and an API call
                     # that names a sequence must not depend on /list_davis having run first.
                     sequence = gr.Dropdown(label="Sequence", allow_custom_value=True, elem_id="video-sequence")
-                    first = gr.Image(label="First frame and its annotation", interactive=False, height=240,
+                    first = ImageView(label="First frame and its annotation", interactive=False, height=240,
                                      elem_id="video-first")
                 with gr.Group(visible=False) as upload_group:
                     video_in = gr.Video(label="Video file", sources=["upload"], height=240, elem_id="video-in")
@@ -243,10 +269,10 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                                              sources=[], height=300, layers=False,
                                              brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
                                              elem_id="video-draw")
-                max_frames = gr.Slider(2, MAX_VIDEO_FRAMES, value=12, step=1, label="Frames to propagate",
+                max_frames = Slider(2, MAX_VIDEO_FRAMES, value=12, step=1, label="Frames to propagate",
                                        info=f"Capped at {MAX_VIDEO_FRAMES}: a few seconds a frame on a CPU at 480 px",
                                        elem_id="video-frames")
-                short_side = gr.Radio(list(VIDEO_SHORT_SIDES), value=480, label="Short side (px)",
+                short_side = Radio(list(VIDEO_SHORT_SIDES), value=480, label="Short side (px)",
                                       info="480 as the reference; smaller is faster", elem_id="video-short-side")
                 run_button = gr.Button("Propagate", variant="primary", elem_id="video-run")
             with gr.Column(scale=3):
@@ -254,14 +280,17 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                 video_out = gr.Video(label="Propagated labels", autoplay=True, loop=True, interactive=False,
                                      height=360, elem_id="video-out")
                 frame_index = FrameSlider(0, 1, value=0, step=1, label="Frame", interactive=False)
-                frame_view = gr.Image(label="Frame", interactive=False, height=360, elem_id="video-frame")
+                frame_view = ImageView(label="Frame", interactive=False, height=360, elem_id="video-frame")
                 frame_paths = gr.State([])
 
-    shared.demo.load(list_davis, root, sequence, api_name="load_davis", api_visibility="private")  # = /list_davis
-    root.submit(list_davis, root, sequence, api_name="list_davis")
-    sequence.change(davis_first_frame, [root, sequence], first, api_name="davis_first_frame")
+    listing = functools.partial(list_davis, cfg=cfg)
+    shared.demo.load(listing, root, sequence, api_name="load_davis", api_visibility="private")  # = /list_davis
+    root.submit(listing, root, sequence, api_name="list_davis")
+    sequence.change(functools.partial(davis_first_frame, cfg=cfg), [root, sequence], first,
+                    api_name="davis_first_frame")
     source.change(switch_video_source, source, [davis_group, upload_group], api_name="switch_video_source")
-    video_in.change(video_first_frame, video_in, [drawing, draw_hint], api_name="video_first_frame")
+    video_in.change(functools.partial(video_first_frame, cfg=cfg), video_in, [drawing, draw_hint],
+                    api_name="video_first_frame")
     # Propagation is the slow job: one at a time, in its own queue, so attention requests still run.
     run_button.click(functools.partial(run_video, cfg=cfg),
                      [source, root, sequence, video_in, mask_in, drawing, shared.weights, max_frames, short_side],

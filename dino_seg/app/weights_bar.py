@@ -11,16 +11,22 @@ from dino_seg.models import is_vit
 from dino_seg.weights import WeightsError, WeightsUnavailable
 
 from .config import AppConfig
-from .errors import friendly, one_line
+from .errors import friendly, one_line, scrub_paths
 from .model_cache import RANDOM_WEIGHTS, VIT_PRESETS, get_model, model_key
 
 
-def weight_choices(cfg: AppConfig, extra: list[str] | None = None) -> list[str]:
-    """The start-up weights, added files, the ViT presets and random weights, each once."""
-    choices = [cfg.weights] + [p for p in extra or [] if p] + VIT_PRESETS + [RANDOM_WEIGHTS]
+def weight_choices(cfg: AppConfig, extra: list[str] | None = None) -> list[tuple[str, str]]:
+    """(label, value) of the start-up weights, added files, the ViT presets and random weights, each once. An
+    uploaded file is labelled by its name (its value is its path in the server's temporary folders)."""
+    values = [cfg.weights] + [p for p in extra or [] if p] + VIT_PRESETS + [RANDOM_WEIGHTS]
     if cfg.weights == "random":
-        choices[0] = RANDOM_WEIGHTS
-    return list(dict.fromkeys(choices))
+        values[0] = RANDOM_WEIGHTS
+    return [(_label(v), v) for v in dict.fromkeys(values)]
+
+
+def _label(value: str) -> str:
+    shown = scrub_paths(value)
+    return value if shown == value else f"{shown} (uploaded)"
 
 
 @friendly
@@ -39,8 +45,8 @@ def check_weights(choice: str | None, cfg: AppConfig) -> str:
                 "- or upload a checkpoint file below, or pick **random weights (pipeline check only)** "
                 "to try the page (its maps are meaningless).")
     except WeightsError as err:
-        return (f"### Weights cannot be used: `{source}`\n{one_line(err)}\n\n"
-                "Upload another checkpoint below or pick **random weights (pipeline check only)**.")
+        return scrub_paths(f"### Weights cannot be used: `{source}`\n{one_line(err)}\n\n"
+                           "Upload another checkpoint below or pick **random weights (pipeline check only)**.")
     if source == RANDOM_WEIGHTS:
         return (f"### {description}\nThese untrained weights only check the pipeline; pick DINO weights or "
                 "upload a checkpoint to see what DINO learned.")
@@ -61,7 +67,7 @@ def build_weights_bar(cfg: AppConfig, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.
     banner = gr.Markdown(elem_id="weights-banner")
     choices = weight_choices(cfg)
     with gr.Row(equal_height=True):
-        weights = gr.Dropdown(choices, value=choices[0], label="Weights", allow_custom_value=True, scale=3,
+        weights = gr.Dropdown(choices, value=choices[0][1], label="Weights", allow_custom_value=True, scale=3,
                               info="A preset, a .pth path, or random weights (pipeline check only)",
                               elem_id="weights-dropdown")
         upload = gr.File(label="Upload a checkpoint (.pth)", file_types=[".pth", ".pt", ".ckpt"], scale=2,
