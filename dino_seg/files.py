@@ -12,19 +12,37 @@ import numpy as np
 from PIL import Image
 
 
+class AtomicFile:
+    """A temporary file beside `path` (same suffix, hidden name) that replaces `path` in one rename on
+    `commit`, or disappears on `discard`: for writers that stay open across calls (video streams)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Same folder, so the rename never crosses file systems; same suffix, so writers that pick the
+        # format from the name (OpenCV, PIL, matplotlib) write the right one.
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=self.path.suffix)
+        os.close(fd)
+        self.tmp = Path(tmp)
+
+    def commit(self) -> Path:
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
+    target = AtomicFile(path)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        yield target.tmp
+        target.commit()
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        target.discard()
 
 
 def save_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = None) -> None:
