@@ -61,6 +61,14 @@ def video_frames(video_path: str | Path, max_frames: int | None = None, name: st
         yield Frame(f"frame-{index:04d}", rgb)
 
 
+def check_resize(resize: Sequence[int], patch_size: int) -> list[int]:
+    """--resize as a list of one or two sizes, each at least one patch; ValueError otherwise."""
+    size = [int(s) for s in resize]
+    if len(size) not in (1, 2) or min(size) < patch_size:
+        raise ValueError(f"--resize: expected one or two sizes of at least the patch size {patch_size}, got {size}")
+    return size
+
+
 def preprocess_frames(frames: Sequence[np.ndarray], resize: Sequence[int] | None, patch_size: int,
                       device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Frames of one size as the reference prepares them: ToTensor, Resize when asked (one size: the short
@@ -69,9 +77,7 @@ def preprocess_frames(frames: Sequence[np.ndarray], resize: Sequence[int] | None
     # ToTensor is uint8 / 255 in float32: done on the device, so only bytes cross to it.
     x = torch.from_numpy(np.stack(frames)).to(device).permute(0, 3, 1, 2).float().div(255)  # (B, 3, H0, W0)
     if resize:
-        size = [int(s) for s in resize]
-        if len(size) not in (1, 2) or min(size) < patch_size:
-            raise ValueError(f"--resize: expected one or two sizes of at least the patch size {patch_size}, got {size}")
+        size = check_resize(resize, patch_size)
         # The reference resizes the tensor (after ToTensor), not the PIL image: bilinear with antialiasing.
         x = transforms.Resize(size if len(size) == 2 else size[0])(x)
     h, w = x.shape[-2] - x.shape[-2] % patch_size, x.shape[-1] - x.shape[-1] % patch_size
@@ -140,10 +146,13 @@ def _same_size_batches(frames: Iterable[Frame], batch_size: int) -> Iterator[lis
     # Consecutive frames of one size, at most batch_size: a folder may mix sizes, a batch cannot.
     batch: list[Frame] = []
     for frame in frames:
-        if batch and (len(batch) == batch_size or frame.rgb.shape != batch[0].rgb.shape):
+        if batch and frame.rgb.shape != batch[0].rgb.shape:
             yield batch
             batch = []
         batch.append(frame)
+        if len(batch) == batch_size:  # go now: a full batch never waits for the next frame's decoding
+            yield batch
+            batch = []
     if batch:
         yield batch
 

@@ -23,8 +23,8 @@ from dino_seg.device import pick_device
 from dino_seg.images import ImageError, load_image
 from dino_seg.models import is_vit
 from dino_seg.video import VideoError, format_codecs, plays_in_browser, video_info, write_video
-from dino_seg.video_attention import (MASK_MODES, Frame, folder_frames, jpeg_frames, make_attention_video,
-                                      save_frame, video_frames)
+from dino_seg.video_attention import (MASK_MODES, Frame, check_resize, folder_frames, jpeg_frames,
+                                      make_attention_video, save_frame, video_frames)
 from dino_seg.weights import WeightsError
 from eval.common import add_weight_flags, load_from_args
 
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         model, description = load_from_args(args, device)
         if not is_vit(model):
             return _fail("--arch resnet50 has no self-attention; use a ViT")
+        if args.resize:
+            check_resize(args.resize, model.patch_size)
         print(f"weights: {description}")
         print(f"input: {source}")
         with tqdm(total=total or None, desc="attention", unit="frame") as bar:
