@@ -22,6 +22,7 @@ from dino_seg.app.model_cache import RANDOM_WEIGHTS
 
 ENDPOINTS = {"/attention", "/refresh_attention", "/check_weights", "/upload_weights", "/list_davis",
              "/davis_first_frame", "/video_first_frame", "/switch_video_source", "/propagate", "/show_frame",
+             "/attention_video", "/switch_video_mode",
              "/open_results", "/sequence_scores", "/compare_frame", "/open_training", "/use_checkpoint"}
 
 
@@ -45,6 +46,15 @@ def client(cfg) -> Iterator[Client]:
 def test_every_event_has_a_named_endpoint(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert named == ENDPOINTS
+
+
+def test_attention_video_answers_from_a_fresh_session(client):
+    video, masks, note = client.predict("DAVIS sequence", str(BUNDLED_DAVIS), "blackswan", None, None, 2, 240,
+                                        "mean", 0.6, api_name="/attention_video")
+    assert "2 frames" in note and "keeping 0.6 of the attention mass" in note
+    if video is not None:  # None: this OpenCV writes no browser codec
+        for out in (video, masks):
+            assert Path(out if isinstance(out, str) else out["video"]).suffix in (".mp4", ".webm")
 
 
 def test_propagate_answers_from_a_fresh_session(client):
