@@ -1,6 +1,7 @@
 """Attention videos: frames per second and peak memory, ours against video_generation.py's full-attention path.
 
     python benchmarks/video_attention.py                       # ViT-S/16 and ViT-S/8 at 480p and 1080p, CPU
+    python benchmarks/video_attention.py --sizes 480p          # 1-2 minutes
     python benchmarks/video_attention.py --device cuda --frames 8 --batch_size 8 --repeats 3
 
 Per frame, from decoded RGB pixels to the JPEG bytes of the attention image (no disk, no video encoding):
@@ -178,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="480p,1080p", help=f"Comma-separated, of {', '.join(SIZES)}.")
     parser.add_argument("--frames", default=1, type=int, help="Frames per timed run.")
     parser.add_argument("--batch_size", default=1, type=int, help="Our frames per forward pass.")
-    parser.add_argument("--repeats", default=2, type=int, help="Timed runs per path (fastest kept); 1 for ViT-S/8 "
-                        "at 1080p on CPU unless --slow_repeats.")
-    parser.add_argument("--slow_repeats", action="store_true", help="Repeat the runs of minutes too.")
+    parser.add_argument("--repeats", default=2, type=int, help="Timed runs per path (fastest kept); 1 on CPU above "
+                        "5000 tokens (runs of 10 s to minutes) unless --slow_repeats.")
+    parser.add_argument("--slow_repeats", action="store_true", help="Repeat the long runs too.")
     parser.add_argument("--threads", default=2, type=int, help="torch threads (CPU).")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -191,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
              else f"{platform.processor() or 'cpu'}, {args.threads} threads")
     print(f"device: {args.device} ({where}); torch {torch.__version__}; {args.frames} frame(s) per run, ours in "
           f"batches of {args.batch_size}; fastest of {args.repeats} alternating runs\n")
-    print("| model | frames | tokens | path | frames/s | speed-up | peak memory (GiB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | frames | tokens | path | frames/s | s/frame | speed-up | peak memory (GiB) |")
+    print("|---|---|---|---|---|---|---|---|")
     heads = 6  # ViT-S
     for spec in args.models.split(","):
         arch, patch = spec.split("/")
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             tokens = 1 + (height // patch) * (width // patch)
             need = attention_gib(heads, size, patch)
             fits = need < 0.8 * free_gib(args.device)  # the rest of the model needs memory too
-            slow = tokens > 20000 and args.device == "cpu" and not args.slow_repeats
+            slow = tokens > 5000 and args.device == "cpu" and not args.slow_repeats
             base = {"arch": arch, "patch": patch, "size": size, "device": args.device, "frames": args.frames,
                     "batch_size": args.batch_size, "threads": args.threads}
             paths = ("reference", "ours") if fits else ("ours",)
@@ -219,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
                 r = results[path]
                 name = f"{arch}/{patch}"
                 if "error" in r:
-                    print(f"| {name} | {label} | {tokens} | {path} | {r['error']} | | |")
+                    print(f"| {name} | {label} | {tokens} | {path} | {r['error']} | | | |")
                     continue
                 ratio = f"{r['fps'] / ref_fps:.2f}x" if ref_fps else "-"
-                print(f"| {name} | {label} | {tokens} | {path} | {r['fps']:.3f} | {ratio} | {r['peak_gib']:.2f} |",
-                      flush=True)
+                print(f"| {name} | {label} | {tokens} | {path} | {r['fps']:.3g} | {1 / r['fps']:.1f} | {ratio} | "
+                      f"{r['peak_gib']:.2f} |", flush=True)
     return 0
 
 
