@@ -60,3 +60,43 @@ def test_training_errors(tmp_path, cfg):
         training_tab.open_training_run(str(tmp_path))
     with pytest.raises(gr.Error, match="Open a training folder"):
         training_tab.use_checkpoint(None, cfg)
+
+
+def test_training_run_with_knn_and_folders_of_knn_and_linear_results(train_run, tmp_path):
+    # k-NN while training (--knn_data_path) adds knn_top1/knn_top5 to some epochs of log.txt.
+    (train_run / "log.txt").write_text(
+        json.dumps({"train_loss": 9.0, "epoch": 0, "knn_top1": 12.5, "knn_top5": 40.0}) + "\n" +
+        json.dumps({"train_loss": 8.0, "epoch": 1}) + "\n" +
+        json.dumps({"train_loss": 7.0, "epoch": 2, "knn_top1": 25.0, "knn_top5": 55.5}) + "\n")
+    summary, figure, _, _ = training_tab.open_training_run(str(train_run))
+    assert "k-NN while training (epoch 2): top-1 **25.00%**, top-5 55.50%" in summary
+    knn_ax = next(ax for ax in figure.axes if ax.get_title() == "k-NN accuracy of the teacher (%)")
+    lines = {line.get_label(): line for line in knn_ax.get_lines()}
+    np.testing.assert_allclose(lines["top1"].get_xdata(), [0, 2])
+    np.testing.assert_allclose(lines["top1"].get_ydata(), [12.5, 25.0])
+    np.testing.assert_allclose(lines["top5"].get_ydata(), [40.0, 55.5])
+    assert len(figure.axes) == 9  # 8 panels and the k-NN one: unused grid cells are removed
+
+    # A folder of `python -m eval.knn --output_dir` only.
+    knn_dir = tmp_path / "knn"
+    knn_dir.mkdir()
+    (knn_dir / "knn.json").write_text(json.dumps({"10": {"top1": 70.25, "top5": 90.0}, "20": {"top1": 71.5,
+                                                  "top5": 91.0}, "train_images": 100, "args": {"nb_knn": [10, 20]}}))
+    summary, figure, table, _ = training_tab.open_training_run(str(knn_dir))
+    assert "| 10 | 70.25 | 90.00 |\n| 20 | 71.50 | 91.00 |" in summary and table.empty
+
+    # A folder of `python -m eval.linear`: log.txt with validated epochs, checkpoint.pth.tar.
+    lin = tmp_path / "linear"
+    lin.mkdir()
+    (lin / "checkpoint.pth.tar").write_bytes(b"")
+    (lin / "log.txt").write_text("".join(json.dumps({"train_loss": 2.0 - e / 10, "train_lr": 0.001, "epoch": e,
+                                                     "test_loss": 1.5, "test_acc1": 50.0 + e, "test_acc5": 80.0})
+                                         + "\n" for e in range(3)))
+    summary, figure, _, _ = training_tab.open_training_run(str(lin))
+    assert "Linear probe: best top-1 **52.00%** at epoch 2 (3 validated epoch(s))" in summary
+    ax = next(ax for ax in figure.axes if ax.get_title() == "linear probe accuracy (%)")
+    np.testing.assert_allclose({ln.get_label(): ln for ln in ax.get_lines()}["top-1"].get_ydata(), [50, 51, 52])
+
+    (knn_dir / "knn.json").write_text('{"20": {"top1": 1}}')
+    with pytest.raises(gr.Error, match="knn.json: expected"):
+        training_tab.open_training_run(str(knn_dir))

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -64,13 +65,16 @@ class ImageFilesDataset(Dataset):
     An image that cannot be decoded is replaced by the next readable one (so batches stay full and
     the order stays deterministic) and its path is returned in `skipped` for the caller to report.
     The augmentation of item i in epoch e is seeded from (seed, e, i): independent of the number of
-    workers and of which worker loads it, which makes resumed runs see the same crops.
+    workers and of which worker loads it, which makes resumed runs see the same crops. A transform with
+    a `load(path)` method decodes its own files (the fast augmentation decodes JPEGs reduced); others
+    get `load_image`'s PIL image.
     """
 
     def __init__(self, root: str | Path, transform: Callable[[Image.Image], object], seed: int = 0) -> None:
         self.root = Path(root)
         self.paths = find_images(self.root)
         self.transform = transform
+        self.load = getattr(transform, "load", load_image)
         self.seed = seed
         self.epoch = 0
 
@@ -86,7 +90,7 @@ class ImageFilesDataset(Dataset):
         for k in range(len(self.paths)):
             path = self.paths[(index + k) % len(self.paths)]
             try:
-                image = load_image(path)
+                image = self.load(path)
             except (ImageError, Image.DecompressionBombError):
                 skipped.append(str(path))
                 continue
@@ -104,7 +108,9 @@ def collate_crops(batch: Sequence[tuple[list[torch.Tensor], tuple[str, ...]]]
 
 
 def seed_worker(worker_id: int, seed: int, rank: int) -> None:
-    """Seed a loader worker from (seed, epoch, rank, worker), for anything the per-sample seeds miss."""
+    """Seed a loader worker from (seed, epoch, rank, worker), for anything the per-sample seeds miss;
+    OpenCV gets one thread per worker, as torch does, so N workers do not run N x cores threads."""
+    cv2.setNumThreads(1)
     info = get_worker_info()
     epoch = getattr(info.dataset, "epoch", 0) if info is not None else 0
     state = np.random.SeedSequence([seed % 2**64, epoch, rank, worker_id]).generate_state(2, dtype=np.uint32)

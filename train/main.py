@@ -14,14 +14,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dino_seg.files import NoSpaceError, remove_stale_temp
 from dino_seg.models import ARCHS, build_backbone
 from dino_seg.flags import bool_flag
-from train.augment import DataAugmentationDINO
+from train.augment import AUGMENTATIONS, DataAugmentationDINO
 from train.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
 from train.data import ImageFilesDataset, build_loader
 from train.distributed import DistInfo, all_gather_objects, cleanup_distributed, init_distributed
 from train.engine import NonFiniteLossError, Schedules, resolve_precision, train_one_epoch
 from train.head import DINOHead, MultiCropWrapper
+from train.knn_monitor import KnnMonitor, add_knn_flags
 from train.logs import EPOCH_LOG, METRICS_LOG, append_record, trim_records, write_record
 from train.loss import DINOLoss, collapse_warning
 from train.optim import OPTIMIZERS, build_optimizer, get_params_groups
@@ -85,6 +87,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Area range of the local crops (default 0.05 0.4).")
     p.add_argument("--global_crops_size", default=224, type=int, help="Global crop side in pixels (default 224).")
     p.add_argument("--local_crops_size", default=96, type=int, help="Local crop side in pixels (default 96).")
+    p.add_argument("--augmentation", default="fast", choices=AUGMENTATIONS,
+                   help="fast (default: the reference's augmentation distribution on uint8 arrays with OpenCV, "
+                        "JPEGs decoded at the size the crops need) or reference (its exact PIL pipeline).")
     # Misc
     p.add_argument("--data_path", default="/path/to/imagenet/train/", type=str,
                    help="Folder of training images: an ImageFolder tree or any folder, searched recursively.")
@@ -101,6 +106,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Rendezvous for torch.distributed (default env://, as torchrun sets up).")
     p.add_argument("--local_rank", "--local-rank", default=0, type=int,
                    help="Set by torch.distributed.launch; LOCAL_RANK from the environment wins when set.")
+    add_knn_flags(p)
     return p
 
 
@@ -145,6 +151,9 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
     out = Path(args.output_dir)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        # A run killed while saving (kill -9) leaves a checkpoint-sized temporary file: remove it.
+        for stale in remove_stale_temp(out, recursive=False):
+            say(f"removed a stale temporary file of an interrupted run: {stale}")
     say("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
     say(f"Processes: {info.world_size} ({info.launcher} launch, backend {info.backend or 'none'}), "
         f"device {info.device}")
@@ -157,13 +166,20 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
 
     # ============ data ============
     transform = DataAugmentationDINO(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
-                                     global_crops_size=args.global_crops_size, local_crops_size=args.local_crops_size)
+                                     global_crops_size=args.global_crops_size, local_crops_size=args.local_crops_size,
+                                     augmentation=args.augmentation)
     dataset = ImageFilesDataset(args.data_path, transform, seed=args.seed)
     loader = build_loader(dataset, batch_size=args.batch_size_per_gpu, num_workers=args.num_workers,
                           rank=info.rank, world_size=info.world_size, seed=args.seed,
                           pin_memory=device.type == "cuda")
     niter = len(loader)
     say(f"Data loaded: there are {len(dataset)} images ({niter} iterations per epoch).")
+    knn = None
+    if args.knn_data_path:
+        knn = KnnMonitor(args.knn_data_path, crop_size=args.global_crops_size, k=args.knn_k,
+                         temperature=args.knn_temperature, freq=args.knn_freq, batch_size=args.batch_size_per_gpu,
+                         num_workers=args.num_workers, is_main=info.is_main)
+        say(knn.describe())
 
     # ============ student and teacher ============
     student_core, teacher = build_student_teacher(
@@ -269,6 +285,8 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
             say(f"warning: skipping unreadable image {path}")
         log_stats = {**{f"train_{k}": v for k, v in result.stats.items()}, "epoch": epoch,
                      "skipped_images": len(skipped_all)}
+        knn_stats = knn.evaluate(teacher.backbone, device) if knn is not None and knn.due(epoch, args.epochs) else None
+        log_stats.update(knn_stats or {})
         if info.is_main:
             # The log line goes first: a crash before the checkpoint is renamed in place only leaves
             # a line that the resume trims.
@@ -290,7 +308,8 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
             if args.saveckp_freq and epoch % args.saveckp_freq == 0:
                 save_checkpoint(save_dict, out / f"checkpoint{epoch:04}.pth")
         say(f"Epoch {epoch}: " + "  ".join(f"{k} {v:.6g}" for k, v in result.stats.items()) +
-            (f"  skipped images {len(skipped_all)}" if skipped_all else ""))
+            (f"  skipped images {len(skipped_all)}" if skipped_all else "") +
+            (f"  k-NN top-1 {knn_stats['knn_top1']:.2f} top-5 {knn_stats['knn_top5']:.2f}" if knn_stats else ""))
         warning = collapse_warning(result.stats["teacher_entropy"], result.stats["kl"])
         if warning:
             say(f"warning: epoch {epoch}: {warning}")
@@ -307,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the flags, join the process group if launched by torchrun or SLURM, train."""
     args = get_args_parser().parse_args(argv)
     args.arch = args.arch.replace("deit", "vit")  # the reference's DeiT-S is our ViT-S
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        print(f"error: --output_dir {args.output_dir}: is a file, expected a folder", file=sys.stderr)
+        return 2
     try:
         info = init_distributed(args.device, args.dist_url, local_rank=args.local_rank)
     except (ValueError, RuntimeError) as err:
@@ -328,9 +350,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}; {kept}. Lower --lr, raise --warmup_epochs, use --use_fp16 false or "
                   "--clip_grad, then start again with the same --output_dir to resume.", file=sys.stderr, flush=True)
         return 1
+    except NoSpaceError as err:
+        ckpt = Path(args.output_dir) / CHECKPOINT
+        kept = (f"the last complete checkpoint {ckpt} is kept unchanged" if ckpt.is_file()
+                else "no checkpoint was written")
+        print(f"{tag}error: {err}; {kept}. Free some space, then start again with the same --output_dir to resume.",
+              file=sys.stderr, flush=True)
+        return 2
     except (ValueError, OSError) as err:
         print(f"{tag}error: {err}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        if info.is_main:
+            ckpt = Path(args.output_dir) / CHECKPOINT
+            kept = f"{ckpt} holds the last complete epoch" if ckpt.is_file() else "no checkpoint was written yet"
+            print(f"\ninterrupted: {kept}; start again with the same --output_dir to resume", file=sys.stderr,
+                  flush=True)
+        return 130
     finally:
         cleanup_distributed()
 

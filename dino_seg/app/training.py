@@ -21,10 +21,26 @@ CURVES = (("loss", "loss"), ("lr", "learning rate"), ("wd", "weight decay"), ("m
           ("kl", "KL(teacher ‖ student) (collapse: → 0)"))
 
 
+def _plot_accuracy(ax, curves: dict[str, tuple[list[float], list[float]]], title: str) -> None:
+    for label, (xs, ys) in curves.items():
+        ax.plot(xs, ys, "-o", ms=3, label=label)
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel("epoch", fontsize="small")
+    ax.set_ylabel("%", fontsize="small")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+
+
 def training_curves(records: list[dict], epochs: list[dict]) -> Figure:
-    """One panel per logged quantity over iterations, and the per-epoch mean loss."""
-    fig = Figure(figsize=(12, 5.4), layout="constrained")
-    axes = fig.subplots(2, 4)
+    """One panel per logged quantity over iterations, the per-epoch mean loss, and, when the run has
+    them, the k-NN accuracy per epoch (--knn_data_path) and the linear probe's (eval.linear)."""
+    knn = runs.knn_epochs(epochs)
+    linear = {key: runs.series(epochs, key, x="epoch") for key in runs.LINEAR_KEYS}
+    linear = {key: xy for key, xy in linear.items() if xy[0]}
+    extra = int(bool(knn)) + int(bool(linear))
+    rows = 2 if extra == 0 else 3
+    fig = Figure(figsize=(12, 2.7 * rows), layout="constrained")
+    axes = fig.subplots(rows, 4)
     for ax, (key, title) in zip(axes.flat, CURVES):
         xs, ys = runs.series(records, key)
         if xs:
@@ -34,7 +50,7 @@ def training_curves(records: list[dict], epochs: list[dict]) -> Figure:
         ax.set_title(title, fontsize="medium")
         ax.set_xlabel("iteration", fontsize="small")
         ax.grid(alpha=0.3)
-    ax = axes.flat[-1]
+    ax = axes.flat[len(CURVES)]
     xs, ys = runs.series(epochs, "train_loss", x="epoch")
     if xs:
         ax.plot(xs, ys, "-o", ms=3)
@@ -43,7 +59,36 @@ def training_curves(records: list[dict], epochs: list[dict]) -> Figure:
     ax.set_title("mean loss per epoch (log.txt)", fontsize="medium")
     ax.set_xlabel("epoch", fontsize="small")
     ax.grid(alpha=0.3)
+    panels = iter(axes.flat[len(CURVES) + 1:])
+    if knn:
+        _plot_accuracy(next(panels), {k.replace("knn_", ""): xy for k, xy in knn.items()},
+                       "k-NN accuracy of the teacher (%)")
+    if linear:
+        _plot_accuracy(next(panels), {k.replace("test_acc", "top-"): xy for k, xy in linear.items()},
+                       "linear probe accuracy (%)")
+    for ax in panels:
+        fig.delaxes(ax)
     return fig
+
+
+def evaluation_summary(folder: Path, epochs: list[dict]) -> str:
+    """Markdown lines for the folder's feature evaluations: k-NN while training, knn.json, linear probe."""
+    lines = []
+    knn = [r for r in epochs if isinstance(r.get("knn_top1"), (int, float))]
+    if knn:
+        last = knn[-1]
+        lines.append(f"k-NN while training (epoch {last['epoch']}): top-1 **{last['knn_top1']:.2f}%**, "
+                     f"top-5 {last['knn_top5']:.2f}%")
+    results = runs.read_knn_results(folder)
+    if results:
+        lines.append(f"k-NN evaluation ({runs.KNN_RESULTS}):\n\n| k | top-1 (%) | top-5 (%) |\n|---:|---:|---:|\n" +
+                     "\n".join(f"| {k} | {v['top1']:.2f} | {v['top5']:.2f} |" for k, v in sorted(results.items())))
+    linear = [r for r in epochs if isinstance(r.get("test_acc1"), (int, float))]
+    if linear:
+        best = max(linear, key=lambda r: r["test_acc1"])
+        lines.append(f"Linear probe: best top-1 **{best['test_acc1']:.2f}%** at epoch {best['epoch']} "
+                     f"({len(linear)} validated epoch(s))")
+    return "\n\n".join(lines)
 
 
 @friendly
@@ -55,11 +100,13 @@ def open_training_run(train_dir: str | None) -> tuple[str, Figure, pd.DataFrame,
     try:
         records = runs.read_metrics(folder)
         epochs = runs.read_epoch_log(folder)
+        evaluations = evaluation_summary(folder, epochs)
     except ValueError as err:
         raise gr.Error(one_line(err)) from None
     checkpoints = runs.list_checkpoints(folder)
-    if not records and not epochs and not checkpoints:
-        raise gr.Error(f"{folder}: no {runs.METRICS_LOG}, {runs.EPOCH_LOG} or checkpoints: not a training folder")
+    if not records and not epochs and not checkpoints and not evaluations:
+        raise gr.Error(f"{folder}: no {runs.METRICS_LOG}, {runs.EPOCH_LOG}, {runs.KNN_RESULTS} or checkpoints: "
+                       "not a training folder")
     table = pd.DataFrame([{"file": c.path.name, "epoch": "latest" if c.is_latest else c.epoch,
                            "size (MB)": round(c.size_bytes / 2**20, 1),
                            "saved": pd.Timestamp(c.modified, unit="s").strftime("%Y-%m-%d %H:%M")}
@@ -70,7 +117,7 @@ def open_training_run(train_dir: str | None) -> tuple[str, Figure, pd.DataFrame,
         if isinstance(last.get(key), (int, float)):
             parts.append(f"last {key} {last[key]:.4g}")
     choices = [str(c.path) for c in checkpoints]
-    return (" · ".join(parts), training_curves(records, epochs), table,
+    return (" · ".join(parts) + (f"\n\n{evaluations}" if evaluations else ""), training_curves(records, epochs), table,
             gr.update(choices=choices, value=choices[-1] if choices else None))
 
 
