@@ -23,6 +23,7 @@ from dino_seg.viz import label_color, overlay_mask
 from eval import video_attention as cli
 from eval.common import resolve_weights
 from reference_vit import reference_forward
+from test_attention import _reference_threshold  # the reference's mask loop, the same in both scripts
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -148,17 +149,6 @@ def test_batches_and_streaming_give_the_frames_of_one_at_a_time(model):
     for a, b in zip(one, rest):
         assert a.maps.shape == b.maps.shape and np.array_equal(a.image, b.image)
         np.testing.assert_allclose(a.maps, b.maps, rtol=1e-5, atol=1e-7)  # batched matmuls round differently
-
-
-def _reference_threshold(attentions: torch.Tensor, threshold: float) -> torch.Tensor:
-    # video_generation.py's mask loop, for maps (heads, N): computed there, then thrown away.
-    val, idx = torch.sort(attentions)
-    val /= torch.sum(val, dim=1, keepdim=True)
-    th_attn = torch.cumsum(val, dim=1) > (1 - threshold)
-    idx2 = torch.argsort(idx)
-    for head in range(attentions.shape[0]):
-        th_attn[head] = th_attn[head][idx2[head]]
-    return th_attn
 
 
 @pytest.mark.parametrize("mode", ["mean", "heads"])
