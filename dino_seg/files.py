@@ -58,25 +58,42 @@ def is_no_space(err: BaseException) -> bool:
     return False
 
 
+class AtomicFile:
+    """A temporary file beside `path` (same suffix, hidden name) that replaces `path` in one rename on
+    `commit`, or disappears on `discard`: for writers that stay open across calls (video streams)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Same folder, so the rename never crosses file systems; same suffix, so writers that pick the
+        # format from the name (OpenCV, PIL, matplotlib) write the right one.
+        self.tmp = temp_path_for(self.path)
+
+    def commit(self) -> Path:
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
 
     A full disk while writing raises NoSpaceError naming `path`; the previous `path`, if any, is intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(path)
+    target = AtomicFile(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        yield target.tmp
+        target.commit()
     except Exception as err:
         if is_no_space(err):
-            raise NoSpaceError(path) from None
+            raise NoSpaceError(target.path) from None
         raise
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        target.discard()
 
 
 class _WriteWatcher:

@@ -1,15 +1,18 @@
-"""Reading and writing video files for propagation."""
+"""Reading and writing video files: frames streamed from a file, browser-playable videos written atomically."""
 
 from __future__ import annotations
 
 import functools
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from .files import AtomicFile
 
 MAX_SHORT_SIDE = 480  # uploaded videos are downscaled to this before propagation (the reference's 480p)
 DEFAULT_FPS = 10.0  # when the container gives no frame rate, or one above 120 (a broken header)
@@ -25,11 +28,8 @@ def read_video_frames(video_path: str | Path, out_dir: Path, max_frames: int,
 
     Returns the JPEG paths, the frame rate (DEFAULT_FPS when the file gives none) and notes that say what
     was downscaled or left out. Uploads sit under long hashed paths, so errors name the file only."""
-    capture = cv2.VideoCapture(str(video_path))
-    if not capture.isOpened():
-        raise VideoError(f"{Path(video_path).name}: not a readable video file (try MP4, WebM or AVI)")
-    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    capture = _open(video_path, Path(video_path).name)
+    fps, total = _rate_and_count(capture)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     notes: list[str] = []
@@ -53,30 +53,167 @@ def read_video_frames(video_path: str | Path, out_dir: Path, max_frames: int,
         raise VideoError(f"{Path(video_path).name}: no frame could be decoded: not a video file?")
     if total > len(paths):
         notes.append(f"only the first {len(paths)} of {total} frames are used (cap {max_frames})")
-    return paths, (fps if 0 < fps < 121 else DEFAULT_FPS), notes
+    return paths, fps, notes
 
 
-def write_video(frames: list[np.ndarray], out_stem: Path, fps: float,
+def _open(video_path: str | Path, name: str) -> cv2.VideoCapture:
+    if not Path(video_path).is_file():
+        raise VideoError(f"{name}: no such video file")
+    capture = cv2.VideoCapture(str(video_path))
+    if not capture.isOpened():
+        capture.release()
+        raise VideoError(f"{name}: not a readable video file (try MP4, WebM or AVI)")
+    return capture
+
+
+def _rate_and_count(capture: cv2.VideoCapture) -> tuple[float, int]:
+    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+    return (fps if 0 < fps < 121 else DEFAULT_FPS), int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+
+
+def video_info(video_path: str | Path, name: str | None = None) -> tuple[float, int]:
+    """(frame rate, frame count from the header: 0 when unknown) of a video file; DEFAULT_FPS when the
+    container gives no plausible rate. `name` is how errors call the file (default: its path)."""
+    capture = _open(video_path, name or str(video_path))
+    try:
+        return _rate_and_count(capture)
+    finally:
+        capture.release()
+
+
+def iter_video(video_path: str | Path, max_frames: int | None = None, name: str | None = None) -> Iterator[np.ndarray]:
+    """Decode a video file's frames one at a time as RGB (H, W, 3) uint8: memory does not grow with its length."""
+    name = name or str(video_path)
+    capture = _open(video_path, name)
+    count = 0
+    try:
+        while max_frames is None or count < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            count += 1
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    finally:
+        capture.release()
+    if count == 0:
+        raise VideoError(f"{name}: no frame could be decoded: not a video file?")
+
+
+class VideoWriter:
+    """RGB frames streamed into a video file that takes its final name only when `close` succeeds.
+
+    The first frame fixes the size (later frames of another size are resized to it) and the codec: the
+    first of `codecs` ((fourcc, suffix) pairs; default: the browser-playable ones this OpenCV build has)
+    that opens, else an animated GIF (the only case that keeps frames in memory until `close`)."""
+
+    def __init__(self, out_stem: str | Path, fps: float,
+                 codecs: tuple[tuple[str, str], ...] | None = None) -> None:
+        self.out_stem = Path(out_stem)
+        self.fps = float(fps)
+        self.codecs = _video_codecs() if codecs is None else codecs
+        self.fourcc: str | None = None  # the codec written, "GIF" for the fallback
+        self.count = 0
+        self.path: Path | None = None  # the final file, once closed
+        self._size: tuple[int, int] | None = None  # (W, H)
+        self._target: AtomicFile | None = None
+        self._writer: cv2.VideoWriter | None = None
+        self._gif: list[Image.Image] = []
+
+    def _open(self, w: int, h: int) -> None:
+        for fourcc, suffix in self.codecs:
+            target = AtomicFile(self.out_stem.with_suffix(suffix))
+            writer = cv2.VideoWriter(str(target.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, (w, h))
+            if writer.isOpened():
+                self._target, self._writer, self.fourcc = target, writer, fourcc
+                return
+            writer.release()
+            target.discard()
+        self._target, self.fourcc = AtomicFile(self.out_stem.with_suffix(".gif")), "GIF"
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one RGB (H, W, 3) uint8 frame."""
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise VideoError(f"{self.out_stem.name}: expected RGB frames (H, W, 3), got shape {frame.shape}")
+        if self._size is None:
+            self._size = (frame.shape[1], frame.shape[0])
+            self._open(*self._size)
+        elif (frame.shape[1], frame.shape[0]) != self._size:
+            frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
+        if self._writer is not None:
+            self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        else:
+            self._gif.append(Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)))
+        self.count += 1
+
+    def close(self) -> Path:
+        """Finish the file and give it its final name (replacing any older one); return that path."""
+        if self._target is None:
+            raise VideoError(f"{self.out_stem.name}: no frames to write")
+        try:
+            if self._writer is not None:
+                self._writer.release()
+                self._writer = None
+            else:
+                self._gif[0].save(self._target.tmp, format="GIF", save_all=True, append_images=self._gif[1:],
+                                  duration=round(1000 / self.fps), loop=0)
+                self._gif = []
+            self.path = self._target.commit()
+            return self.path
+        finally:
+            self._target.discard()
+
+    def discard(self) -> None:
+        """Drop what was written: no file appears, the temporary one is removed."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._target is not None:
+            self._target.discard()
+        self._gif = []
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # An error (or Ctrl-C) while frames are produced leaves no partial video under the final name.
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
+
+
+def write_video(frames: Iterable[np.ndarray], out_stem: Path, fps: float,
                 codecs: tuple[tuple[str, str], ...] | None = None) -> Path:
     """RGB frames as a video that Chromium plays: H.264 MP4 if OpenCV has it, else VP8 WebM, else an animated GIF.
 
     `codecs` overrides the (fourcc, suffix) pairs probed from this OpenCV build; the suffix replaces
-    `out_stem`'s. Returns the file written."""
-    if not frames:
-        raise VideoError(f"{out_stem.name}: no frames to write")
-    h, w = frames[0].shape[:2]
-    for fourcc, suffix in _video_codecs() if codecs is None else codecs:
-        path = out_stem.with_suffix(suffix)
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
-        if writer.isOpened():
-            for frame in frames:
-                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-            writer.release()
-            return path
-    path = out_stem.with_suffix(".gif")
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    return path
+    `out_stem`'s. `frames` may be a generator: frames are written as they come, to a temporary file
+    beside the target that takes the final name only once the video is complete. Returns the file written."""
+    with VideoWriter(out_stem, fps, codecs) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.path
+
+
+def format_codecs(video_format: str | None) -> tuple[tuple[str, str], ...]:
+    """The (fourcc, suffix) pairs to try for a container: None is the browser-playable default; "mp4" is
+    H.264 when this build has it, else MPEG-4 part 2 as video_generation.py writes ('MP4V', which browsers
+    do not play); "avi" is Xvid as video_generation.py writes; "webm" is VP8."""
+    if video_format is None:
+        return _video_codecs()
+    if video_format == "mp4":
+        return (("avc1", ".mp4"),) if ("avc1", ".mp4") in _video_codecs() else (("mp4v", ".mp4"),)
+    if video_format == "avi":
+        return (("XVID", ".avi"),)
+    if video_format == "webm":
+        return (("VP80", ".webm"),)
+    raise ValueError(f"--video_format: expected mp4, webm or avi, got {video_format!r}")
+
+
+def plays_in_browser(fourcc: str | None) -> bool:
+    """Whether a codec written by VideoWriter plays in Chromium (H.264, VP8 or the GIF fallback)."""
+    return fourcc in ("avc1", "VP80", "GIF")
 
 
 @functools.lru_cache(maxsize=1)

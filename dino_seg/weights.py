@@ -43,6 +43,8 @@ PRESETS: dict[str, Preset] = {
     for p in (
         _preset("dino_vits16", "dino_deitsmall16_pretrain", "vit_small", 16),
         _preset("dino_vits8", "dino_deitsmall8_pretrain", "vit_small", 8),
+        # "The model used for visualizations in our paper" (video_generation.py): ViT-S/8 trained 300 epochs.
+        _preset("dino_vits8_300ep", "dino_deitsmall8_300ep_pretrain", "vit_small", 8),
         _preset("dino_vitb16", "dino_vitbase16_pretrain", "vit_base", 16),
         _preset("dino_vitb8", "dino_vitbase8_pretrain", "vit_base", 8),
         _preset("dino_resnet50", "dino_resnet50_pretrain", "resnet50", None),

@@ -18,13 +18,15 @@ RANDOM = "random"
 
 
 def add_weight_flags(parser: argparse.ArgumentParser, default_patch_size: int | None = None,
-                     reference_patch_size: int = 16) -> None:
+                     reference_patch_size: int = 16, preferred_preset: str | None = None) -> None:
     """The reference scripts' model flags.
 
     `reference_patch_size` is the patch size of the official weights used when no weights are given:
     the reference's visualize_attention.py defaults to 8, eval_video_segmentation.py to 16.
+    `preferred_preset` is the release a script loads for its architecture when it differs from the first
+    of PRESETS (video_generation.py loads the 300-epoch ViT-S/8).
     """
-    parser.set_defaults(reference_patch_size=reference_patch_size)
+    parser.set_defaults(reference_patch_size=reference_patch_size, preferred_preset=preferred_preset)
     parser.add_argument("--pretrained_weights", default="", type=str,
                         help="Preset name (" + ", ".join(PRESETS) + "), path to an official DINO file or to a "
                              "checkpoint of `python -m train`, or 'random' (pipeline check only). Default: the "
@@ -46,7 +48,9 @@ def resolve_weights(args: argparse.Namespace) -> tuple[str, str]:
     # Like the reference: no weights given means the official ones for this architecture.
     arch = args.arch or "vit_small"
     patch = args.patch_size or getattr(args, "reference_patch_size", 16)
-    for name, preset in PRESETS.items():
+    preferred = getattr(args, "preferred_preset", None)
+    for name in sorted(PRESETS, key=lambda name: name != preferred):
+        preset = PRESETS[name]
         if preset.arch == arch and preset.patch_size in (patch, None):
             return name, f"official preset {name}"
     return "", f"RANDOM weights {arch}/{patch}: there is no official DINO release for this model"

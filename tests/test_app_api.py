@@ -26,6 +26,7 @@ from dino_seg.app.serve import queue
 
 ENDPOINTS = {"/attention", "/refresh_attention", "/check_weights", "/upload_weights", "/list_davis",
              "/davis_first_frame", "/video_first_frame", "/switch_video_source", "/propagate", "/show_frame",
+             "/attention_video", "/switch_video_mode",
              "/open_results", "/sequence_scores", "/compare_frame", "/open_training", "/use_checkpoint"}
 
 
@@ -49,6 +50,15 @@ def client(cfg) -> Iterator[Client]:
 def test_every_event_has_a_named_endpoint(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert named == ENDPOINTS
+
+
+def test_attention_video_answers_from_a_fresh_session(client):
+    video, masks, note = client.predict("DAVIS sequence", str(BUNDLED_DAVIS), "blackswan", None, None, 2, 240,
+                                        "mean", 0.6, api_name="/attention_video")
+    assert "2 frames" in note and "keeping 0.6 of the attention mass" in note
+    if video is not None:  # None: this OpenCV writes no browser codec
+        for out in (video, masks):
+            assert Path(out if isinstance(out, str) else out["video"]).suffix in (".mp4", ".webm")
 
 
 def test_propagate_answers_from_a_fresh_session(client):
@@ -168,7 +178,7 @@ def test_attention_is_answered_while_a_video_job_runs(client, monkeypatch):
 def test_the_frame_cap(client, cfg, monkeypatch, capsys):
     # The page's slider stops at the cap and the API refuses more, in one line on the console too; the
     # handler caps what it is given.
-    refusal = (f"Frames to propagate: Value {video_tab.MAX_VIDEO_FRAMES + 1} is greater than maximum value "
+    refusal = (f"Frames: Value {video_tab.MAX_VIDEO_FRAMES + 1} is greater than maximum value "
                f"{video_tab.MAX_VIDEO_FRAMES}.")
     capsys.readouterr()
     with pytest.raises(Exception, match=re.escape(refusal)):

@@ -194,6 +194,25 @@ def test_video_tab_propagates_the_bundled_example(page):
         assert page.evaluate("document.querySelector('#video-out video').error") is None
 
 
+def test_video_tab_makes_the_attention_video(page):
+    open_tab(page, "Video")
+    page.wait_for_function("document.querySelector('#video-sequence input').value === 'blackswan'",
+                           timeout=30_000)
+    page.locator("#video-mode").get_by_label("Attention video").check()
+    page.locator("#video-attention-run").wait_for(state="visible", timeout=30_000)
+    assert not page.locator("#video-run").is_visible()  # propagation's button and inputs step aside
+    frames = page.locator("#video-frames input[type=number]")
+    frames.fill("2")
+    frames.press("Enter")
+    page.locator("#video-short-side").get_by_label("240").check()
+    page.click("#video-attention-run")
+    for out in ("#video-attention-out", "#video-attention-masks"):
+        page.wait_for_function(f"(() => {{ const v = document.querySelector('{out} video');"
+                               " return v && v.readyState >= 1 && v.duration > 0; })()", timeout=90_000)
+        assert page.evaluate(f"document.querySelector('{out} video').error") is None
+    assert "2 frames" in page.locator("#video-attention-note").inner_text()
+
+
 def test_non_image_upload_gets_a_one_line_message(page, tmp_path):
     fake = tmp_path / "holiday.png"
     fake.write_text("not an image")

@@ -71,6 +71,8 @@ def test_folders_outside_the_shared_ones_are_refused_alike_whether_they_exist_or
     _refusal(lambda: video_tab.davis_first_frame("/", "etc", cfg))
     _refusal(lambda: video_tab.run_video(video_tab.DAVIS_SOURCE, str(private), "x", None, None, None, None, 3, 240,
                                          cfg))
+    _refusal(lambda: video_tab.run_attention_video(video_tab.DAVIS_SOURCE, str(private), "x", None, None, 3, 240,
+                                                   "mean", 0.6, cfg))
 
 
 def test_shared_folders_the_bundled_example_and_uploads_are_opened(public, tmp_path):
@@ -116,6 +118,8 @@ def test_file_inputs_must_be_uploads_or_shared_files(public, tmp_path):
     _refusal(lambda: video_tab.video_first_frame(str(private / "clip.mp4"), cfg))
     _refusal(lambda: video_tab.run_video(video_tab.UPLOAD_SOURCE, None, None, "/etc/hostname", None, None, None, 3,
                                          240, cfg))
+    _refusal(lambda: video_tab.run_attention_video(video_tab.UPLOAD_SOURCE, None, None, "/etc/hostname", None, 3,
+                                                   240, "mean", 0.6, cfg))
     upload = tmp_path / "gradio" / ("cd" * 32) / "notes.png"
     upload.parent.mkdir(parents=True)
     upload.write_text("not an image")

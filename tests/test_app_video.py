@@ -1,4 +1,5 @@
-"""The Video tab's handlers with tiny random weights: propagation equals the library's, J&F is recomputed."""
+"""The Video tab's handlers with tiny random weights: propagation equals the library's, J&F is recomputed; the
+attention video is the library's attention images."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from dino_seg.app import video as video_tab
 from dino_seg.app.config import BUNDLED_DAVIS
 from dino_seg.images import load_image
 from dino_seg.propagation import segment_sequence
+from dino_seg.video import iter_video
+from dino_seg.video_attention import attention_frames, folder_frames
 from dino_seg.viz import overlay_labels
 
 
@@ -180,3 +183,46 @@ def test_errors_name_uploads_by_file_name_only(cfg, tmp_path, monkeypatch, capsy
     assert message.startswith("clip.mp4: ") and str(cache) not in message
     # The console gets the same single line, not a traceback.
     assert capsys.readouterr().err == f"run_video: {message}\n"
+
+def test_attention_video_of_a_davis_sequence(cfg):
+    video, masks, note = video_tab.run_attention_video(
+        video_tab.DAVIS_SOURCE, None, "blackswan", None, None, 3, 240, "heads", 0.6, cfg)
+    assert "3 frames" in note and "short side 240 px" in note and "one per head" in note
+    assert "only the first 3 of 12 frames are used" in note
+    if video is None:  # no browser-playable codec in this OpenCV build
+        assert "no browser-playable video codec" in note and masks is None
+        return
+    model, _ = model_cache.get_model(None, cfg)
+    frames = davis.frame_paths(BUNDLED_DAVIS, "blackswan")[:3]
+    expected = [r.attention_rgba()[..., :3] for r in attention_frames(model, folder_frames(frames), resize=[240])]
+    decoded = list(iter_video(video))
+    assert len(decoded) == 3 and decoded[0].shape == expected[0].shape == (240, 416, 3)  # 427 cropped to 416
+    for t, frame in enumerate(decoded):
+        errors = [np.abs(frame.astype(int) - e).mean() for e in expected]
+        assert errors[t] < 6 and int(np.argmin(errors)) == t  # lossy codec, but this frame's attention
+    assert len(list(iter_video(masks))) == 3
+
+
+def test_attention_video_of_an_upload(cfg, small_video):
+    video_path, _ = small_video
+    video, masks, note = video_tab.run_attention_video(
+        video_tab.UPLOAD_SOURCE, None, None, str(video_path), None, 10, 240, "none", 0.6, cfg)
+    assert masks is None and "5 frames" in note and "only the first" not in note
+    if video is not None:
+        assert len(list(iter_video(video))) == 5
+    with pytest.raises(gr.Error, match="Upload a video file first"):
+        video_tab.run_attention_video(video_tab.UPLOAD_SOURCE, None, None, None, None, 3, 240, "mean", 0.6, cfg)
+
+
+def test_attention_video_errors_are_one_line_without_server_paths(cfg, tmp_path):
+    text = tmp_path / "clip.mp4"
+    text.write_text("this is not a video")
+    with pytest.raises(gr.Error) as info:
+        video_tab.run_attention_video(video_tab.UPLOAD_SOURCE, None, None, str(text), None, 3, 240, "mean", 0.6, cfg)
+    assert info.value.message == "clip.mp4: not a readable video file (try MP4, WebM or AVI)"
+
+
+def test_switching_mode_shows_one_set_of_controls():
+    labels = [u["visible"] for u in video_tab.switch_video_mode(video_tab.PROPAGATION_MODE)]
+    attention = [u["visible"] for u in video_tab.switch_video_mode(video_tab.ATTENTION_MODE)]
+    assert labels == [True, True, True, False, False, False] and attention == [not v for v in labels]

@@ -1,4 +1,5 @@
-"""Video files: frames written with write_video read back by read_video_frames, the GIF fallback, readable errors."""
+"""Video files: frames written with write_video read back by read_video_frames, the GIF fallback, atomic writes,
+streamed reading, readable errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dino_seg.video import DEFAULT_FPS, VideoError, _video_codecs, read_video_frames, write_video
+from dino_seg.video import (DEFAULT_FPS, VideoError, VideoWriter, _video_codecs, iter_video, read_video_frames,
+                            video_info, write_video)
 
 H, W = 48, 64
 
@@ -99,3 +101,42 @@ def test_implausible_frame_rate_becomes_the_default(tmp_path):
     writer.release()
     paths, fps, _ = read_video_frames(path, tmp_path / "frames", max_frames=5)
     assert len(paths) == 3 and fps == DEFAULT_FPS == 10.0
+
+
+@pytest.mark.parametrize("codecs", [None, ()], ids=["best-codec", "gif"])
+def test_an_interrupted_write_leaves_the_old_video_and_no_partial_file(tmp_path, codecs):
+    old = write_video(two_tone_frames(2), tmp_path / "clip", fps=5.0, codecs=codecs)
+    old_bytes = old.read_bytes()
+
+    def frames():
+        yield from two_tone_frames(4)
+        raise KeyboardInterrupt  # Ctrl-C while frames are still being produced
+
+    with pytest.raises(KeyboardInterrupt):
+        write_video(frames(), tmp_path / "clip", fps=5.0, codecs=codecs)
+    assert sorted(tmp_path.iterdir()) == [old]  # no temporary file left beside it
+    assert old.read_bytes() == old_bytes
+
+
+def test_a_streamed_video_appears_only_when_complete(tmp_path):
+    with VideoWriter(tmp_path / "clip", fps=5.0) as writer:
+        for frame in two_tone_frames(3):
+            writer.write(frame)
+        final = tmp_path / f"clip{writer._target.path.suffix}"
+        assert not final.exists()  # frames go to a hidden temporary file until the end
+        assert [p.name.startswith(".clip.") for p in tmp_path.iterdir()] == [True]
+    assert writer.path == final and [p.name for p in tmp_path.iterdir()] == [final.name]
+    assert writer.count == 3
+
+
+def test_iter_video_streams_rgb_frames_and_info_reads_the_rate(tmp_path):
+    frames = two_tone_frames(4)
+    video = write_video(frames, tmp_path / "clip", fps=12.0)
+    fps, count = video_info(video)
+    assert fps == pytest.approx(12.0, rel=0.05) and count in (0, 4)  # WebM headers may not count frames
+    back = list(iter_video(video))
+    assert len(back) == 4 and all(b.shape == (H, W, 3) for b in back)
+    assert np.abs(back[2].astype(int) - frames[2]).mean() < 4  # RGB order, not BGR
+    assert len(list(iter_video(video, max_frames=2))) == 2
+    with pytest.raises(VideoError, match="missing.mp4: no such video file"):
+        video_info(tmp_path / "missing.mp4", name="missing.mp4")

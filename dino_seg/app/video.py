@@ -1,4 +1,5 @@
-"""The Video tab: label propagation of a first-frame mask through a DAVIS sequence or an uploaded video."""
+"""The Video tab: label propagation of a first-frame mask, or the attention video (video_generation.py), of a
+DAVIS sequence or an uploaded video."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from PIL import Image
 from dino_seg import davis, metrics
 from dino_seg.images import load_image, load_mask
 from dino_seg.propagation import segment_sequence
-from dino_seg.video import read_video_frames, write_video
+from dino_seg.video import DEFAULT_FPS, read_video_frames, video_info, write_video
+from dino_seg.video_attention import MASK_MODES, folder_frames, make_attention_video, video_frames
 from dino_seg.viz import overlay_labels
 
 from .components import FrameSlider, ImageView, Radio, Slider
@@ -29,6 +31,8 @@ MAX_VIDEO_FRAMES = 60  # ViT-S/16 at a 480 short side takes about 3 s a frame on
 VIDEO_SHORT_SIDES = (240, 360, 480)  # 480 is the reference; smaller is faster on CPU
 DAVIS_SOURCE = "DAVIS sequence"
 UPLOAD_SOURCE = "Uploaded video"
+PROPAGATION_MODE = "Propagated labels"
+ATTENTION_MODE = "Attention video"
 
 
 def davis_root(root: str | None, cfg: AppConfig) -> str:
@@ -233,6 +237,76 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
     return str(video), paths, slider, overlaid[0], "\n".join(lines)
 
 
+NO_MASKS = "none"
+MASK_CHOICES = [("no masks", NO_MASKS), ("mask of the mean map", "mean"), ("one mask per head", "heads")]
+
+
+@friendly
+def run_attention_video(source: str, root: str | None, sequence: str | None, video_path: str | None,
+                        weights: str | None, max_frames: float, short_side: float, masks: str | None,
+                        threshold: float, cfg: AppConfig,
+                        progress: gr.Progress = gr.Progress()) -> tuple[str | None, str | None, str]:
+    """The mean [CLS] attention of each frame as a video, as video_generation.py makes it (frames resized to
+    `short_side`), and with `masks` ("mean" or "heads") the masks keeping `threshold` of the attention mass
+    over the frames: (attention video, masks video or None, summary Markdown)."""
+    cap = max(1, min(int(max_frames), MAX_VIDEO_FRAMES))
+    short_side = int(short_side)
+    masks = None if masks in (None, "", NO_MASKS) else masks
+    if masks is not None and masks not in MASK_MODES:
+        raise gr.Error(f"masks: expected one of {NO_MASKS}, {', '.join(MASK_MODES)}; got {masks!r}")
+    notes: list[str] = []
+    if source == UPLOAD_SOURCE:
+        if not video_path:
+            raise gr.Error("Upload a video file first (or pick a DAVIS sequence).")
+        check_path(video_path, cfg, "video")  # an API call may name any server file, not only uploads
+        name = Path(video_path).stem
+        fps, total = video_info(video_path, name=Path(video_path).name)  # uploads live under long server paths
+        frames = video_frames(video_path, max_frames=cap, name=Path(video_path).name)
+        expected = min(cap, total) if total else cap
+    elif source == DAVIS_SOURCE:
+        root = davis_root(root, cfg)
+        if not sequence:
+            raise gr.Error("Pick a DAVIS sequence.")
+        sequence = sequence_name(sequence)
+        paths = davis.frame_paths(root, sequence)
+        if len(paths) > cap:
+            notes.append(f"only the first {cap} of {len(paths)} frames are used (cap {cap})")
+        frames, fps, name, total = folder_frames(paths[:cap]), DEFAULT_FPS, sequence, 0
+        expected = min(cap, len(paths))
+    else:
+        raise gr.Error(f"source: expected {DAVIS_SOURCE!r} or {UPLOAD_SOURCE!r}, got {source!r}")
+
+    model, description = model_or_error(None if not weights else weights, cfg)
+    work = SCRATCH.new("attention-video")
+    progress((0, expected), desc="attention", unit="frame")
+    done = [0]
+
+    def tick(_frame) -> None:
+        done[0] += 1
+        progress((done[0], expected), desc="attention", unit="frame")
+        check_open()  # a shutdown stops the job between two frames
+
+    result = make_attention_video(model, frames, work / f"{name}_attention", fps, resize=[short_side],
+                                  batch_size=4, masks=masks, threshold=float(threshold),
+                                  masks_stem=work / f"{name}_attention_masks", on_frame=tick)
+    if source == UPLOAD_SOURCE:
+        if total > cap:
+            notes.append(f"only the first {cap} of {total} frames are used (cap {cap})")
+        elif result.frames < expected:
+            notes.append(f"only {result.frames} of the {total} frames its header announces could be decoded")
+    lines = [f"**{description}** · {result.frames} frames · short side {short_side} px · "
+             f"mean [CLS] attention of the heads, inferno colour map (video_generation.py's)"]
+    if masks is not None:
+        lines.append(f"- masks: {'the mean map' if masks == 'mean' else 'one per head, in palette colours'}, "
+                     f"keeping {float(threshold):g} of the attention mass")
+    lines += [f"- note: {n}" for n in notes]
+    if result.fourcc == "GIF":
+        lines.append("- note: this OpenCV build writes no browser-playable video codec (only an animated GIF), "
+                     "so there is no video to show")
+        return None, None, "\n".join(lines)
+    return str(result.video), (str(result.masks_video) if result.masks_video else None), "\n".join(lines)
+
+
 def show_frame(paths: list[str] | None, index: float) -> str | None:
     """The overlaid frame at the slider's position."""
     if not paths:
@@ -245,12 +319,21 @@ def switch_video_source(source: str) -> tuple[dict, dict]:
     return gr.update(visible=source == DAVIS_SOURCE), gr.update(visible=source == UPLOAD_SOURCE)
 
 
+def switch_video_mode(mode: str) -> tuple[dict, ...]:
+    """Show propagation's inputs, button and outputs, or the attention video's: (first-frame mask inputs,
+    Propagate button, propagation outputs, attention options, attention button, attention outputs)."""
+    labels = mode != ATTENTION_MODE
+    return tuple(gr.update(visible=v) for v in (labels, labels, labels, not labels, not labels, not labels))
+
+
 def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Component]:
     """The Video tab's components and events (endpoints /list_davis, /davis_first_frame, /video_first_frame,
-    /propagate, /show_frame, /switch_video_source)."""
+    /propagate, /attention_video, /show_frame, /switch_video_source, /switch_video_mode)."""
     with gr.Tab("Video", id="video"):
         with gr.Row():
             with gr.Column(scale=2):
+                mode = Radio([PROPAGATION_MODE, ATTENTION_MODE], value=PROPAGATION_MODE, label="Make",
+                             elem_id="video-mode")
                 source = Radio([DAVIS_SOURCE, UPLOAD_SOURCE], value=DAVIS_SOURCE, label="Frames")
                 with gr.Group(visible=True) as davis_group:
                     root = gr.Textbox(cfg.davis_root, label="DAVIS root",
@@ -262,26 +345,42 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                                      elem_id="video-first")
                 with gr.Group(visible=False) as upload_group:
                     video_in = gr.Video(label="Video file", sources=["upload"], height=240, elem_id="video-in")
-                    mask_in = gr.File(label="First-frame mask (PNG; palette or black/white)", file_types=["image"],
-                                      elem_id="video-mask")
-                    draw_hint = gr.Markdown(elem_id="video-draw-hint")
-                    drawing = gr.ImageEditor(label="…or draw the object on the first frame", type="numpy",
-                                             sources=[], height=300, layers=False,
-                                             brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
-                                             elem_id="video-draw")
-                max_frames = Slider(2, MAX_VIDEO_FRAMES, value=12, step=1, label="Frames to propagate",
+                    with gr.Column(visible=True) as mask_inputs:
+                        mask_in = gr.File(label="First-frame mask (PNG; palette or black/white)",
+                                          file_types=["image"], elem_id="video-mask")
+                        draw_hint = gr.Markdown(elem_id="video-draw-hint")
+                        drawing = gr.ImageEditor(label="…or draw the object on the first frame", type="numpy",
+                                                 sources=[], height=300, layers=False,
+                                                 brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
+                                                 elem_id="video-draw")
+                max_frames = Slider(2, MAX_VIDEO_FRAMES, value=12, step=1, label="Frames",
                                        info=f"Capped at {MAX_VIDEO_FRAMES}: a few seconds a frame on a CPU at 480 px",
                                        elem_id="video-frames")
                 short_side = Radio(list(VIDEO_SHORT_SIDES), value=480, label="Short side (px)",
                                       info="480 as the reference; smaller is faster", elem_id="video-short-side")
+                with gr.Column(visible=False) as attention_options:
+                    attention_masks = Radio(MASK_CHOICES, value="mean", label="Masks video",
+                                               info="The masks keeping a share of the attention mass, with contours",
+                                               elem_id="video-attention-masks-mode")
+                    threshold = Slider(0.05, 1.0, value=0.6, step=0.05, label="Share of the attention mass",
+                                          info="0.6 as the paper", elem_id="video-attention-threshold")
                 run_button = gr.Button("Propagate", variant="primary", elem_id="video-run")
+                attention_button = gr.Button("Make the attention video", variant="primary", visible=False,
+                                             elem_id="video-attention-run")
             with gr.Column(scale=3):
-                note = gr.Markdown(elem_id="video-note")
-                video_out = gr.Video(label="Propagated labels", autoplay=True, loop=True, interactive=False,
-                                     height=360, elem_id="video-out")
-                frame_index = FrameSlider(0, 1, value=0, step=1, label="Frame", interactive=False)
-                frame_view = ImageView(label="Frame", interactive=False, height=360, elem_id="video-frame")
-                frame_paths = gr.State([])
+                with gr.Column(visible=True) as propagation_outputs:
+                    note = gr.Markdown(elem_id="video-note")
+                    video_out = gr.Video(label="Propagated labels", autoplay=True, loop=True, interactive=False,
+                                         height=360, elem_id="video-out")
+                    frame_index = FrameSlider(0, 1, value=0, step=1, label="Frame", interactive=False)
+                    frame_view = ImageView(label="Frame", interactive=False, height=360, elem_id="video-frame")
+                    frame_paths = gr.State([])
+                with gr.Column(visible=False) as attention_outputs:
+                    attention_note = gr.Markdown(elem_id="video-attention-note")
+                    attention_out = gr.Video(label="Attention (mean of the heads' [CLS] attention)", autoplay=True,
+                                             loop=True, interactive=False, height=360, elem_id="video-attention-out")
+                    attention_masks_out = gr.Video(label="Masks", autoplay=True, loop=True, interactive=False,
+                                                   height=360, elem_id="video-attention-masks")
 
     listing = functools.partial(list_davis, cfg=cfg)
     shared.demo.load(listing, root, sequence, api_name="load_davis", api_visibility="private")  # = /list_davis
@@ -289,6 +388,8 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
     sequence.change(functools.partial(davis_first_frame, cfg=cfg), [root, sequence], first,
                     api_name="davis_first_frame")
     source.change(switch_video_source, source, [davis_group, upload_group], api_name="switch_video_source")
+    mode.change(switch_video_mode, mode, [mask_inputs, run_button, propagation_outputs, attention_options,
+                                          attention_button, attention_outputs], api_name="switch_video_mode")
     video_in.change(functools.partial(video_first_frame, cfg=cfg), video_in, [drawing, draw_hint],
                     api_name="video_first_frame")
     # Propagation is the slow job: one at a time, in its own queue, so attention requests still run.
@@ -296,8 +397,17 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                      [source, root, sequence, video_in, mask_in, drawing, shared.weights, max_frames, short_side],
                      [video_out, frame_paths, frame_index, frame_view, note],
                      concurrency_limit=1, concurrency_id="video", api_name="propagate")
+    # The attention video shares propagation's queue: both are the tab's slow jobs.
+    attention_button.click(functools.partial(run_attention_video, cfg=cfg),
+                           [source, root, sequence, video_in, shared.weights, max_frames, short_side, attention_masks,
+                            threshold],
+                           [attention_out, attention_masks_out, attention_note],
+                           concurrency_limit=1, concurrency_id="video", api_name="attention_video")
     frame_index.change(show_frame, [frame_paths, frame_index], frame_view, api_name="show_frame")
     return {"source": source, "root": root, "sequence": sequence, "first": first, "video_in": video_in,
             "mask_in": mask_in, "drawing": drawing, "max_frames": max_frames, "short_side": short_side,
             "run": run_button, "note": note, "video_out": video_out, "frame_index": frame_index,
-            "frame_view": frame_view, "frame_paths": frame_paths}
+            "frame_view": frame_view, "frame_paths": frame_paths, "mode": mode,
+            "attention_masks": attention_masks, "threshold": threshold, "attention_run": attention_button,
+            "attention_note": attention_note, "attention_out": attention_out,
+            "attention_masks_out": attention_masks_out}

@@ -1,0 +1,232 @@
+"""Attention videos (the reference's video_generation.py): every frame's mean [CLS] attention, colour-mapped,
+and its thresholded masks, computed in batches on frames streamed from a video file or a folder of JPEGs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from matplotlib import cm
+from matplotlib import image as mpl_image
+from torch import nn
+from torchvision import transforms
+
+from .attention import cls_attention, threshold_masks, upsample_masks
+from .files import atomic_path
+from .images import IMAGENET_MEAN, IMAGENET_STD, load_image
+from .models import is_vit
+from .video import VideoError, VideoWriter, iter_video
+from .viz import label_color, overlay_mask
+
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+CMAP = "inferno"  # video_generation.py's colour map
+MASK_MODES = ("mean", "heads")
+
+
+@dataclass
+class Frame:
+    """One input frame: the name its outputs take (attn-<name>.jpg) and its RGB pixels (H, W, 3) uint8."""
+
+    name: str
+    rgb: np.ndarray
+
+
+def jpeg_frames(folder: str | Path) -> list[Path]:
+    """The JPEG frames of a folder in name order, as the reference globs `*.jpg`; raises VideoError when none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VideoError(f"{folder}: no such folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    frames = [p for p in files if p.suffix.lower() in JPEG_SUFFIXES]
+    if not frames:
+        others = f" (it holds {len(files)} other file(s), e.g. {files[0].name})" if files else ""
+        raise VideoError(f"{folder}: no .jpg frames in this folder{others}; expected a video file or a folder "
+                         f"of JPEG frames")
+    return frames
+
+
+def folder_frames(paths: Iterable[Path]) -> Iterator[Frame]:
+    """Frames read one at a time from image files (ImageError names an unreadable one)."""
+    for path in paths:
+        yield Frame(Path(path).stem, np.asarray(load_image(path)))
+
+
+def video_frames(video_path: str | Path, max_frames: int | None = None, name: str | None = None) -> Iterator[Frame]:
+    """Frames decoded one at a time from a video file, named frame-NNNN as the reference extracts them."""
+    for index, rgb in enumerate(iter_video(video_path, max_frames=max_frames, name=name)):
+        yield Frame(f"frame-{index:04d}", rgb)
+
+
+def check_resize(resize: Sequence[int], patch_size: int) -> list[int]:
+    """--resize as a list of one or two sizes, each at least one patch; ValueError otherwise."""
+    size = [int(s) for s in resize]
+    if len(size) not in (1, 2) or min(size) < patch_size:
+        raise ValueError(f"--resize: expected one or two sizes of at least the patch size {patch_size}, got {size}")
+    return size
+
+
+def preprocess_frames(frames: Sequence[np.ndarray], resize: Sequence[int] | None, patch_size: int,
+                      device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames of one size as the reference prepares them: ToTensor, Resize when asked (one size: the short
+    side; two: H W), ImageNet normalisation, crop to whole patches. Returns the normalised batch
+    (B, 3, H, W) and the same pixels before normalisation, in [0, 1], to draw on."""
+    # ToTensor is uint8 / 255 in float32: done on the device, so only bytes cross to it.
+    x = torch.from_numpy(np.stack(frames)).to(device).permute(0, 3, 1, 2).float().div(255)  # (B, 3, H0, W0)
+    if resize:
+        size = check_resize(resize, patch_size)
+        # The reference resizes the tensor (after ToTensor), not the PIL image: bilinear with antialiasing.
+        x = transforms.Resize(size if len(size) == 2 else size[0])(x)
+    h, w = x.shape[-2] - x.shape[-2] % patch_size, x.shape[-1] - x.shape[-1] % patch_size
+    if h == 0 or w == 0:
+        raise ValueError(f"frames of {frames[0].shape[1]}x{frames[0].shape[0]} are smaller than one "
+                         f"{patch_size}-pixel patch")
+    x = x[..., :h, :w]
+    return transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(x), x
+
+
+def mean_of_heads(maps: np.ndarray) -> np.ndarray:
+    """The heads' mean exactly as video_generation.py sums it: sum(attentions[i] * 1 / nh), in float32."""
+    heads = maps.shape[0]
+    mean = maps[0] * 1 / heads
+    for head in maps[1:]:
+        mean = mean + head * 1 / heads
+    return mean
+
+
+def colorize(values: np.ndarray, patch_size: int = 1) -> np.ndarray:
+    """RGBA uint8 (h*p, w*p, 4) of a map (h, w) upsampled by nearest neighbour, coloured as
+    plt.imsave(cmap="inferno") colours it: min-max scaled by matplotlib's own colour mapping. Mapping is
+    per pixel, so colouring at patch resolution and then repeating pixels gives the same image, cheaper."""
+    rgba = cm.ScalarMappable(cmap=CMAP).to_rgba(np.asarray(values), bytes=True)  # (h, w, 4)
+    return np.repeat(np.repeat(rgba, patch_size, axis=0), patch_size, axis=1)
+
+
+def save_attention_image(path: str | Path, rgba: np.ndarray) -> None:
+    """Write a colour-mapped attention image as the reference does (plt.imsave, JPEG), atomically."""
+    with atomic_path(path) as tmp:
+        mpl_image.imsave(tmp, rgba, format="jpg")
+
+
+@dataclass
+class AttentionFrame:
+    """The attention of one frame at patch resolution, and the frame as the model saw it."""
+
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8: resized and cropped (H = h * patch)
+    maps: np.ndarray  # (heads, h, w) float32 [CLS] -> patch attention
+    patch_size: int
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(h, w) float32: the mean of the heads, as the reference computes it."""
+        return mean_of_heads(self.maps)
+
+    def attention_rgba(self) -> np.ndarray:
+        """(H, W, 4) uint8: the reference's attention image (before JPEG)."""
+        return colorize(self.mean, self.patch_size)
+
+    def mask_overlay(self, threshold: float, mode: str = "mean") -> np.ndarray:
+        """(H, W, 3) uint8: the masks keeping `threshold` of the attention mass (the reference's rule) over the
+        frame with contours: of the mean map ("mean") or one per head in palette colours ("heads")."""
+        if mode not in MASK_MODES:
+            raise ValueError(f"--masks: expected one of {', '.join(MASK_MODES)}, got {mode!r}")
+        maps = torch.from_numpy(self.mean[None] if mode == "mean" else self.maps)  # (maps, h, w)
+        masks = upsample_masks(threshold_masks(maps, threshold), self.patch_size).bool().numpy()
+        out = self.image
+        for j, mask in enumerate(masks):
+            out = overlay_mask(out, mask, label_color(j + 1))
+        return out
+
+
+def _same_size_batches(frames: Iterable[Frame], batch_size: int) -> Iterator[list[Frame]]:
+    # Consecutive frames of one size, at most batch_size: a folder may mix sizes, a batch cannot.
+    batch: list[Frame] = []
+    for frame in frames:
+        if batch and frame.rgb.shape != batch[0].rgb.shape:
+            yield batch
+            batch = []
+        batch.append(frame)
+        if len(batch) == batch_size:  # go now: a full batch never waits for the next frame's decoding
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def attention_frames(model: nn.Module, frames: Iterable[Frame], resize: Sequence[int] | None = None,
+                     batch_size: int = 8) -> Iterator[AttentionFrame]:
+    """The [CLS] attention of each frame, computed `batch_size` frames at a time as frames arrive: at most one
+    batch is in memory, whatever the clip's length."""
+    if not is_vit(model):
+        raise ValueError("attention videos need a ViT backbone; ResNet-50 has no attention")
+    if batch_size < 1:
+        raise ValueError(f"--batch_size: expected at least 1, got {batch_size}")
+    device = next(model.parameters()).device
+    for batch in _same_size_batches(frames, batch_size):
+        x, shown = preprocess_frames([f.rgb for f in batch], resize, model.patch_size, device)
+        maps = cls_attention(model, x).float().cpu().numpy()  # (B, heads, h, w)
+        images = (shown * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+        for frame, frame_maps, image in zip(batch, maps, images):
+            yield AttentionFrame(frame.name, image, frame_maps, model.patch_size)
+
+
+@dataclass
+class AttentionVideo:
+    """What make_attention_video wrote."""
+
+    video: Path
+    fourcc: str  # the codec of both videos ("GIF" for the fallback)
+    frames: int
+    masks_video: Path | None = None
+
+
+def make_attention_video(model: nn.Module, frames: Iterable[Frame], out_stem: str | Path, fps: float, *,
+                         resize: Sequence[int] | None = None, batch_size: int = 8,
+                         codecs: tuple[tuple[str, str], ...] | None = None,
+                         attention_dir: str | Path | None = None, masks: str | None = None,
+                         threshold: float = 0.6, masks_stem: str | Path | None = None,
+                         on_frame: Callable[[AttentionFrame], None] | None = None) -> AttentionVideo:
+    """Stream `frames` through the model into the attention video `out_stem`.<suffix> (codec as VideoWriter
+    picks it; `codecs` overrides), writing attn-<name>.jpg into `attention_dir` when given and, with `masks`
+    ("mean" or "heads"), the mask overlays into `masks_stem` (default: out_stem's folder / "masks").
+    Videos take their final names only when complete; `on_frame` is called after each frame (progress)."""
+    if masks is not None and masks not in MASK_MODES:
+        raise ValueError(f"--masks: expected one of {', '.join(MASK_MODES)}, got {masks!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold: expected a share of the attention mass in [0, 1], got {threshold}")
+    out_stem = Path(out_stem)
+    attention_dir = Path(attention_dir) if attention_dir is not None else None
+    masks_writer = None
+    with VideoWriter(out_stem, fps, codecs) as writer:
+        if masks is not None:
+            masks_writer = VideoWriter(Path(masks_stem) if masks_stem else out_stem.with_name("masks"), fps, codecs)
+        try:
+            for result in attention_frames(model, frames, resize, batch_size):
+                rgba = result.attention_rgba()
+                if attention_dir is not None:
+                    save_attention_image(attention_dir / f"attn-{result.name}.jpg", rgba)
+                writer.write(rgba[..., :3])
+                if masks_writer is not None:
+                    masks_writer.write(result.mask_overlay(threshold, masks))
+                if on_frame is not None:
+                    on_frame(result)
+        except BaseException:
+            if masks_writer is not None:
+                masks_writer.discard()
+            raise
+        if writer.count == 0:
+            raise VideoError(f"{out_stem.name}: no frames to write")
+    masks_path = masks_writer.close() if masks_writer is not None else None
+    return AttentionVideo(writer.path, writer.fourcc, writer.count, masks_path)
+
+
+def save_frame(path: str | Path, rgb: np.ndarray) -> None:
+    """A decoded frame as JPEG, as the reference extracts them (OpenCV's default quality 95), atomically."""
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"cannot write {path}")

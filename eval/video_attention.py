@@ -1,0 +1,154 @@
+"""Self-attention videos of a DINO ViT, as the reference's video_generation.py makes them, at any resolution.
+
+    python -m eval.video_attention --input_path clip.mp4 --output_path out
+    python -m eval.video_attention --input_path frames/ --resize 480 --masks heads --output_path out
+    python -m eval.video_attention --input_path out/attention --video_only --fps 25 --output_path out
+
+Writes OUTPUT_PATH/attention/attn-<frame stem>.jpg (the mean of the heads' [CLS] attention, inferno
+colour map), OUTPUT_PATH/frames/frame-NNNN.jpg when the input is a video, OUTPUT_PATH/video.<format>
+and, with --masks, OUTPUT_PATH/masks.<format> (the thresholded masks over the frames, with contours).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dino_seg.device import pick_device
+from dino_seg.images import ImageError, load_image
+from dino_seg.models import is_vit
+from dino_seg.video import VideoError, format_codecs, plays_in_browser, video_info, write_video
+from dino_seg.video_attention import (MASK_MODES, Frame, check_resize, folder_frames, jpeg_frames,
+                                      make_attention_video, save_frame, video_frames)
+from dino_seg.weights import WeightsError
+from eval.common import add_weight_flags, load_from_args
+
+DEFAULT_FPS = 30.0  # video_generation.py's --fps for folders of frames
+DEFAULT_PRESET = "dino_vits8_300ep"  # video_generation.py's ViT-S/8: "the model used for visualizations in our paper"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("python -m eval.video_attention", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_weight_flags(parser, reference_patch_size=8, preferred_preset=DEFAULT_PRESET)
+    parser.add_argument("--input_path", required=True, type=str,
+                        help="A video file, a folder of .jpg frames, or with --video_only a folder of attention "
+                             "images (attn-*.jpg).")
+    parser.add_argument("--output_path", default="./", type=str,
+                        help="Where the frames/ and attention/ folders and the videos go.")
+    parser.add_argument("--threshold", type=float, default=0.6,
+                        help="Share of the attention mass the --masks keep (the paper's 0.6).")
+    parser.add_argument("--resize", default=None, type=int, nargs="+",
+                        help="Resize the frames first: one size for the short side, or H W. Not needed for memory: "
+                             "only the [CLS] attention row is computed, so full-HD frames fit.")
+    parser.add_argument("--video_only", action="store_true",
+                        help="Only assemble the video from a folder of attention images given as --input_path.")
+    parser.add_argument("--fps", default=None, type=float,
+                        help=f"Frame rate of the video written (default: the input video's, else {DEFAULT_FPS}).")
+    parser.add_argument("--video_format", default=None, choices=["mp4", "webm", "avi"],
+                        help="Container: mp4 is H.264 when this OpenCV build has it, else MPEG-4 part 2 (as the "
+                             "reference; browsers do not play it); avi is Xvid (as the reference); webm is VP8. "
+                             "Default: one the browser plays (H.264 MP4, else VP8 WebM).")
+    parser.add_argument("--masks", default=None, nargs="?", const="mean", choices=MASK_MODES,
+                        help="Also write masks.<format>: the masks keeping --threshold of the attention mass over "
+                             "the frames, of the mean map (--masks or --masks mean) or one per head (--masks heads).")
+    parser.add_argument("--batch_size", default=8, type=int, help="Frames per forward pass.")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _saved(frames: Iterator[Frame], folder: Path) -> Iterator[Frame]:
+    # The reference's frames/ folder, written as frames are decoded (the model sees the decoded pixels,
+    # not their JPEG copies as in the reference).
+    for frame in frames:
+        save_frame(folder / f"{frame.name}.jpg", frame.rgb)
+        yield frame
+
+
+def _video_note(fourcc: str, path: Path) -> str:
+    if plays_in_browser(fourcc):
+        return ""
+    return f" (codec {fourcc}: browsers do not play it; leave out --video_format for one they do)"
+
+
+def video_only(args: argparse.Namespace, output_path: Path) -> int:
+    """--video_only: the video of a folder of attention images, as the reference assembles it."""
+    folder = Path(args.input_path)
+    if not folder.is_dir():
+        return _fail(f"--input_path {folder}: --video_only expects a folder of attention images (attn-*.jpg)")
+    images = sorted(p for p in folder.glob("attn-*.jpg") if p.is_file())
+    if not images:
+        return _fail(f"--input_path {folder}: no attention images (attn-*.jpg) in this folder")
+    frames = (np.asarray(load_image(p)) for p in tqdm(images, desc="video", unit="frame"))
+    try:
+        path = write_video(frames, output_path / "video", args.fps or DEFAULT_FPS, format_codecs(args.video_format))
+    except (ImageError, VideoError, OSError) as err:
+        return _fail(str(err))
+    print(f"wrote {path} ({len(images)} frames at {args.fps or DEFAULT_FPS:g} fps)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if not 0 <= args.threshold <= 1:
+        return _fail(f"--threshold: expected a share of the attention mass in [0, 1], got {args.threshold}")
+    if args.batch_size < 1:
+        return _fail(f"--batch_size: expected at least 1, got {args.batch_size}")
+    if args.fps is not None and args.fps <= 0:
+        return _fail(f"--fps: expected a positive frame rate, got {args.fps}")
+    output_path = Path(args.output_path)
+    if output_path.exists() and not output_path.is_dir():
+        return _fail(f"--output_path {output_path}: is a file, expected a folder")
+    try:
+        if args.video_only:
+            return video_only(args, output_path)
+        # Check the input before loading any weights: a wrong path fails at once.
+        input_path = Path(args.input_path)
+        if input_path.is_dir():
+            paths = jpeg_frames(input_path)
+            frames, total, fps = folder_frames(paths), len(paths), args.fps or DEFAULT_FPS
+            source = f"{len(paths)} frames of {input_path}"
+        elif input_path.is_file():
+            video_fps, total = video_info(input_path)
+            fps = args.fps or video_fps  # the reference takes the rate of the video it extracts
+            frames = _saved(video_frames(input_path), output_path / "frames")
+            source = f"video {input_path} ({video_fps:g} fps)"
+        else:
+            return _fail(f"--input_path {input_path}: no such file or folder")
+        device = pick_device(args.device)
+        model, description = load_from_args(args, device)
+        if not is_vit(model):
+            return _fail("--arch resnet50 has no self-attention; use a ViT")
+        if args.resize:
+            check_resize(args.resize, model.patch_size)
+        print(f"weights: {description}")
+        print(f"input: {source}")
+        with tqdm(total=total or None, desc="attention", unit="frame") as bar:
+            result = make_attention_video(
+                model, frames, output_path / "video", fps, resize=args.resize, batch_size=args.batch_size,
+                codecs=format_codecs(args.video_format), attention_dir=output_path / "attention",
+                masks=args.masks, threshold=args.threshold, on_frame=lambda _: bar.update())
+    except (WeightsError, VideoError, ImageError, ValueError) as err:
+        return _fail(str(err))
+    except KeyboardInterrupt:
+        print("interrupted: no partial video was written", file=sys.stderr)
+        return 130
+    print(f"wrote {result.frames} attention images to {output_path / 'attention'}")
+    print(f"wrote {result.video} ({fps:g} fps){_video_note(result.fourcc, result.video)}")
+    if result.masks_video is not None:
+        print(f"wrote {result.masks_video} (masks keeping {args.threshold:g} of the attention mass, {args.masks})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
