@@ -288,7 +288,8 @@ def patches_to_pixels(patches: np.ndarray, features: DiscoveryFeatures) -> np.nd
 def _to_original(box: list[float], features: DiscoveryFeatures) -> list[float]:
     (h, w), (h0, w0) = features.input_hw, features.original_hw
     sx, sy = w0 / w, h0 / h
-    return [min(box[0] * sx, w0), min(box[1] * sy, h0), min(box[2] * sx, w0), min(box[3] * sy, h0)]
+    return [float(min(box[0] * sx, w0)), float(min(box[1] * sy, h0)), float(min(box[2] * sx, w0)),
+            float(min(box[3] * sy, h0))]
 
 
 def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: float | None = None,

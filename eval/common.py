@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from torch import nn
 
+from dino_seg.images import list_images
 from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, load_model
 
@@ -53,3 +55,17 @@ def load_from_args(args: argparse.Namespace, device) -> tuple[nn.Module, str]:
     model = load_model(source or None, arch=args.arch, patch_size=args.patch_size,
                        checkpoint_key=args.checkpoint_key, device=device)
     return model, description
+
+
+def collect_images(image_path: str) -> tuple[list[Path], Path]:
+    """The images of --image_path (a file, or a folder searched recursively) and the folder their
+    output paths are taken relative to; ValueError names the flag when there is nothing to read."""
+    path = Path(image_path)
+    if path.is_dir():
+        images = list_images(path, recursive=True)
+        if not images:
+            raise ValueError(f"--image_path {path}: no image files in this folder")
+        return images, path
+    if path.exists():
+        return [path], path.parent
+    raise ValueError(f"--image_path {path}: no such file or folder")

@@ -1,0 +1,190 @@
+"""Unsupervised object discovery (attention threshold, LOST, TokenCut, MaskCut) on an image or a folder.
+
+    python -m eval.discover --pretrained_weights dino_deitsmall16_pretrain.pth --image_path photo.jpg
+    python -m eval.discover --method lost --image_path VOC2007/JPEGImages --gt_dir VOC2007/Annotations
+
+For each image, OUTPUT_DIR/<image path relative to --image_path, without suffix>/ gets patches.npy
+(bool, objects x h x w), masks.npy (bool, objects x H x W at the original size), scores.npy (float32,
+h x w), boxes.json ([x0, y0, x1, y1] per object, original-image pixels), objects.png (masks and boxes)
+and scores.png (the score map). With --gt_dir (mask PNGs or VOC XML matched by stem), scores.csv gets
+each image's best-object Jaccard and CorLoc hit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dino_seg.device import pick_device
+from dino_seg.discovery import METHODS, DiscoveryResult, discover, extract_features, patches_to_pixels
+from dino_seg.files import save_npy, save_png, save_text
+from dino_seg.images import ImageError, load_image
+from dino_seg.localization import (best_jaccard, corloc_hit, find_ground_truth, mask_box, read_gt_objects,
+                                   read_voc_boxes)
+from dino_seg.viz import discovery_panels
+from dino_seg.weights import WeightsError
+from eval.common import add_weight_flags, collect_images, load_from_args
+
+DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "blackswan.jpg"
+
+
+def _head(value: str) -> int | None:
+    return None if value == "mean" else int(value)
+
+
+def add_discovery_flags(parser: argparse.ArgumentParser) -> None:
+    """The discovery flags, named as in LOST's and TokenCut's scripts (also used by eval.davis)."""
+    parser.add_argument("--method", default="tokencut", choices=METHODS, help="Discovery method.")
+    parser.add_argument("--resize", default=None, type=int, nargs="+",
+                        help="Resize to H W, or the short side to one value; default: no resize, as the references.")
+    parser.add_argument("--tau", default=None, type=float,
+                        help="Cosine threshold of the graph (TokenCut 0.2, MaskCut 0.15 when not given).")
+    parser.add_argument("--eps", default=1e-5, type=float, help="Affinity of the pairs under tau.")
+    parser.add_argument("--k_patches", default=100, type=int, help="LOST: lowest-degree patches that may expand the seed.")
+    parser.add_argument("--n_objects", default=3, type=int, help="MaskCut: most objects per image.")
+    parser.add_argument("--which_features", default="k", choices=("k", "q", "v"),
+                        help="Last-block features the graph is built on.")
+    parser.add_argument("--dinoseg_head", default="0", type=str,
+                        help="--method attention: the head whose 60%% mask is used (LOST: 0, TokenCut: 4), or 'mean'.")
+
+
+def discovery_kwargs(args: argparse.Namespace) -> dict:
+    """Library keywords from the discovery flags; ValueError names the bad flag."""
+    try:
+        head = _head(args.dinoseg_head)
+    except ValueError:
+        raise ValueError(f"--dinoseg_head: expected a head index or 'mean', got {args.dinoseg_head!r}") from None
+    if args.tau is not None and not 0 < args.tau < 1:
+        raise ValueError(f"--tau: expected a cosine threshold in (0, 1), got {args.tau}")
+    return dict(tau=args.tau, eps=args.eps, k_patches=args.k_patches, n_objects=args.n_objects,
+                which_features=args.which_features, dinoseg_head=head)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("python -m eval.discover", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_weight_flags(parser, reference_patch_size=16)
+    add_discovery_flags(parser)
+    parser.add_argument("--image_path", default=str(DEFAULT_IMAGE), type=str, help="An image file or a folder of images.")
+    parser.add_argument("--output_dir", default=".", help="Where to write the results.")
+    parser.add_argument("--refine", action="store_true",
+                        help="Refine masks at pixel level with TokenCut's bilateral solver (OpenCV contrib).")
+    parser.add_argument("--gt_dir", default=None, type=str,
+                        help="Ground truth matched by image stem: mask PNGs (binary, or palette with one object per "
+                             "index, 255 void) or PASCAL VOC XML (also under Annotations/): Jaccard and CorLoc.")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    return parser
+
+
+def write_outputs(out_dir: Path, image: np.ndarray, result: DiscoveryResult, pixel_scores: np.ndarray) -> None:
+    save_npy(out_dir / "patches.npy", result.patches.astype(bool))
+    save_npy(out_dir / "masks.npy", result.masks.astype(bool))
+    save_npy(out_dir / "scores.npy", result.scores.astype(np.float32))
+    save_text(out_dir / "boxes.json", json.dumps([[round(v, 2) for v in b] for b in result.boxes]) + "\n")
+    objects, heat = discovery_panels(image, result.masks, result.boxes, pixel_scores)
+    save_png(out_dir / "objects.png", objects)
+    save_png(out_dir / "scores.png", heat)
+
+
+def score_image(result: DiscoveryResult, gt_path: Path) -> dict[str, float | str]:
+    """Best-object Jaccard (mask ground truth only) and CorLoc hit of one image."""
+    if gt_path.suffix.lower() == ".xml":
+        return {"jaccard": "", "corloc": float(corloc_hit(result.boxes, read_voc_boxes(gt_path)))}
+    objects, void = read_gt_objects(gt_path)
+    if objects and objects[0].shape != result.masks.shape[1:]:
+        raise ImageError(f"{gt_path}: mask of {objects[0].shape[::-1]} pixels, the image is "
+                         f"{result.masks.shape[2:0:-1]}")
+    fg = np.logical_or.reduce(objects) if objects else np.zeros(result.masks.shape[1:], dtype=bool)
+    return {"jaccard": best_jaccard(result.masks, fg, void),
+            "corloc": float(corloc_hit(result.boxes, [mask_box(o) for o in objects]))}
+
+
+def score_table(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["image", "objects", "jaccard", "corloc"], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        kwargs = discovery_kwargs(args)
+        images, root = collect_images(args.image_path)
+        device = pick_device(args.device)
+        model, description = load_from_args(args, device)
+    except (WeightsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.refine:
+        from dino_seg.refine import refine_masks  # needs OpenCV contrib; imported only when asked
+    gt_dir = Path(args.gt_dir) if args.gt_dir else None
+    if gt_dir is not None:
+        if not gt_dir.is_dir():
+            print(f"error: --gt_dir {gt_dir}: no such folder", file=sys.stderr)
+            return 2
+        if not any(find_ground_truth(gt_dir, p.stem) for p in images):
+            print(f"error: --gt_dir {gt_dir}: no mask PNG or VOC XML named like any of the {len(images)} "
+                  "image(s)", file=sys.stderr)
+            return 2
+    print(f"weights: {description}; method: {args.method}")
+
+    output_dir = Path(args.output_dir)
+    rows: list[dict] = []
+    skipped = 0
+    for path in tqdm(images, desc=args.method, unit="img", disable=len(images) == 1):
+        try:
+            image = load_image(path)
+            features = extract_features(model, image, tuple(args.resize) if args.resize else None)
+            result = discover(features, args.method, **kwargs)
+        except (ImageError, ValueError) as err:
+            if len(images) == 1:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            tqdm.write(f"warning: skipped {path}: {err}")
+            skipped += 1
+            continue
+        if features.note:
+            tqdm.write(f"note: {path.name}: {features.note}")
+        pixels = np.asarray(image)
+        if args.refine:
+            result.masks = refine_masks(pixels, result.masks)
+        pixel_scores = patches_to_pixels(result.scores[None], features)[0]
+        write_outputs(output_dir / path.relative_to(root).with_suffix(""), pixels, result, pixel_scores)
+        gt_path = find_ground_truth(gt_dir, path.stem) if gt_dir is not None else None
+        if gt_path is None:
+            if gt_dir is not None:
+                tqdm.write(f"warning: no ground truth for {path.name} in {gt_dir}; not scored")
+            continue
+        try:
+            rows.append({"image": str(path.relative_to(root)), "objects": len(result.boxes),
+                         **score_image(result, gt_path)})
+        except ImageError as err:
+            tqdm.write(f"warning: {err}; not scored")
+
+    print(f"wrote the objects of {len(images) - skipped} image(s) to {output_dir}" +
+          (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
+    if gt_dir is not None:
+        if not rows:
+            print(f"error: no image could be scored against {gt_dir}", file=sys.stderr)
+            return 2
+        save_text(output_dir / "scores.csv", score_table(rows))
+        jac = [r["jaccard"] for r in rows if r["jaccard"] != ""]
+        corloc = 100 * float(np.mean([r["corloc"] for r in rows]))
+        print(f"CorLoc: {corloc:.1f}% over {len(rows)} image(s)" +
+              (f"; mean best-object Jaccard: {np.mean(jac):.4f} over {len(jac)} mask(s)" if jac else ""))
+        print(f"scores written to {output_dir / 'scores.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
