@@ -180,7 +180,7 @@ def lost_object(feats: torch.Tensor, grid: tuple[int, int], k_patches: int = 100
     """LOST: seed = fewest positive correlations, expanded by the similar low-degree patches.
 
     Returns (mask (h, w), seed, score map M)."""
-    a = feats.double() @ feats.double().T  # (N, N) raw dot products
+    a = feats.float() @ feats.float().T  # (N, N) raw dot products, float32 as LOST computes them
     pos = a.clone()
     pos.fill_diagonal_(0)
     degree = (pos > 0).sum(dim=1)

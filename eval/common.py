@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from torch import nn
+from tqdm import tqdm
 
 from dino_seg.images import list_images
 from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, load_model
 
 RANDOM = "random"
+T = TypeVar("T")
 
 
 def add_weight_flags(parser: argparse.ArgumentParser, default_patch_size: int | None = None,
@@ -69,3 +73,17 @@ def collect_images(image_path: str) -> tuple[list[Path], Path]:
     if path.exists():
         return [path], path.parent
     raise ValueError(f"--image_path {path}: no such file or folder")
+
+
+def each_image(images: list[Path], work: Callable[[Path], T], desc: str) -> Iterator[tuple[Path, T]]:
+    """(path, work(path)) for each image under a progress bar. A file that fails with ValueError
+    (ImageError included) is skipped with a warning when there are several, re-raised when it is the only one."""
+    for path in tqdm(images, desc=desc, unit="img", disable=len(images) == 1):
+        try:
+            value = work(path)
+        except ValueError as err:
+            if len(images) == 1:
+                raise
+            tqdm.write(f"warning: skipped {path}: {err}")
+            continue
+        yield path, value

@@ -30,7 +30,7 @@ from dino_seg.localization import (best_jaccard, corloc_hit, find_ground_truth, 
                                    read_voc_boxes)
 from dino_seg.viz import discovery_panels
 from dino_seg.weights import WeightsError
-from eval.common import add_weight_flags, collect_images, load_from_args
+from eval.common import add_weight_flags, collect_images, each_image, load_from_args
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "blackswan.jpg"
 
@@ -74,21 +74,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_discovery_flags(parser)
     parser.add_argument("--image_path", default=str(DEFAULT_IMAGE), type=str, help="An image file or a folder of images.")
     parser.add_argument("--output_dir", default=".", help="Where to write the results.")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
     parser.add_argument("--refine", action="store_true",
                         help="Refine masks at pixel level with TokenCut's bilateral solver (OpenCV contrib).")
     parser.add_argument("--gt_dir", default=None, type=str,
                         help="Ground truth matched by image stem: mask PNGs (binary, or palette with one object per "
                              "index, 255 void) or PASCAL VOC XML (also under Annotations/): Jaccard and CorLoc.")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
     return parser
 
 
-def write_outputs(out_dir: Path, image: np.ndarray, result: DiscoveryResult, pixel_scores: np.ndarray) -> None:
+def write_image_results(out_dir: Path, image, features, result: DiscoveryResult, refine: bool = False) -> None:
+    """Write one image's patches.npy, masks.npy, scores.npy, boxes.json, objects.png and scores.png."""
+    pixels = np.asarray(image)
+    if refine:
+        from dino_seg.refine import refine_masks  # needs OpenCV contrib: imported only when asked
+
+        result.masks = refine_masks(pixels, result.masks)
     save_npy(out_dir / "patches.npy", result.patches.astype(bool))
     save_npy(out_dir / "masks.npy", result.masks.astype(bool))
     save_npy(out_dir / "scores.npy", result.scores.astype(np.float32))
     save_text(out_dir / "boxes.json", json.dumps([[round(v, 2) for v in b] for b in result.boxes]) + "\n")
-    objects, heat = discovery_panels(image, result.masks, result.boxes, pixel_scores)
+    pixel_scores = patches_to_pixels(result.scores[None], features)[0]
+    objects, heat = discovery_panels(pixels, result.masks, result.boxes, pixel_scores)
     save_png(out_dir / "objects.png", objects)
     save_png(out_dir / "scores.png", heat)
 
@@ -115,6 +122,20 @@ def score_table(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def report_scores(rows: list[dict], gt_dir: Path, output_dir: Path) -> int:
+    """Write scores.csv and print CorLoc and the mean best-object Jaccard; 2 when nothing was scored."""
+    if not rows:
+        print(f"error: no image could be scored against {gt_dir}", file=sys.stderr)
+        return 2
+    save_text(output_dir / "scores.csv", score_table(rows))
+    jac = [r["jaccard"] for r in rows if r["jaccard"] != ""]
+    corloc = 100 * float(np.mean([r["corloc"] for r in rows]))
+    print(f"CorLoc: {corloc:.1f}% over {len(rows)} image(s)" +
+          (f"; mean best-object Jaccard: {np.mean(jac):.4f} over {len(jac)} mask(s)" if jac else ""))
+    print(f"scores written to {output_dir / 'scores.csv'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
@@ -125,8 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     except (WeightsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.refine:
-        from dino_seg.refine import refine_masks  # needs OpenCV contrib; imported only when asked
     gt_dir = Path(args.gt_dir) if args.gt_dir else None
     if gt_dir is not None:
         if not gt_dir.is_dir():
@@ -138,53 +157,38 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     print(f"weights: {description}; method: {args.method}")
 
+    def work(path: Path):
+        image = load_image(path)
+        features = extract_features(model, image, tuple(args.resize) if args.resize else None)
+        return image, features, discover(features, args.method, **kwargs)
+
     output_dir = Path(args.output_dir)
     rows: list[dict] = []
-    skipped = 0
-    for path in tqdm(images, desc=args.method, unit="img", disable=len(images) == 1):
-        try:
-            image = load_image(path)
-            features = extract_features(model, image, tuple(args.resize) if args.resize else None)
-            result = discover(features, args.method, **kwargs)
-        except (ImageError, ValueError) as err:
-            if len(images) == 1:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
-            tqdm.write(f"warning: skipped {path}: {err}")
-            skipped += 1
-            continue
-        if features.note:
-            tqdm.write(f"note: {path.name}: {features.note}")
-        pixels = np.asarray(image)
-        if args.refine:
-            result.masks = refine_masks(pixels, result.masks)
-        pixel_scores = patches_to_pixels(result.scores[None], features)[0]
-        write_outputs(output_dir / path.relative_to(root).with_suffix(""), pixels, result, pixel_scores)
-        gt_path = find_ground_truth(gt_dir, path.stem) if gt_dir is not None else None
-        if gt_path is None:
-            if gt_dir is not None:
-                tqdm.write(f"warning: no ground truth for {path.name} in {gt_dir}; not scored")
-            continue
-        try:
-            rows.append({"image": str(path.relative_to(root)), "objects": len(result.boxes),
-                         **score_image(result, gt_path)})
-        except ImageError as err:
-            tqdm.write(f"warning: {err}; not scored")
+    done = 0
+    try:
+        for path, (image, features, result) in each_image(images, work, args.method):
+            done += 1
+            write_image_results(output_dir / path.relative_to(root).with_suffix(""), image, features, result,
+                                args.refine)
+            if features.note:
+                tqdm.write(f"note: {path.name}: {features.note}")
+            gt_path = find_ground_truth(gt_dir, path.stem) if gt_dir is not None else None
+            if gt_path is None:
+                if gt_dir is not None:
+                    tqdm.write(f"warning: no ground truth for {path.name} in {gt_dir}; not scored")
+                continue
+            try:
+                rows.append({"image": str(path.relative_to(root)), "objects": len(result.boxes),
+                             **score_image(result, gt_path)})
+            except ImageError as err:
+                tqdm.write(f"warning: {err}; not scored")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
-    print(f"wrote the objects of {len(images) - skipped} image(s) to {output_dir}" +
-          (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
-    if gt_dir is not None:
-        if not rows:
-            print(f"error: no image could be scored against {gt_dir}", file=sys.stderr)
-            return 2
-        save_text(output_dir / "scores.csv", score_table(rows))
-        jac = [r["jaccard"] for r in rows if r["jaccard"] != ""]
-        corloc = 100 * float(np.mean([r["corloc"] for r in rows]))
-        print(f"CorLoc: {corloc:.1f}% over {len(rows)} image(s)" +
-              (f"; mean best-object Jaccard: {np.mean(jac):.4f} over {len(jac)} mask(s)" if jac else ""))
-        print(f"scores written to {output_dir / 'scores.csv'}")
-    return 0
-
+    skipped = f" ({len(images) - done} unreadable file(s) skipped)" if done < len(images) else ""
+    print(f"wrote the objects of {done} image(s) to {output_dir}{skipped}")
+    return 0 if gt_dir is None else report_scores(rows, gt_dir, output_dir)
 
 if __name__ == "__main__":
     raise SystemExit(main())
