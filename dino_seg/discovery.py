@@ -21,7 +21,7 @@ from torchvision import transforms
 from .attention import cls_row_attention, last_block_qkv, threshold_masks
 from .images import IMAGENET_MEAN, IMAGENET_STD
 from .models import is_vit
-from .ncut import second_eigenvector
+from .ncut import NormalisedCut, second_eigenvector
 
 METHODS = ("attention", "lost", "tokencut", "maskcut")
 FEATURES = ("k", "q", "v")
@@ -193,11 +193,20 @@ def lost_object(feats: torch.Tensor, grid: tuple[int, int], k_patches: int = 100
     return _component_at(m > 0, seed), seed, m.astype(np.float32)
 
 
+def _first_max(x: np.ndarray) -> int:
+    """np.argmax, with values equal up to solver round-off counted as ties (first index wins).
+
+    MaskCut's removed patches all have exactly the same eigenvector entry in exact arithmetic; which
+    of them scipy's argmax returns is decided by round-off, so dense and iterative solves could differ.
+    """
+    return int(np.flatnonzero(x >= x.max() - 1e-9 * np.abs(x[np.isfinite(x)]).max())[0])
+
+
 def _oriented_cut(feats: torch.Tensor, tau: float, eps: float, solver: str) -> tuple[np.ndarray, np.ndarray]:
     """TokenCut's bipartition: x > mean(x); (partition, x) with x flipped so the seed argmax |x| is inside."""
     x = second_eigenvector(feats, tau, eps, solver)
     part = x > x.mean()
-    if not part[int(np.argmax(np.abs(x)))]:
+    if not part[_first_max(np.abs(x))]:
         x, part = -x, ~part
     return part, x
 
@@ -214,7 +223,7 @@ def tokencut_object(feats: torch.Tensor, grid: tuple[int, int], tau: float = 0.2
     Returns (mask (h, w), seed, oriented eigenvector (h, w))."""
     _check_tau(tau)
     part, x = _oriented_cut(feats, tau, eps, solver)
-    seed = int(np.argmax(np.abs(x)))
+    seed = _first_max(np.abs(x))
     return _component_at(part.reshape(grid), seed), seed, x.reshape(grid).astype(np.float32)
 
 
@@ -232,30 +241,37 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
                     eps: float = 1e-5, solver: str = "auto") -> tuple[list[np.ndarray], list[int], np.ndarray]:
     """MaskCut (CutLER): up to n_objects cuts, each on the graph with earlier objects' patches removed.
 
-    As CutLER's maskcut_forward: removed patches get zero features (so eps affinities); the partition is
-    flipped when it covers 2+ corners, else when the seed argmax |x| is outside; the seed is then argmax
-    of the oriented vector; a mask is dropped when its IoU with the previous cut's mask exceeds 0.5 or it
+    As CutLER's maskcut_forward: removed patches get zero features (so eps affinities) and, unlike
+    CutLER where round-off decides, never join the partition; the eigenvector's sign is fixed (argmax |x|
+    positive) where CutLER keeps LAPACK's; the partition is flipped when it covers 2+
+    corners, else when the seed argmax |x| is outside; the seed is then argmax of the oriented vector; a mask is dropped when its IoU with the previous cut's mask exceeds 0.5 or it
     covers at most 1% of the patches; kept masks lose the patches of earlier objects.
     Returns (masks, seeds, the first cut's oriented eigenvector (h, w)).
     """
     _check_tau(tau)
     if n_objects < 1:
         raise ValueError(f"--n_objects: expected at least 1, got {n_objects}")
-    feats = feats.clone()
+    cut = NormalisedCut(feats, tau, eps, solver)
     removed = np.zeros(grid, dtype=bool)
     previous = np.zeros(grid, dtype=bool)
     masks, seeds, scores = [], [], None
     for i in range(n_objects):
-        if i > 0:
-            feats[torch.from_numpy(removed.ravel())] = 0
-        x = second_eigenvector(feats, tau, eps, solver)
+        x = cut.second_eigenvector(removed.ravel())
+        # The corner rule makes CutLER's outcome depend on the solver's arbitrary sign (both sides may hold
+        # two corners): the sign is fixed first, the seed argmax |x| positive, so both solvers agree.
+        x = x if x[_first_max(np.abs(x))] > 0 else -x
         part = x > x.mean()
-        if _corners(part.reshape(grid)) >= 2 or not part[int(np.argmax(np.abs(x)))]:
+        gone = removed.ravel()
+        # Removed patches sit at mean(x) / (1 - lambda), next to the split point when mean(x) ~ 0: which
+        # side CutLER puts them on is round-off. They are out of the graph, so they join no side here.
+        if _corners((part & ~gone).reshape(grid)) >= 2 or not part[_first_max(np.abs(x))]:
             x, part = -x, ~part
-        seed = int(np.argmax(x))
+        part &= ~gone
+        seed = _first_max(np.where(gone, -np.inf, x))
         if scores is None:
             scores = x.reshape(grid).astype(np.float32)
-        mask = _component_at(part.reshape(grid), seed)
+        # Only removed patches on the seed's side: CutLER's mask would then be removed patches, subtracted to nothing.
+        mask = _component_at(part.reshape(grid), seed) if part[seed] else np.zeros(grid, dtype=bool)
         if i > 0 and (mask_iou(previous, mask) > 0.5 or mask.mean() <= 0.01):
             mask = np.zeros(grid, dtype=bool)
         previous = mask

@@ -18,7 +18,7 @@ from dino_seg.discovery import (DiscoveryFeatures, discover, extract_features, m
 from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD
 from dino_seg.localization import box_iou, match_objects, read_voc_boxes
 from dino_seg.models import build_backbone
-from dino_seg.ncut import _Graph, second_eigenvector_dense, second_eigenvector_iterative
+from dino_seg.ncut import CosineGraph, second_eigenvector_dense, second_eigenvector_iterative
 from dino_seg.viz import davis_palette
 from eval import discover as cli
 
@@ -141,19 +141,30 @@ def ref_maskcut(feats, dims, tau=0.15, N=3, eps=1e-5):
             feats = ((1 - painting.reshape(1, -1)) * feats)
         A, D = affinity(feats)
         _, eigenvectors = eigh(D - A, D, subset_by_index=[1, 2])
-        eigenvec = np.copy(eigenvectors[:, 0])
-        second_smallest_vec = eigenvectors[:, 0]
+        # Our change 1: a fixed sign (argmax |x| positive) instead of LAPACK's arbitrary one.
+        vec = eigenvectors[:, 0] * np.sign(eigenvectors[np.argmax(np.abs(eigenvectors[:, 0])), 0])
+        eigenvec = np.copy(vec)
+        second_smallest_vec = vec
         bipartition = second_smallest_vec > np.sum(second_smallest_vec) / len(second_smallest_vec)
         seed = np.argmax(np.abs(second_smallest_vec))
-        reverse = True if corners(bipartition) >= 2 else bipartition[seed] != 1
+        # Our change 2: removed patches (zero features) never join the partition (CutLER leaves their
+        # side to round-off, as they sit next to the split point).
+        removed = (feats == 0).all(dim=0).numpy()
+        reverse = True if corners(bipartition & ~removed) >= 2 else bipartition[seed] != 1
         if reverse:
             eigenvec = eigenvec * -1
             bipartition = np.logical_not(bipartition)
             seed = np.argmax(eigenvec)
         else:
             seed = np.argmax(second_smallest_vec)
+        bipartition = bipartition & ~removed
+        if not bipartition[seed]:  # (change 2, continued) the seed among removed patches: nothing new
+            seed = np.argmax(np.where(removed, -np.inf, eigenvec))
         bipartition = bipartition.reshape(dims).astype(float)
-        _, cc = ref_detect_box(bipartition, seed, dims, (1, 1), dims)
+        if bipartition.ravel()[seed]:
+            _, cc = ref_detect_box(bipartition, seed, dims, (1, 1), dims)
+        else:
+            cc = np.zeros(dims, dtype=bool)
         pseudo_mask = torch.from_numpy(cc.astype(float))
         if i >= 1:
             ratio = torch.sum(pseudo_mask) / pseudo_mask.size()[0] / pseudo_mask.size()[1]
@@ -213,9 +224,10 @@ def test_attention_baseline_equals_reference(head):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_maskcut_equals_reference(seed):
+@pytest.mark.parametrize("solver", ["dense", "iterative"])
+def test_maskcut_equals_reference(seed, solver):
     feats = blob_features(GRID, seed)
-    masks, seeds, _ = maskcut_objects(feats, GRID, n_objects=3, tau=0.15, solver="dense")
+    masks, seeds, _ = maskcut_objects(feats, GRID, n_objects=3, tau=0.15, solver=solver)
     ref_masks, ref_seeds = ref_maskcut(feats.T.clone(), GRID)
     kept = [(m, s) for m, s in zip(ref_masks, ref_seeds) if m.any()]
     assert len(masks) == len(kept)
@@ -258,7 +270,7 @@ def test_iterative_solver_stores_the_sparser_side(centred, complement):
     # cosines above tau, the complement is stored. Both give the dense solve's vector.
     feats = blob_features((16, 16), seed=1, noise=0.8)
     feats = feats - feats.mean(0) if centred else feats + 0.3
-    assert _Graph(feats, 0.2, 1e-5).complement == complement
+    assert CosineGraph(feats, 0.2, 1e-5).complement == complement
     dense = second_eigenvector_dense(feats, 0.2, 1e-5)
     iterative = second_eigenvector_iterative(feats, 0.2, 1e-5)
     assert abs(dense @ iterative) / np.linalg.norm(dense) / np.linalg.norm(iterative) >= 0.999
