@@ -438,3 +438,22 @@ def test_cli_errors(tmp_path, tiny_vit_weights, capsys):
                      str(tmp_path / "a.png"), "--output_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "ResNet-50" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- --refine ----
+
+def test_refine_snaps_a_patch_mask_to_the_object_edges():
+    from dino_seg.refine import refine_mask, refine_masks
+
+    yy, xx = np.mgrid[:96, :128]
+    disk = (yy - 45) ** 2 + (xx - 70) ** 2 < 30 ** 2
+    image = np.where(disk[..., None], np.uint8(220), np.uint8(30)).repeat(3, axis=2)
+    blocky = np.kron(disk[8::16, 8::16], np.ones((16, 16), dtype=bool))  # the disk seen through 16-px patches
+    refined = refine_mask(image, blocky)
+
+    def iou(a, b):
+        return np.logical_and(a, b).sum() / np.logical_or(a, b).sum()
+
+    assert iou(refined, disk) > 0.97 > iou(blocky, disk)
+    assert refine_masks(image, np.zeros((0, 96, 128), bool)).shape == (0, 96, 128)
+    assert not refine_mask(image, np.zeros((96, 128), bool)).any()
