@@ -336,3 +336,29 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
     boxes = [_to_original(patch_box(m, features.scale, features.input_hw), features) for m in masks]
     pixels = patches_to_pixels(patches, features).astype(bool)
     return DiscoveryResult(method, patches, pixels, boxes, scores.astype(np.float32), seeds, features.note)
+
+
+def discovered_labels(model: nn.Module, image: Image.Image, annotation: np.ndarray | None = None,
+                      method: str = "tokencut", resize: int | tuple[int, ...] | None = None,
+                      **kwargs) -> np.ndarray:
+    """A first-frame label map (H, W) uint8 found by discovery instead of drawn: object i gets label i + 1.
+
+    With an `annotation` (H, W ids, 0 background, 255 void), used only for matching so that J&F can be
+    scored: discovered objects are paired one-to-one with the annotated ones maximising the summed IoU
+    (Hungarian), each pair with IoU > 0 takes the annotated id, and unpaired discovered objects are dropped.
+    """
+    from .localization import match_objects
+
+    result = discover(extract_features(model, image, resize), method, **kwargs)
+    labels = np.zeros(result.masks.shape[1:], dtype=np.uint8)
+    if annotation is None:
+        for i, mask in enumerate(result.masks):
+            labels[mask & (labels == 0)] = i + 1
+        return labels
+    if annotation.shape != labels.shape:
+        raise ValueError(f"annotation of {annotation.shape[::-1]} pixels, the frame is {labels.shape[::-1]}")
+    ids = [int(i) for i in np.unique(annotation) if i not in (0, 255)]
+    pairs = match_objects(result.masks, [annotation == i for i in ids])
+    for k, j in pairs.items():
+        labels[result.masks[k] & (labels == 0)] = ids[j]
+    return labels

@@ -10,6 +10,7 @@ from typing import TypeVar
 from torch import nn
 from tqdm import tqdm
 
+from dino_seg.discovery import METHODS
 from dino_seg.images import list_images
 from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, load_model
@@ -87,3 +88,35 @@ def each_image(images: list[Path], work: Callable[[Path], T], desc: str) -> Iter
             tqdm.write(f"warning: skipped {path}: {err}")
             continue
         yield path, value
+
+
+def _head(value: str) -> int | None:
+    return None if value == "mean" else int(value)
+
+
+def add_discovery_flags(parser: argparse.ArgumentParser) -> None:
+    """The discovery flags, named as in LOST's and TokenCut's scripts (also used by eval.davis)."""
+    parser.add_argument("--method", default="tokencut", choices=METHODS, help="Discovery method.")
+    parser.add_argument("--resize", default=None, type=int, nargs="+",
+                        help="Resize to H W, or the short side to one value; default: no resize, as the references.")
+    parser.add_argument("--tau", default=None, type=float,
+                        help="Cosine threshold of the graph (TokenCut 0.2, MaskCut 0.15 when not given).")
+    parser.add_argument("--eps", default=1e-5, type=float, help="Affinity of the pairs under tau.")
+    parser.add_argument("--k_patches", default=100, type=int, help="LOST: lowest-degree patches that may expand the seed.")
+    parser.add_argument("--n_objects", default=3, type=int, help="MaskCut: most objects per image.")
+    parser.add_argument("--which_features", default="k", choices=("k", "q", "v"),
+                        help="Last-block features the graph is built on.")
+    parser.add_argument("--dinoseg_head", default="0", type=str,
+                        help="--method attention: the head whose 60%% mask is used (LOST: 0, TokenCut: 4), or 'mean'.")
+
+
+def discovery_kwargs(args: argparse.Namespace) -> dict:
+    """Library keywords from the discovery flags; ValueError names the bad flag."""
+    try:
+        head = _head(args.dinoseg_head)
+    except ValueError:
+        raise ValueError(f"--dinoseg_head: expected a head index or 'mean', got {args.dinoseg_head!r}") from None
+    if args.tau is not None and not 0 < args.tau < 1:
+        raise ValueError(f"--tau: expected a cosine threshold in (0, 1), got {args.tau}")
+    return dict(tau=args.tau, eps=args.eps, k_patches=args.k_patches, n_objects=args.n_objects,
+                which_features=args.which_features, dinoseg_head=head)

@@ -23,13 +23,14 @@ from dino_seg.davis import DavisError, RESOLUTIONS, VOID_LABEL, annotation_dir, 
     list_sequences, read_annotation, write_indexed_png
 from dino_seg.device import pick_device
 from dino_seg.files import save_text
-from dino_seg.images import ImageError
+from dino_seg.discovery import discovered_labels
+from dino_seg.images import ImageError, load_image
 from dino_seg.metrics import DavisScores, format_table, score_sequence, summarise, write_csvs
 from dino_seg.models import is_vit
 from dino_seg.propagation import segment_sequence
 from dino_seg.weights import WeightsError
 from dino_seg.flags import bool_flag
-from eval.common import add_weight_flags, load_from_args
+from eval.common import add_discovery_flags, add_weight_flags, discovery_kwargs, load_from_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -58,6 +59,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results_path", default=None, type=str,
                         help="Only score this folder of results (<sequence>/<frame>.png) against --data_path; "
                              "the CSV files are written into it.")
+    parser.add_argument("--first_frame", default="annotation", choices=("annotation", "discover"),
+                        help="First-frame labels: the DAVIS annotation, or found by --method (zero-annotation; the "
+                             "annotation then only pairs discovered objects with annotated ones for scoring).")
+    add_discovery_flags(parser)
     return parser
 
 
@@ -125,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         minimum = {"n_last_frames": 0, "short_side": 64}.get(flag, 1)
         if getattr(args, flag) < minimum:
             raise DavisError(f"--{flag}: expected at least {minimum}, got {getattr(args, flag)}")
+    discovery = discovery_kwargs(args)
     names = _sequences(args)
     # Check every sequence's files before the long run starts.
     plan = []
@@ -157,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
             skipped.append(name)
             continue
         annotation = read_annotation(first_gt)
+        if args.first_frame == "discover":
+            annotation = discovered_labels(model, load_image(frames[0]), annotation, args.method,
+                                           tuple(args.resize) if args.resize else None, **discovery)
         start = time.perf_counter()
         masks = segment_sequence(model, frames, annotation, n_last_frames=args.n_last_frames, topk=args.topk,
                                  radius=args.size_mask_neighborhood, bs=args.bs, device=device,

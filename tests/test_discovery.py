@@ -457,3 +457,45 @@ def test_refine_snaps_a_patch_mask_to_the_object_edges():
     assert iou(refined, disk) > 0.97 > iou(blocky, disk)
     assert refine_masks(image, np.zeros((0, 96, 128), bool)).shape == (0, 96, 128)
     assert not refine_mask(image, np.zeros((96, 128), bool)).any()
+
+
+# ---- zero-annotation video ----
+
+def test_discovered_labels_take_the_ids_of_the_annotated_objects_they_match(tiny_model):
+    from dino_seg.discovery import discovered_labels
+
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    found = discover(extract_features(tiny_model, image), "tokencut").masks[0]
+    plain = discovered_labels(tiny_model, image)
+    assert np.array_equal(plain, found.astype(np.uint8))
+    # Annotated object 2 is exactly the discovered one, object 1 lies elsewhere: the object becomes 2.
+    annotation = np.where(found, 2, 0).astype(np.uint8)
+    annotation[~found] = np.where(np.arange((~found).sum()) < 5, 1, 0)
+    annotation[0, 0] = 255
+    labels = discovered_labels(tiny_model, image, annotation)
+    assert np.array_equal(labels, np.where(found, 2, 0))
+    with pytest.raises(ValueError, match="annotation of"):
+        discovered_labels(tiny_model, image, annotation[:10])
+
+
+def test_davis_first_frame_discover(tmp_path, tiny_vit_weights, capsys):
+    from davis_data import make_davis
+    from eval import davis as davis_cli
+
+    root = make_davis(tmp_path / "davis", {"shapes": 4}, n_objects=2)
+    out = tmp_path / "out"
+    code = davis_cli.main(["--pretrained_weights", str(tiny_vit_weights), "--data_path", str(root), "--output_dir",
+                           str(out), "--short_side", "64", "--device", "cpu", "--first_frame", "discover",
+                           "--method", "maskcut", "--n_objects", "2"])
+    assert code == 0, capsys.readouterr().err
+    from dino_seg.discovery import discovered_labels
+    from dino_seg.images import load_image
+    from dino_seg.weights import load_model
+
+    model = load_model(str(tiny_vit_weights), device="cpu").eval()
+    annotation = np.array(Image.open(root / "Annotations" / "480p" / "shapes" / "00000.png"))
+    expected = discovered_labels(model, load_image(root / "JPEGImages" / "480p" / "shapes" / "00000.jpg"),
+                                 annotation, "maskcut", n_objects=2)
+    assert np.array_equal(np.array(Image.open(out / "shapes" / "00000.png")), expected)
+    assert sorted(p.name for p in (out / "shapes").iterdir()) == [f"{t:05d}.png" for t in range(4)]
+    assert (out / "global_results-val.csv").is_file()
