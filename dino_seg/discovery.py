@@ -180,16 +180,15 @@ def lost_object(feats: torch.Tensor, grid: tuple[int, int], k_patches: int = 100
     """LOST: seed = fewest positive correlations, expanded by the similar low-degree patches.
 
     Returns (mask (h, w), seed, score map M)."""
-    a = feats.float() @ feats.float().T  # (N, N) raw dot products, float32 as LOST computes them
-    pos = a.clone()
-    pos.fill_diagonal_(0)
-    degree = (pos > 0).sum(dim=1)
+    f = feats.float()  # raw dot products in float32, as LOST computes them; rows in chunks: never N x N
+    degree = torch.cat([((f[i:i + 1024] @ f.T) > 0).sum(dim=1) for i in range(0, len(f), 1024)])
+    degree -= ((f * f).sum(dim=1) > 0).long()  # the zeroed diagonal
     # LOST sorts -degree descending; a stable sort makes ties resolve by patch index, reproducibly.
     order = torch.argsort(-degree, descending=True, stable=True)
     seed = int(order[0])
     candidates = order[:k_patches]
-    similar = candidates[a[seed, candidates] > 0]
-    m = a[similar].sum(dim=0).reshape(grid).numpy()  # (h, w)
+    similar = candidates[(f[candidates] @ f[seed]) > 0]
+    m = (f[similar] @ f.T).sum(dim=0).reshape(grid).numpy()  # (h, w)
     return _component_at(m > 0, seed), seed, m.astype(np.float32)
 
 
