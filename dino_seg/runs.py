@@ -1,4 +1,5 @@
-"""Reading a `python -m train` output folder: epoch log, per-iteration metrics, checkpoints (torch-free)."""
+"""Reading a `python -m train` output folder: epoch log, per-iteration metrics, checkpoints, and the
+feature evaluations (k-NN while training, eval.knn's knn.json, eval.linear's log) (torch-free)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from pathlib import Path
 EPOCH_LOG = "log.txt"  # one JSON line per epoch: train_loss, train_lr, train_wd, ..., epoch
 METRICS_LOG = "metrics.jsonl"  # one JSON line per iteration: it, epoch, loss, lr, wd, momentum, ...
 LATEST_CHECKPOINT = "checkpoint.pth"
+KNN_KEYS = ("knn_top1", "knn_top5")  # log.txt fields of epochs evaluated with --knn_data_path
+KNN_RESULTS = "knn.json"  # written by `python -m eval.knn --output_dir`
+LINEAR_CHECKPOINT = "checkpoint.pth.tar"  # written by `python -m eval.linear`
+LINEAR_KEYS = ("test_acc1", "test_acc5")  # eval.linear's log.txt fields of validated epochs
 _NUMBERED = re.compile(r"^checkpoint(\d{4,})\.pth$")
 
 
@@ -89,3 +94,36 @@ def list_checkpoints(output_dir: str | Path) -> list[CheckpointFile]:
             stat = path.stat()
             found.append(CheckpointFile(path, int(match.group(1)) if match else None, stat.st_size, stat.st_mtime))
     return sorted(found, key=lambda c: (c.epoch is None, c.epoch or 0))
+
+
+def knn_epochs(records: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """{"knn_top1": (epochs, %), "knn_top5": (epochs, %)} of the epoch-log records that have them
+    (empty when the run was trained without --knn_data_path)."""
+    found = {key: series(records, key, x="epoch") for key in KNN_KEYS}
+    return {key: xy for key, xy in found.items() if xy[0]}
+
+
+def read_knn_results(folder: str | Path) -> dict[int, dict[str, float]] | None:
+    """{k: {"top1": %, "top5": %}} of the folder's knn.json, None without one."""
+    path = Path(folder) / KNN_RESULTS
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    try:
+        return {int(k): {m: float(v[m]) for m in ("top1", "top5")} for k, v in data.items()
+                if k.isdigit() and isinstance(v, dict)}
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{path}: expected {{\"<k>\": {{\"top1\": %, \"top5\": %}}, ...}} as eval.knn writes it") from None
+
+
+def read_linear_log(folder: str | Path) -> list[dict]:
+    """The validated epochs (with test_acc1) of an eval.linear output folder's log.txt, [] for other folders."""
+    folder = Path(folder)
+    if not (folder / LINEAR_CHECKPOINT).is_file() and not (folder / EPOCH_LOG).is_file():
+        return []
+    return [r for r in read_jsonl(folder / EPOCH_LOG) if "test_acc1" in r]

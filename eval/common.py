@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -12,8 +13,10 @@ from tqdm import tqdm
 
 from dino_seg.discovery import METHODS
 from dino_seg.images import list_images
+from dino_seg.image_folder import first_line
 from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, load_model
+from train.distributed import DistInfo, cleanup_distributed, init_distributed
 
 RANDOM = "random"
 T = TypeVar("T")
@@ -120,3 +123,49 @@ def discovery_kwargs(args: argparse.Namespace) -> dict:
         raise ValueError(f"--tau: expected a cosine threshold in (0, 1), got {args.tau}")
     return dict(tau=args.tau, eps=args.eps, k_patches=args.k_patches, n_objects=args.n_objects,
                 which_features=args.which_features, dinoseg_head=head)
+def add_launch_flags(parser: argparse.ArgumentParser) -> None:
+    """--dist_url, --local_rank and --device of the torchrun-ready evaluations, as `python -m train`."""
+    parser.add_argument("--dist_url", default="env://", type=str,
+                        help="Rendezvous for torch.distributed (env://, as torchrun sets up).")
+    parser.add_argument("--local_rank", "--local-rank", default=0, type=int,
+                        help="Set by torch.distributed.launch; LOCAL_RANK from the environment wins when set.")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda or mps; under "
+                        "torchrun each process takes cuda:LOCAL_RANK.")
+
+
+def add_image_folder_flags(parser: argparse.ArgumentParser) -> None:
+    """--data_path (an ImageFolder root), --num_workers and the validation transform's sizes."""
+    parser.add_argument("--data_path", default="/path/to/imagenet/", type=str,
+                        help="ImageFolder root with train/<class>/ and val/<class>/.")
+    parser.add_argument("--num_workers", default=10, type=int, help="Data-loading workers per process.")
+    parser.add_argument("--resize_size", default=256, type=int,
+                        help="Validation: short side after the bicubic resize (the reference's 256).")
+    parser.add_argument("--crop_size", default=224, type=int, help="Side of the crops (the reference's 224).")
+
+
+def run_launched(args: argparse.Namespace, run: Callable[[DistInfo, Callable[[str], None]], int]) -> int:
+    """Join the process group when launched by torchrun or SLURM, call `run(info, say)` (`say` prints
+    on rank 0 only), and turn bad input (ValueError, OSError) into a one-line error and exit status 2."""
+    try:
+        info = init_distributed(args.device, args.dist_url, local_rank=args.local_rank)
+    except (ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    def say(message: str) -> None:
+        if info.is_main:
+            print(message, flush=True)
+
+    try:
+        return run(info, say)
+    except (ValueError, OSError) as err:  # DataFolderError, KnnError, WeightsError, ImageError, ...
+        tag = f"[rank {info.rank}] " if info.distributed else ""
+        print(f"{tag}error: {first_line(err)}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        cleanup_distributed()
+
+
+def progress(iterable: Iterable, desc: str, *, enabled: bool, unit: str = "batch", leave: bool = True) -> tqdm:
+    """A progress bar on stderr with rate and ETA (hidden on ranks other than 0)."""
+    return tqdm(iterable, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=leave)

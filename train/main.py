@@ -22,6 +22,7 @@ from train.data import ImageFilesDataset, build_loader
 from train.distributed import DistInfo, all_gather_objects, cleanup_distributed, init_distributed
 from train.engine import NonFiniteLossError, Schedules, resolve_precision, train_one_epoch
 from train.head import DINOHead, MultiCropWrapper
+from train.knn_monitor import KnnMonitor, add_knn_flags
 from train.logs import EPOCH_LOG, METRICS_LOG, append_record, trim_records, write_record
 from train.loss import DINOLoss, collapse_warning
 from train.optim import OPTIMIZERS, build_optimizer, get_params_groups
@@ -101,6 +102,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Rendezvous for torch.distributed (default env://, as torchrun sets up).")
     p.add_argument("--local_rank", "--local-rank", default=0, type=int,
                    help="Set by torch.distributed.launch; LOCAL_RANK from the environment wins when set.")
+    add_knn_flags(p)
     return p
 
 
@@ -164,6 +166,12 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
                           pin_memory=device.type == "cuda")
     niter = len(loader)
     say(f"Data loaded: there are {len(dataset)} images ({niter} iterations per epoch).")
+    knn = None
+    if args.knn_data_path:
+        knn = KnnMonitor(args.knn_data_path, crop_size=args.global_crops_size, k=args.knn_k,
+                         temperature=args.knn_temperature, freq=args.knn_freq, batch_size=args.batch_size_per_gpu,
+                         num_workers=args.num_workers, is_main=info.is_main)
+        say(knn.describe())
 
     # ============ student and teacher ============
     student_core, teacher = build_student_teacher(
@@ -269,6 +277,8 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
             say(f"warning: skipping unreadable image {path}")
         log_stats = {**{f"train_{k}": v for k, v in result.stats.items()}, "epoch": epoch,
                      "skipped_images": len(skipped_all)}
+        knn_stats = knn.evaluate(teacher.backbone, device) if knn is not None and knn.due(epoch, args.epochs) else None
+        log_stats.update(knn_stats or {})
         if info.is_main:
             # The log line goes first: a crash before the checkpoint is renamed in place only leaves
             # a line that the resume trims.
@@ -290,7 +300,8 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
             if args.saveckp_freq and epoch % args.saveckp_freq == 0:
                 save_checkpoint(save_dict, out / f"checkpoint{epoch:04}.pth")
         say(f"Epoch {epoch}: " + "  ".join(f"{k} {v:.6g}" for k, v in result.stats.items()) +
-            (f"  skipped images {len(skipped_all)}" if skipped_all else ""))
+            (f"  skipped images {len(skipped_all)}" if skipped_all else "") +
+            (f"  k-NN top-1 {knn_stats['knn_top1']:.2f} top-5 {knn_stats['knn_top5']:.2f}" if knn_stats else ""))
         warning = collapse_warning(result.stats["teacher_entropy"], result.stats["kl"])
         if warning:
             say(f"warning: epoch {epoch}: {warning}")

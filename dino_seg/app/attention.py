@@ -1,0 +1,193 @@
+"""The Attention tab: every head's last-layer attention of an image, thresholded into masks, with downloads."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import shutil
+import threading
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from dino_seg.attention import AttentionResult, compute_attention
+from dino_seg.files import save_npy, save_png
+from dino_seg.images import ImageError, load_image
+from dino_seg.viz import attention_panels
+
+from .components import UploadImage
+from .config import ASSETS, AppConfig
+from .errors import friendly
+from .model_cache import model_key, model_or_error
+from .scratch import SCRATCH
+from .shared import Shared
+
+MAX_IMAGE_SIDE = 2048  # uploads above this are downscaled first: the model resizes to --image_size anyway
+ATTENTION_CACHE_SIZE = 16
+
+Gallery = list[tuple[np.ndarray, str]]
+
+
+def example_images() -> list[str]:
+    """The bundled images, then images that ship inside scikit-image (grayscale and RGBA among them)."""
+    paths = sorted(str(p) for p in (ASSETS / "images").glob("*.jpg"))
+    try:
+        import skimage
+
+        data = Path(skimage.__file__).parent / "data"
+        paths += [str(data / n) for n in ("chelsea.png", "coffee.png", "astronaut.png", "camera.png", "logo.png")
+                  if (data / n).is_file()]
+    except ImportError:  # scikit-image is a dependency; examples simply shrink without it
+        pass
+    return paths
+
+
+def load_input_image(path: str | Path, max_side: int = MAX_IMAGE_SIDE) -> tuple[Image.Image, list[str]]:
+    """An uploaded image as RGB, downscaled to `max_side`; notes say what was converted."""
+    path = Path(path)
+    notes: list[str] = []
+    try:  # the file's own mode, for the note; PIL reads only the header here
+        with Image.open(path) as probe:
+            mode, size = probe.mode, probe.size
+    except Exception:  # noqa: BLE001 - load_image below raises the readable error
+        mode, size = "", (0, 0)
+    try:
+        image = load_image(path)
+    except ImageError as err:  # uploads sit in gradio's cache under a long hash: name the file only
+        raise ImageError(str(err).replace(str(path), path.name)) from None
+    kinds = {"L": "grayscale", "LA": "grayscale with alpha", "RGBA": "RGBA (alpha dropped)", "P": "palette",
+             "I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer", "F": "float",
+             "CMYK": "CMYK", "1": "binary"}
+    if mode in kinds:
+        notes.append(f"{kinds[mode]} image ({mode}) converted to 8-bit RGB")
+    if max(image.size) > max_side:
+        before = image.size
+        image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+        notes.append(f"image of {before[0]}x{before[1]} downscaled to {image.width}x{image.height} "
+                     f"(cap {max_side} px)")
+    elif size != (0, 0) and size != image.size:
+        notes.append(f"image rotated by its EXIF orientation to {image.width}x{image.height}")
+    return image, notes
+
+
+ATTENTION_CACHE: OrderedDict[tuple, tuple[AttentionResult, list[str]]] = OrderedDict()
+_ATTENTION_LOCK = threading.Lock()
+
+
+def _file_digest(path: str | Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def attention_for(image_path: str | Path, weights: str | None, image_size: int,
+                  cfg: AppConfig) -> tuple[AttentionResult, list[str], str]:
+    """The attention of an image, computed once per (image content, weights, size) and cached, so that
+    moving only the threshold slider never runs the model again."""
+    model, description = model_or_error(weights, cfg)
+    key = (model_key(weights, cfg), cfg.device, _file_digest(image_path), int(image_size))
+    with _ATTENTION_LOCK:
+        if key in ATTENTION_CACHE:
+            ATTENTION_CACHE.move_to_end(key)
+            result, notes = ATTENTION_CACHE[key]
+            return result, notes, description
+    image, notes = load_input_image(image_path)
+    result = compute_attention(model, image, int(image_size))
+    with _ATTENTION_LOCK:
+        ATTENTION_CACHE[key] = (result, notes)
+        while len(ATTENTION_CACHE) > ATTENTION_CACHE_SIZE:
+            ATTENTION_CACHE.popitem(last=False)
+    return result, notes, description
+
+
+def write_attention_downloads(folder: Path, result: AttentionResult, masks: np.ndarray,
+                              threshold: float) -> list[str]:
+    """masks.npy (heads + mean, H, W bool), attention.npy (heads, h, w float32) and a zip of 0/255 mask PNGs."""
+    tag = f"th{threshold:.2f}"
+    masks_npy, attn_npy = folder / f"masks_{tag}.npy", folder / "attention.npy"
+    save_npy(masks_npy, masks)
+    save_npy(attn_npy, result.maps.astype(np.float32))
+    png_dir = folder / f"masks_{tag}"
+    names = [f"head{j}" for j in range(len(masks) - 1)] + ["mean"]
+    for name, mask in zip(names, masks):
+        save_png(png_dir / f"mask_{tag}_{name}.png", mask.astype(np.uint8) * 255)
+    zip_path = folder / f"masks_{tag}_png.zip"
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for png in sorted(png_dir.glob("*.png")):
+            zf.write(png, png.name)
+    shutil.rmtree(png_dir)
+    return [str(zip_path), str(masks_npy), str(attn_npy)]
+
+
+@friendly
+def run_attention(image_path: str | None, weights: str | None, image_size: float, threshold: float,
+                  cfg: AppConfig) -> tuple[Gallery, Gallery, list[str], str]:
+    """(heat maps, mask overlays (heads then mean), download files, note) for one image."""
+    if not image_path:
+        raise gr.Error("Pick an example or upload an image first.")
+    result, notes, description = attention_for(image_path, weights, int(image_size), cfg)
+    masks = result.masks(float(threshold), include_mean=True)  # (heads + 1, H, W)
+    tag = " (random weights)" if description.startswith("RANDOM") else ""
+    heat_images, overlay_images = attention_panels(result.image, result.pixel_maps(), masks)
+    heat = [(image, f"head {j}{tag}") for j, image in enumerate(heat_images)]
+    overlays = [(image, f"head {j} mask{tag}") for j, image in enumerate(overlay_images[:-1])]
+    overlays.append((overlay_images[-1], f"mean-map mask{tag}"))
+    files = write_attention_downloads(SCRATCH.new("attention"), result, masks, float(threshold))
+    h, w = result.image.shape[:2]
+    lines = [f"**{description}** · {len(heat)} heads · input {w}x{h} px · masks keep {threshold:.0%} "
+             "of each map's attention mass"] + [f"- note: {n}" for n in notes]
+    return heat, overlays, files, "\n".join(lines)
+
+
+@friendly
+def refresh_attention(image_path: str | None, weights: str | None, image_size: float, threshold: float,
+                      cfg: AppConfig) -> tuple[Any, Any, Any, Any]:
+    """Slider moves: recompute the outputs if an image is there (threshold alone re-uses the cache)."""
+    if not image_path:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    return run_attention(image_path, weights, image_size, threshold, cfg)
+
+
+def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Component]:
+    """The Attention tab's components and events (endpoints /attention and /refresh_attention)."""
+    with gr.Tab("Attention", id="attention"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                image = UploadImage(label="Image", type="filepath", image_mode=None, height=320,
+                                    sources=["upload", "clipboard"], elem_id="attention-image")
+                gr.Examples(example_images(), inputs=image, label="Examples", examples_per_page=8,
+                            elem_id="attention-examples")
+                image_size = gr.Slider(128, 960, value=480, step=16, label="Image size (short side, px)")
+                threshold = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Mass threshold",
+                                      info="Share of each map's attention mass the mask keeps (paper: 0.6)",
+                                      elem_id="attention-threshold")
+                run_button = gr.Button("Compute attention", variant="primary", elem_id="attention-run")
+            with gr.Column(scale=3):
+                note = gr.Markdown(elem_id="attention-note")
+                heat_gallery = gr.Gallery(label="Attention heat map of each head", columns=3, height=330,
+                                          format="png", elem_id="heat-gallery")
+                mask_gallery = gr.Gallery(label="Mask of each head and of the mean map (with contours)",
+                                          columns=4, height=330, format="png", elem_id="mask-gallery")
+                downloads = gr.File(label="Download masks (PNG zip, .npy) and attention (.npy)",
+                                    file_count="multiple", elem_id="attention-downloads")
+
+    inputs = [image, shared.weights, image_size, threshold]
+    outputs = [heat_gallery, mask_gallery, downloads, note]
+    run_button.click(functools.partial(run_attention, cfg=cfg), inputs, outputs, concurrency_id="model",
+                     api_name="attention")
+    # The threshold re-uses the cached attention, so every change (drag or typed value) may refresh;
+    # a new image size needs a forward pass, so only the end of a drag (or the button) recomputes.
+    refresh = functools.partial(refresh_attention, cfg=cfg)
+    threshold.change(refresh, inputs, outputs, concurrency_id="model", trigger_mode="always_last",
+                     api_name="refresh_attention")
+    image_size.release(refresh, inputs, outputs, concurrency_id="model", api_name="refresh_attention_size",
+                       api_visibility="private")  # the same endpoint as /refresh_attention
+    return {"image": image, "image_size": image_size, "threshold": threshold, "run": run_button, "note": note,
+            "heat_gallery": heat_gallery, "mask_gallery": mask_gallery, "downloads": downloads}

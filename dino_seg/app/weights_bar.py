@@ -1,0 +1,74 @@
+"""The weights chooser above the tabs: the dropdown, the checkpoint upload and the banner that says what is loaded."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import gradio as gr
+
+from dino_seg.models import is_vit
+from dino_seg.weights import WeightsError, WeightsUnavailable
+
+from .config import AppConfig
+from .errors import friendly, one_line
+from .model_cache import RANDOM_WEIGHTS, VIT_PRESETS, get_model, model_key
+
+
+def weight_choices(cfg: AppConfig, extra: list[str] | None = None) -> list[str]:
+    """The start-up weights, added files, the ViT presets and random weights, each once."""
+    choices = [cfg.weights] + [p for p in extra or [] if p] + VIT_PRESETS + [RANDOM_WEIGHTS]
+    if cfg.weights == "random":
+        choices[0] = RANDOM_WEIGHTS
+    return list(dict.fromkeys(choices))
+
+
+@friendly
+def check_weights(choice: str | None, cfg: AppConfig) -> str:
+    """The banner (Markdown) for a weights choice: what is loaded, or what is missing and how to get it."""
+    source, _, _ = model_key(choice, cfg)
+    try:
+        model, description = get_model(choice, cfg)
+    except WeightsUnavailable as err:
+        name = Path(err.cache_path).name
+        return (f"### Weights not available: `{source}`\n"
+                f"The file **{name}** is not in the local cache and cannot be downloaded from {err.url} "
+                "(no internet?). To use DINO's weights:\n"
+                f"- download it on another machine and put it at `{err.cache_path}`, then pick `{source}` again;\n"
+                "- or start the app with `python app.py --pretrained_weights PATH` (a preset name or a .pth file);\n"
+                "- or upload a checkpoint file below, or pick **random weights (pipeline check only)** "
+                "to try the page (its maps are meaningless).")
+    except WeightsError as err:
+        return (f"### Weights cannot be used: `{source}`\n{one_line(err)}\n\n"
+                "Upload another checkpoint below or pick **random weights (pipeline check only)**.")
+    if source == RANDOM_WEIGHTS:
+        return (f"### {description}\nThese untrained weights only check the pipeline; pick DINO weights or "
+                "upload a checkpoint to see what DINO learned.")
+    note = "" if is_vit(model) else " — ResNet-50 has no attention or patch features: pick a ViT."
+    return f"Weights: **{description}** on {cfg.device}{note}"
+
+
+@friendly
+def add_uploaded_weights(file: str | None, cfg: AppConfig) -> tuple[dict, str]:
+    """An uploaded checkpoint becomes a weights choice (and is checked at once)."""
+    if not file:
+        return gr.update(), ""
+    return gr.update(choices=weight_choices(cfg, [file]), value=file), check_weights(file, cfg)
+
+
+def build_weights_bar(cfg: AppConfig, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.Markdown]:
+    """The banner and the weights row (dropdown and checkpoint upload) with their events: (dropdown, banner)."""
+    banner = gr.Markdown(elem_id="weights-banner")
+    choices = weight_choices(cfg)
+    with gr.Row(equal_height=True):
+        weights = gr.Dropdown(choices, value=choices[0], label="Weights", allow_custom_value=True, scale=3,
+                              info="A preset, a .pth path, or random weights (pipeline check only)",
+                              elem_id="weights-dropdown")
+        upload = gr.File(label="Upload a checkpoint (.pth)", file_types=[".pth", ".pt", ".ckpt"], scale=2,
+                         height=110)
+    check = functools.partial(check_weights, cfg=cfg)
+    demo.load(check, weights, banner, api_name="load_weights", api_visibility="private")  # = /check_weights
+    weights.change(check, weights, banner, api_name="check_weights")
+    upload.upload(functools.partial(add_uploaded_weights, cfg=cfg), upload, [weights, banner],
+                  api_name="upload_weights")
+    return weights, banner

@@ -1,0 +1,179 @@
+"""Linear probe on frozen features, the protocol and flags of the reference eval_linear.py.
+
+    python -m eval.linear --pretrained_weights dino_vits16 --data_path /path/to/imagenet --output_dir out
+    torchrun --nproc_per_node 8 -m eval.linear --pretrained_weights dino_vitb16 --data_path /path/to/imagenet
+    python -m eval.linear --evaluate --output_dir out --data_path /path/to/imagenet
+
+DATA_PATH is an ImageFolder root with train/<class>/ and val/<class>/. OUTPUT_DIR gets log.txt (one
+JSON line per epoch: train_loss, train_lr, test_loss, test_acc1, test_acc5, epoch) and
+checkpoint.pth.tar (written atomically after each epoch; a run started again with the same folder
+resumes from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from dino_seg.flags import bool_flag
+from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits, train_transform
+from dino_seg.knn import shard
+from dino_seg.linear_probe import (LinearClassifier, check_probe_flags, evaluate_probe, probe_defaults, probe_dim,
+                                   train_probe_epoch)
+from dino_seg.runs import read_jsonl
+from eval.common import (add_image_folder_flags, add_launch_flags, add_weight_flags, load_from_args, progress,
+                         run_launched)
+from train.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
+from train.distributed import DistInfo, all_gather_objects, all_reduce_mean
+from train.logs import EPOCH_LOG, append_record, trim_records
+from train.main import epoch_seed, seed_everything
+
+CHECKPOINT = "checkpoint.pth.tar"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("python -m eval.linear", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--n_last_blocks", default=None, type=int, help="Concatenate the [CLS] tokens of the last n "
+                   "blocks (default: 4 for ViT-S/ViT-tiny, 1 for ViT-B, as the paper's evaluations).")
+    p.add_argument("--avgpool_patchtokens", default=None, type=bool_flag, help="Add the average-pooled patch "
+                   "tokens of the last block (default: true for ViT-B, false otherwise, as the paper).")
+    add_weight_flags(p, reference_patch_size=16)
+    p.add_argument("--epochs", default=100, type=int, help="Training epochs.")
+    p.add_argument("--lr", default=0.001, type=float, help="Learning rate for a total batch of 256, scaled "
+                   "linearly with batch_size_per_gpu x processes; cosine schedule to 0.")
+    p.add_argument("--batch_size_per_gpu", default=128, type=int, help="Images per process and step.")
+    add_launch_flags(p)
+    add_image_folder_flags(p)
+    p.add_argument("--val_freq", default=1, type=int, help="Epoch frequency for validation.")
+    p.add_argument("--output_dir", default=".", help="Where log.txt and checkpoint.pth.tar go.")
+    p.add_argument("--num_labels", default=None, type=int,
+                   help="Classifier outputs (default: the number of class folders in train/).")
+    p.add_argument("--evaluate", action="store_true", help="Only evaluate a saved classifier: --linear_weights, "
+                   "else OUTPUT_DIR/checkpoint.pth.tar.")
+    p.add_argument("--linear_weights", default=None, help="With --evaluate: a classifier file (ours or an "
+                   "official dino_*_linearweights.pth).")
+    p.add_argument("--seed", default=0, type=int, help="Random seed of the data order and augmentation.")
+    return p
+
+
+def run(args: argparse.Namespace, info: DistInfo, say) -> int:
+    device = info.device
+    out = Path(args.output_dir)
+    train_split, val_split = find_splits(args.data_path)
+    num_labels = args.num_labels or len(train_split.classes)
+    if num_labels < len(train_split.classes):
+        raise ValueError(f"--num_labels {num_labels}: {train_split.root} has {len(train_split.classes)} classes")
+    model, description = load_from_args(args, device)
+    arch = getattr(model, "arch", args.arch)
+    n_default, avg_default = probe_defaults(arch)
+    n_last = args.n_last_blocks if args.n_last_blocks is not None else n_default
+    avgpool = args.avgpool_patchtokens if args.avgpool_patchtokens is not None else avg_default
+    check_probe_flags(model, n_last, avgpool)
+    say(f"Model {description}; features: " + (f"[CLS] of the last {n_last} block(s)" +
+        (" + average-pooled patch tokens" if avgpool else "") if hasattr(model, "blocks") else "pooled output"))
+    seed_everything(args.seed)  # the classifier's initial weights are the same on every process
+    classifier_core = LinearClassifier(probe_dim(model, n_last, avgpool), num_labels).to(device)
+    classifier: nn.Module = classifier_core
+    if info.distributed:
+        classifier = nn.parallel.DistributedDataParallel(
+            classifier_core, device_ids=[device.index] if device.type == "cuda" else None)
+
+    val_set = LabelledDataset(val_split, eval_transform(args.resize_size, args.crop_size))
+    val_loader = DataLoader(shard(val_set, info.rank, info.world_size), batch_size=args.batch_size_per_gpu,
+                            num_workers=args.num_workers, pin_memory=device.type == "cuda")
+    probe = dict(n_last_blocks=n_last, avgpool_patchtokens=avgpool, device=device)
+
+    def validate(epoch_label: str) -> dict[str, float]:
+        bar = progress(val_loader, f"Test {epoch_label}", enabled=info.is_main, unit="it")
+        sums = evaluate_probe(model, classifier_core, bar, **probe)
+        sums = all_reduce_mean(sums) * info.world_size  # (4,) summed over the processes
+        loss, hit1, hit5, n = sums.tolist()
+        stats = {"loss": loss / n, "acc1": 100.0 * hit1 / n}
+        if num_labels >= 5:  # the reference reports top-5 only with at least 5 classes
+            stats["acc5"] = 100.0 * hit5 / n
+        return stats
+
+    if args.evaluate:
+        path = Path(args.linear_weights) if args.linear_weights else out / CHECKPOINT
+        if not path.is_file():
+            raise ValueError(f"--evaluate: no classifier at {path} (train one first, or pass --linear_weights)")
+        load_module_state(classifier_core, load_checkpoint(path).get("state_dict", {}), what="state_dict", path=path)
+        stats = validate("")
+        say(f"Accuracy of the network on the {len(val_set)} test images: {stats['acc1']:.1f}%" +
+            (f" (top-5 {stats['acc5']:.1f}%)" if "acc5" in stats else ""))
+        return 0
+
+    train_set = LabelledDataset(train_split, train_transform(args.crop_size))
+    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=args.seed)
+    train_loader = DataLoader(train_set, sampler=sampler, batch_size=args.batch_size_per_gpu,
+                              num_workers=args.num_workers, pin_memory=device.type == "cuda")
+    # Linear scaling rule as the reference; momentum 0.9, no weight decay, cosine to 0 per epoch.
+    optimizer = torch.optim.SGD(classifier.parameters(), args.lr * args.batch_size_per_gpu * info.world_size / 256.0,
+                                momentum=0.9, weight_decay=0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=0)
+
+    start_epoch, best_acc = 0, 0.0
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        load_module_state(classifier_core, ckpt["state_dict"], what="state_dict", path=ckpt_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt["best_acc"])
+        say(f"Found checkpoint at {ckpt_path}: resuming at epoch {start_epoch}")
+    if len(set(all_gather_objects(start_epoch))) > 1:
+        raise ValueError(f"--output_dir: the processes found different checkpoints in {out}")
+    if any("train_wd" in r for r in read_jsonl(out / EPOCH_LOG)):  # the reference default is "." too
+        raise ValueError(f"--output_dir: {out} holds the log.txt of a `python -m train` run; give the linear "
+                         "probe a folder of its own")
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        trim_records(out / EPOCH_LOG, lambda r: int(r.get("epoch", -1)) < start_epoch)
+
+    for epoch in range(start_epoch, args.epochs):
+        seed_everything(epoch_seed(args.seed, epoch, info.rank))  # same crops whether resumed or not
+        sampler.set_epoch(epoch)
+        bar = progress(train_loader, f"Epoch {epoch}/{args.epochs}", enabled=info.is_main, unit="it")
+        train_stats = train_probe_epoch(model, classifier, bar, optimizer,
+                                        on_step=lambda loss: bar.set_postfix(loss=f"{loss:.4f}", refresh=False),
+                                        **probe)
+        bar.close()
+        scheduler.step()
+        train_stats["loss"] = float(all_reduce_mean(torch.tensor(train_stats["loss"], device=device)))
+        log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
+        if epoch % args.val_freq == 0 or epoch == args.epochs - 1:
+            test_stats = validate(f"{epoch}")
+            say(f"Accuracy at epoch {epoch} of the network on the {len(val_set)} test images: "
+                f"{test_stats['acc1']:.1f}%")
+            best_acc = max(best_acc, test_stats["acc1"])
+            say(f"Max accuracy so far: {best_acc:.2f}%")
+            log_stats.update({f"test_{k}": v for k, v in test_stats.items()})
+        if info.is_main:
+            append_record(out / EPOCH_LOG, log_stats)  # first: a crash before the save leaves a line to trim
+            save_checkpoint({
+                "epoch": epoch + 1,
+                "state_dict": add_prefix(classifier_core.state_dict()),  # `module.` as the reference's DDP
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "best_acc": best_acc,
+                "args": {k: v for k, v in vars(args).items()},
+                "probe": {"arch": arch, "n_last_blocks": n_last, "avgpool_patchtokens": avgpool,
+                          "num_labels": num_labels, "classes": list(train_split.classes)},
+            }, ckpt_path)
+    say("Training of the supervised linear classifier on frozen features completed.\n"
+        f"Top-1 test accuracy: {best_acc:.1f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    return run_launched(args, lambda info, say: run(args, info, say))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

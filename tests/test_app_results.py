@@ -1,0 +1,61 @@
+"""The Results tab's handlers on a real eval.davis output folder made with tiny random weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from davis_data import make_davis
+from dino_seg import davis, metrics
+from dino_seg.app import results as results_tab
+from dino_seg.images import load_image
+from dino_seg.viz import overlay_labels
+from eval import davis as davis_cli
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, tiny_vit_weights) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("results")
+    root = make_davis(base / "davis", {"shapes": 5, "more": 4}, n_objects=2)
+    out = base / "out"
+    code = davis_cli.main(["--pretrained_weights", str(tiny_vit_weights), "--data_path", str(root),
+                           "--output_dir", str(out), "--short_side", "64"])
+    assert code == 0
+    return out, root
+
+
+def test_results_folder_table_chart_and_frames(results):
+    out, root = results
+    summary, table, chart, choices = results_tab.open_results(str(out))
+    csv_rows = (out / "per-sequence_results-val.csv").read_text().splitlines()[1:]
+    assert list(table["Sequence"]) == [r.split(",")[0] for r in csv_rows] == ["shapes_1", "shapes_2", "more_1",
+                                                                             "more_2"]
+    np.testing.assert_allclose(table["J&F"], ((table["J-Mean"] + table["F-Mean"]) / 2).round(3))
+    global_row = (out / "global_results-val.csv").read_text().splitlines()[1].split(",")
+    assert summary.startswith(f"**J&F-Mean {float(global_row[0]):.3f}**")
+    assert len(chart.axes[0].patches) == 3 * 4  # J&F, J and F bars for each object
+    assert choices["choices"] == ["shapes", "more"]
+
+    figure, slider = results_tab.sequence_scores(str(out), str(root), "shapes")
+    scored = metrics.score_sequence(out, root, "shapes")
+    lines = figure.axes[0].get_lines()
+    assert len(lines) == 2 * 2  # J and F of each object
+    np.testing.assert_allclose(lines[0].get_ydata(), scored.j[0])
+    assert slider["maximum"] == 4
+
+    gt, pred, note = results_tab.compare_frame(str(out), str(root), "shapes", 2)
+    frame = np.asarray(load_image(root / "JPEGImages" / "480p" / "shapes" / "00002.jpg"))
+    assert np.array_equal(gt, overlay_labels(frame, davis.read_annotation(
+        root / "Annotations" / "480p" / "shapes" / "00002.png")))
+    assert np.array_equal(pred, overlay_labels(frame, davis.read_annotation(out / "shapes" / "00002.png")))
+    assert note == "shapes frame 00002"
+
+
+def test_results_errors(tmp_path):
+    with pytest.raises(gr.Error, match="results folder not found"):
+        results_tab.open_results(str(tmp_path / "missing"))
+    with pytest.raises(gr.Error, match="python -m eval.davis --results_path"):
+        results_tab.open_results(str(tmp_path))
