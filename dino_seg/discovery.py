@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.ndimage
@@ -309,8 +310,8 @@ def _to_original(box: list[float], features: DiscoveryFeatures) -> list[float]:
 
 def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: float | None = None,
              eps: float = 1e-5, k_patches: int = 100, n_objects: int = 3, which_features: str = "k",
-             dinoseg_head: int | None = 0, solver: str = "auto") -> DiscoveryResult:
-    """Run one discovery method on the features of one forward pass."""
+             dinoseg_head: int | None = 0, threshold: float = 0.6, solver: str = "auto") -> DiscoveryResult:
+    """Run one discovery method on the features of one forward pass (`threshold`: the attention method's mass)."""
     if method not in METHODS:
         raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if not features.is_vit and method != "lost":
@@ -318,7 +319,7 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
     if tau is None:
         tau = DEFAULT_TAU.get(method, 0.2)
     if method == "attention":
-        mask, seed, scores = attention_object(features.cls_attention, dinoseg_head)
+        mask, seed, scores = attention_object(features.cls_attention, dinoseg_head, threshold)
         masks, seeds = [mask], [seed]
     elif method == "lost":
         if k_patches < 1:
@@ -361,3 +362,25 @@ def discovered_labels(model: nn.Module, image: Image.Image, annotation: np.ndarr
     for k, j in pairs.items():
         labels[result.masks[k] & (labels == 0)] = ids[j]
     return labels
+
+
+def write_discovery(out_dir: Path, image: np.ndarray, features: DiscoveryFeatures,
+                    result: DiscoveryResult) -> list[Path]:
+    """Write patches.npy, masks.npy, scores.npy, boxes.json, objects.png and scores.png for one image (RGB uint8)."""
+    import json
+
+    from .files import save_npy, save_png, save_text
+    from .viz import discovery_panels
+
+    out_dir = Path(out_dir)
+    paths = {name: out_dir / name for name in ("patches.npy", "masks.npy", "scores.npy", "boxes.json",
+                                                "objects.png", "scores.png")}
+    save_npy(paths["patches.npy"], result.patches.astype(bool))
+    save_npy(paths["masks.npy"], result.masks.astype(bool))
+    save_npy(paths["scores.npy"], result.scores.astype(np.float32))
+    save_text(paths["boxes.json"], json.dumps([[round(v, 2) for v in b] for b in result.boxes]) + "\n")
+    pixel_scores = patches_to_pixels(result.scores[None], features)[0]
+    objects, heat = discovery_panels(image, result.masks, result.boxes, pixel_scores)
+    save_png(paths["objects.png"], objects)
+    save_png(paths["scores.png"], heat)
+    return list(paths.values())

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -23,12 +22,11 @@ import numpy as np
 from tqdm import tqdm
 
 from dino_seg.device import pick_device
-from dino_seg.discovery import DiscoveryResult, discover, extract_features, patches_to_pixels
-from dino_seg.files import save_npy, save_png, save_text
+from dino_seg.discovery import DiscoveryResult, discover, extract_features, write_discovery
+from dino_seg.files import save_text
 from dino_seg.images import ImageError, load_image
 from dino_seg.localization import (best_jaccard, corloc_hit, find_ground_truth, mask_box, read_gt_objects,
                                    read_voc_boxes)
-from dino_seg.viz import discovery_panels
 from dino_seg.weights import WeightsError
 from eval.common import (add_discovery_flags, add_weight_flags, collect_images, discovery_kwargs, each_image,
                          load_from_args)
@@ -53,20 +51,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def write_image_results(out_dir: Path, image, features, result: DiscoveryResult, refine: bool = False) -> None:
-    """Write one image's patches.npy, masks.npy, scores.npy, boxes.json, objects.png and scores.png."""
+    """Write one image's outputs, the masks first refined at pixel level if asked."""
     pixels = np.asarray(image)
     if refine:
-        from dino_seg.refine import refine_masks  # needs OpenCV contrib: imported only when asked
+        from dino_seg.refine import refine_masks  # imported only when asked
 
         result.masks = refine_masks(pixels, result.masks)
-    save_npy(out_dir / "patches.npy", result.patches.astype(bool))
-    save_npy(out_dir / "masks.npy", result.masks.astype(bool))
-    save_npy(out_dir / "scores.npy", result.scores.astype(np.float32))
-    save_text(out_dir / "boxes.json", json.dumps([[round(v, 2) for v in b] for b in result.boxes]) + "\n")
-    pixel_scores = patches_to_pixels(result.scores[None], features)[0]
-    objects, heat = discovery_panels(pixels, result.masks, result.boxes, pixel_scores)
-    save_png(out_dir / "objects.png", objects)
-    save_png(out_dir / "scores.png", heat)
+    write_discovery(out_dir, pixels, features, result)
 
 
 def score_image(result: DiscoveryResult, gt_path: Path) -> dict[str, float | str]:

@@ -20,7 +20,7 @@ from dino_seg.app import weights_bar
 from dino_seg.app.config import ASSETS, BUNDLED_DAVIS, AppConfig
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
 
-ENDPOINTS = {"/attention", "/refresh_attention", "/check_weights", "/upload_weights", "/list_davis",
+ENDPOINTS = {"/attention", "/refresh_attention", "/discover", "/check_weights", "/upload_weights", "/list_davis",
              "/davis_first_frame", "/video_first_frame", "/switch_video_source", "/propagate", "/show_frame",
              "/open_results", "/sequence_scores", "/compare_frame", "/open_training", "/use_checkpoint"}
 
