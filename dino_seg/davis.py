@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from dino_seg.files import save_png
+from dino_seg.labels import VOID_LABEL, read_label_png
 from dino_seg.viz import davis_palette
 
 # eval_video_segmentation.py's color_normalize: note the 0.228 (ImageNet's is 0.229), kept for fidelity.
 DAVIS_MEAN = (0.485, 0.456, 0.406)
 DAVIS_STD = (0.228, 0.224, 0.225)
-VOID_LABEL = 255
 RESOLUTIONS = ("480p", "Full-Resolution")
 
 
@@ -128,27 +128,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
 def read_annotation(path: str | Path) -> np.ndarray:
     """(H, W) uint8 object indices: DAVIS 2017 palette PNGs as stored (0 background, k object k, 255 void);
     DAVIS 2016 0/255 grayscale masks become 0/1 (one object)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DavisError(f"annotation not found: {path}")
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            arr = np.array(im)
-    except (OSError, ValueError) as exc:
-        raise DavisError(f"cannot read annotation {path}: {exc}") from None
-    if mode == "P":
-        return arr.astype(np.uint8)
-    if mode == "1":
-        return arr.astype(np.uint8)
-    if mode in ("L", "I", "I;16"):
-        values = np.unique(arr)
-        if np.all(np.isin(values, (0, 255))):
-            return (arr == 255).astype(np.uint8)  # DAVIS 2016: 255 is the object, not void
-        if values.max() > 255 or values.min() < 0:
-            raise DavisError(f"annotation {path} holds values outside 0..255")
-        return arr.astype(np.uint8)
-    raise DavisError(f"annotation {path} is a {mode} image: expected a palette or single-channel PNG")
+    return read_label_png(path, what="annotation", error=DavisError, binary_255="object").labels
 
 
 def num_objects(annotation: np.ndarray) -> int:

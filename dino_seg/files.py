@@ -3,28 +3,136 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
 
+# Temporary files of the writers below are named `.<final name>.<random>.dino-tmp<suffix>` (the final
+# suffix is kept last because some writers, e.g. OpenCV's video writer, pick the format from it):
+# `remove_stale_temp` recognises them by this marker.
+TEMP_MARKER = ".dino-tmp"
+
+
+class NoSpaceError(OSError):
+    """The disk filled up while writing a file; the message is one line naming the file."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(errno.ENOSPC, f"no space left on device while writing {path}")
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def temp_path_for(path: Path) -> Path:
+    """Create (empty, exclusively) and return a temporary file beside `path`.
+
+    Unlike tempfile.mkstemp (mode 0600), the file is created with mode 0666 filtered by the umask, so
+    that after the rename the result has the permissions any other file the user writes gets.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_MARKER}{path.suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}")
+
+
+def is_no_space(err: BaseException) -> bool:
+    """Whether `err`, or an error it was raised from, is a full disk (ENOSPC, or EDQUOT: quota exceeded)."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return True
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return False
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
+
+    A full disk while writing raises NoSpaceError naming `path`; the previous `path`, if any, is intact.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = temp_path_for(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
+    except Exception as err:
+        if is_no_space(err):
+            raise NoSpaceError(path) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class _WriteWatcher:
+    """A binary file wrapper that remembers the OSError of a failed write: torch.save turns it into a
+    RuntimeError ("enforce fail at inline_container.cc") that no longer says the disk is full."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
+@contextlib.contextmanager
+def atomic_binary(path: str | Path, fsync: bool = False) -> Iterator[IO[bytes]]:
+    """An open binary file whose content replaces `path` in one rename once the block succeeds.
+
+    Write errors of the file, even when a library re-raises them as another type, come out as
+    NoSpaceError (full disk) or the original OSError.
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as raw:
+            f = _WriteWatcher(raw)
+            try:
+                yield f  # type: ignore[misc]
+                raw.flush()
+                if fsync:
+                    os.fsync(raw.fileno())
+            except Exception as err:
+                if f.error is not None and f.error is not err:
+                    raise f.error from None
+                raise
+
+
+def remove_stale_temp(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files our writers left in `folder` when a process was killed mid-write
+    (kill -9, power loss); returns what was removed. Call it when a run starts, before writing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = f"**/.*{TEMP_MARKER}*" if recursive else f".*{TEMP_MARKER}*"
+    removed = []
+    for p in folder.glob(pattern):
+        if p.is_file() and not p.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def save_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = None) -> None:
@@ -37,18 +145,17 @@ def save_png(path: str | Path, array: np.ndarray, palette: np.ndarray | None = N
         img.putpalette(np.asarray(palette, dtype=np.uint8).ravel().tolist())
     else:
         img = Image.fromarray(array)
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
+    with atomic_binary(path) as f:
+        img.save(f, format="PNG")
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
     """Write a NumPy array as .npy."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
+    with atomic_binary(path) as f:
+        np.save(f, array)
 
 
 def save_text(path: str | Path, text: str) -> None:
     """Write a text file (CSV, JSON)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with atomic_binary(path) as f:
+        f.write(text.encode("utf-8"))

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dino_seg.labels import read_label_png
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -55,8 +57,13 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as 8-bit RGB, honouring its EXIF orientation."""
+def load_image(path: str | Path, min_size: tuple[int, int] | None = None) -> Image.Image:
+    """Open an image file as 8-bit RGB, honouring its EXIF orientation.
+
+    An image above PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, twice over) raises ImageError,
+    unless it is a JPEG and `min_size` (width, height: the least the caller needs) lets libjpeg decode it
+    reduced (1/2, 1/4 or 1/8) to a size within the limit.
+    """
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
@@ -67,10 +74,34 @@ def load_image(path: str | Path) -> Image.Image:
             img.load()
             img = ImageOps.exif_transpose(img) or img
             return to_rgb(img)
+    except Image.DecompressionBombError as err:
+        reduced = _reduced_jpeg(path, min_size) if min_size else None
+        if reduced is None:
+            raise ImageError(f"{path}: too large to decode safely ({err})") from None
+        return reduced
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (expected PNG, JPEG, BMP, TIFF or WebP)") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"{path}: cannot decode image ({err})") from None
+
+
+def _reduced_jpeg(path: Path, min_size: tuple[int, int]) -> Image.Image | None:
+    """A JPEG decoded at the smallest libjpeg scale still covering `min_size` (either orientation), or None
+    when the file is no JPEG or even that is above the decompression-bomb limit."""
+    from PIL import JpegImagePlugin
+
+    side = max(min_size)  # EXIF may rotate the image by 90 degrees: cover the need both ways
+    try:
+        img = JpegImagePlugin.JpegImageFile(str(path))  # the plugin itself runs no bomb check
+    except (OSError, SyntaxError, ValueError):
+        return None
+    with img:
+        img.draft("RGB", (side, side))  # libjpeg picks the largest reduction that stays >= the size asked
+        if Image.MAX_IMAGE_PIXELS is not None and img.width * img.height > Image.MAX_IMAGE_PIXELS:
+            return None
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return to_rgb(img)
 
 
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
@@ -86,19 +117,5 @@ def load_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     Palette PNGs (PASCAL VOC, DAVIS 2017): every index but 0 is foreground, 255 is void.
     Grayscale or RGB masks (DAVIS 2016 0/255, 0/1 binaries): any non-zero value is foreground.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such mask file")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P":
-                idx = np.asarray(img)
-                return (idx != 0) & (idx != 255), idx == 255
-            arr = np.asarray(img if img.mode in ("L", "1", "I", "I;16", "F") else img.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file, expected a mask PNG") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"{path}: cannot decode mask ({err})") from None
-    fg = arr.any(axis=-1) if arr.ndim == 3 else arr > 0
-    return fg, np.zeros_like(fg)
+    mask = read_label_png(path, what="mask", error=ImageError, binary_255="object", accept="any")
+    return (mask.labels > 0) & ~mask.void, mask.void

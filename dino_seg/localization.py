@@ -6,10 +6,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from .attention import jaccard
 from .images import ImageError
+from .labels import VOID_LABEL, read_label_png
 
 
 def box_iou(a: list[float] | np.ndarray, b: list[float] | np.ndarray) -> float:
@@ -55,19 +54,12 @@ def read_gt_objects(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
 
     Palette PNGs: each index but 0 and 255 (void) is one object. Other modes: all non-zero pixels are one object.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P":
-                idx = np.asarray(img)
-                ids = [int(i) for i in np.unique(idx) if i not in (0, 255)]
-                return [idx == i for i in ids], idx == 255
-            arr = np.asarray(img if img.mode in ("L", "1", "I", "I;16", "F") else img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"{path}: cannot decode mask ({err})") from None
-    fg = arr.any(axis=-1) if arr.ndim == 3 else arr > 0
-    return ([fg] if fg.any() else []), np.zeros_like(fg)
+    mask = read_label_png(path, what="mask", error=ImageError, binary_255="object", accept="any")
+    if mask.palette:
+        ids = [int(i) for i in np.unique(mask.labels) if i not in (0, VOID_LABEL)]
+        return [mask.labels == i for i in ids], mask.void
+    fg = mask.labels > 0
+    return ([fg] if fg.any() else []), mask.void
 
 
 def mask_box(mask: np.ndarray) -> list[float]:

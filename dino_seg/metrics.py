@@ -11,10 +11,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 from skimage.morphology import disk
 
 from dino_seg.files import save_text
+from dino_seg.labels import read_label_png
 from dino_seg.davis import DavisError, VOID_LABEL, annotation_paths, list_sequences, read_annotation
 
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
@@ -121,19 +121,13 @@ class DavisScores:
 
 
 def _read_result(path: Path, gt_shape: tuple[int, int], n_objects: int) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            arr = np.array(im)
-    except (OSError, ValueError) as exc:
-        raise DavisError(f"cannot read result {path}: {exc}") from None
-    if arr.ndim != 2 or mode not in ("P", "L", "1", "I", "I;16"):
-        raise DavisError(f"result {path} is a {mode} image: expected a palette or single-channel PNG of object indices")
+    # A 0/255 single-channel result is a DAVIS 2016-style mask of the single object; with more objects,
+    # 255 stays an index (and is rejected as above the object count).
+    arr = read_label_png(path, what="result", error=DavisError,
+                         binary_255="object" if n_objects == 1 else "keep").labels
     if arr.shape != gt_shape:
         raise DavisError(
             f"result {path} is {arr.shape[1]}x{arr.shape[0]} but its ground truth is {gt_shape[1]}x{gt_shape[0]}")
-    if mode != "P" and n_objects == 1 and np.isin(arr, (0, 255)).all():
-        return (arr == 255).astype(np.uint8)  # a DAVIS 2016-style 0/255 mask of the single object
     return arr
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
-import tempfile
+import re
 import urllib.error
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .files import temp_path_for
 from .models import ARCHS, VIT_WIDTHS, build_backbone
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/dino"
@@ -47,6 +50,18 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# What is known of the released files' content (GUIDE: MD5 prefixes as pinned by open-metric-learning's model zoo,
+# and ViT-S/8's size): checked before a download takes its final name and whenever a cached file is used.
+# Presets missing here have no pinned digest: only their structure (architecture, patch size, keys) is checked.
+PINNED: dict[str, tuple[str, int | None]] = {
+    "dino_vits16": ("cf0f22", None),
+    "dino_vits8": ("230cd5", 86_728_949),
+    "dino_vitb16": ("552daf", None),
+    "dino_vitb8": ("556550", None),
+}
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of cached files already checked
+
+
 class WeightsError(ValueError):
     """Weights that cannot be read or do not fit the requested architecture."""
 
@@ -65,19 +80,58 @@ def preset_cache_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / PRESETS[name].filename
 
 
+def digest_mismatch(name: str, path: Path) -> str | None:
+    """Why `path` is not preset `name`'s released file by its pinned size and MD5 prefix; None when it matches
+    or when no digest is pinned for that preset."""
+    if name not in PINNED:
+        return None
+    prefix, size = PINNED[name]
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"{actual:,} bytes, expected {size:,}"
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            md5.update(block)
+    if not md5.hexdigest().startswith(prefix):
+        return f"MD5 {md5.hexdigest()[:12]}..., expected one beginning with {prefix}"
+    return None
+
+
+def _check_cached(name: str, path: Path) -> None:
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    reason = digest_mismatch(name, path)
+    if reason:
+        raise WeightsError(f"cached preset {name} at {path} is not the released file ({reason}): delete it to "
+                           "download it again, or pass --pretrained_weights PATH")
+    _VERIFIED.add(key)
+
+
 def fetch_preset(name: str, progress: bool = True) -> Path:
-    """Path of a preset's weights, downloading them into the torch hub cache once."""
+    """Path of a preset's weights, downloading them into the torch hub cache once.
+
+    A download takes its final name only after its size and MD5 prefix match the pinned ones (PINNED) and its
+    structure matches the preset; a cached file is checked against PINNED too, never silently used otherwise.
+    Presets without a pinned digest get the structural check only (`digest_pinned(name)` says which).
+    """
     preset = PRESETS[name]
     path = preset_cache_path(name)
     if path.is_file():
+        _check_cached(name, path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".partial")
-    os.close(fd)
+    tmp = str(temp_path_for(path))  # created with the umask's mode, not mkstemp's private 0600
     try:
         torch.hub.download_url_to_file(preset.url, tmp, progress=progress)
         # Verify before the file takes its final name: a truncated or foreign download must not
-        # be cached as the preset. The releases publish no checksum, so check the content.
+        # be cached as the preset.
+        reason = digest_mismatch(name, Path(tmp))
+        if reason:
+            raise WeightsError(f"{preset.url}: the download is not the released file ({reason}); truncated or "
+                               "altered, it was not cached")
         sd = _extract_backbone(_read_checkpoint(Path(tmp)), "teacher", Path(tmp))
         arch, patch = infer_arch(sd, source=preset.url)
         if (arch, patch) != (preset.arch, preset.patch_size):
@@ -95,9 +149,41 @@ def fetch_preset(name: str, progress: bool = True) -> Path:
     return path
 
 
+def digest_pinned(name: str) -> bool:
+    """Whether preset `name`'s file is checked by content (size, MD5) besides its structure."""
+    return name in PINNED
+
+
 def _reason(err: BaseException) -> str:
     reason = getattr(err, "reason", None) or err
     return str(reason).splitlines()[0][:120] or type(err).__name__
+
+
+def load_error_reason(path: str | Path, err: BaseException) -> str:
+    """Why torch.load(weights_only=True) refused `path`, in one line, without torch's advice to retry with
+    weights_only=False (that would run whatever code the file pickles)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch underlines its advice with terminal codes
+    found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
+    if found:
+        return (f"unsupported global {found.group(1)}: the file pickles code or objects other than tensors; "
+                "refused without running it")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        head = b""
+    if head and not head.startswith(b"PK") and head[0] != 0x80:
+        shown = head[:16].decode("ascii", "replace")
+        return f"not a PyTorch checkpoint: the file starts with {shown!r}, not a zip archive or a pickle"
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        return "truncated or corrupt checkpoint: its zip archive is incomplete"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    unpickler = [line.split("WeightsUnpickler error:", 1)[1].strip() for line in lines
+                 if "WeightsUnpickler error:" in line]
+    lines = unpickler or [line for line in lines if "weights_only" not in line and "torch.load" not in line
+                          and "Weights only load failed" not in line] or ["refused by torch.load(weights_only=True)"]
+    detail = lines[0]
+    return f"{type(err).__name__}: {detail}"
 
 
 def _read_checkpoint(path: Path) -> object:
@@ -111,7 +197,7 @@ def _read_checkpoint(path: Path) -> object:
     except IsADirectoryError:
         raise WeightsError(f"{path}: is a folder, expected a checkpoint file (.pth)") from None
     except Exception as err:  # torch raises many types for non-checkpoints (pickle, zip, EOF, ...)
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({_reason(err)})") from None
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({load_error_reason(path, err)})") from None
 
 
 def _extract_backbone(checkpoint: object, checkpoint_key: str, source: Path | str) -> dict[str, torch.Tensor]:
@@ -161,7 +247,14 @@ def load_state_dict(source: str | Path, checkpoint_key: str = "teacher") -> dict
     if source not in PRESETS and not path.exists():
         raise WeightsError(f"--pretrained_weights: {source}: no such file and not a preset "
                            f"(presets: {', '.join(PRESETS)})")
-    return _extract_backbone(_read_checkpoint(path), checkpoint_key, path)
+    sd = _extract_backbone(_read_checkpoint(path), checkpoint_key, path)
+    if source in PRESETS:  # the structural check, for every preset (the only one where no digest is pinned)
+        preset = PRESETS[source]
+        found = infer_arch(sd, source=path)
+        if found != (preset.arch, preset.patch_size):
+            raise WeightsError(f"cached preset {source} at {path} holds {found[0]}/{found[1]} weights, expected "
+                               f"{preset.arch}/{preset.patch_size}: delete it to download it again")
+    return sd
 
 
 def load_model(
@@ -184,9 +277,11 @@ def load_model(
         if arch and arch not in ARCHS:
             raise WeightsError(f"--arch: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
         if (arch and arch != found_arch) or (patch_size and found_patch and patch_size != found_patch):
+            asked = " ".join(f"--{flag} {value}" for flag, value in (("arch", arch), ("patch_size", patch_size))
+                             if value)
             raise WeightsError(f"{pretrained_weights}: the weights are {found_arch}"
-                               f"{'/' + str(found_patch) if found_patch else ''}, but --arch {arch} "
-                               f"--patch_size {patch_size} was asked for")
+                               f"{'/' + str(found_patch) if found_patch else ''}, but {asked} "
+                               "was asked for (leave --arch and --patch_size out to take them from the weights)")
         grid = 224
         if found_patch:  # keep the checkpoint's positional grid: the reference interpolates from it
             grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) * found_patch

@@ -3,7 +3,8 @@
     python -m eval.attention --pretrained_weights dino_vits8 --image_path photo.jpg --output_dir out
     python -m eval.attention --image_path images/ --gt_dir masks/ --threshold 0.6 --output_dir out
 
-For each image, OUTPUT_DIR/<image stem>/ gets img.png, attn-head{j}.png (heat maps),
+For each image, OUTPUT_DIR/<path under --image_path without suffix>/ (OUTPUT_DIR/<stem>/ for a single
+file; `name_<suffix>` when two images differ only by suffix) gets img.png, attn-head{j}.png (heat maps),
 mask_th{t}_head{j}.png and mask_th{t}_mean.png (overlays with contours), attention.npy
 (float32, heads x h x w) and masks.npy (bool, heads x H x W at the cropped size). With --gt_dir,
 the masks are scored by Jaccard against ground-truth masks matched by file stem.
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from dino_seg.attention import compute_attention, jaccard, masks_to_image_size, resized_size
 from dino_seg.device import pick_device
-from dino_seg.files import save_npy, save_png, save_text
+from dino_seg.files import remove_stale_temp, save_npy, save_png, save_text
 from dino_seg.images import ImageError, list_images, load_image, load_mask
 from dino_seg.models import is_vit
 from dino_seg.viz import attention_panels
@@ -86,8 +87,43 @@ def _mean_row(rows: list[dict], columns: list[str]) -> dict:
     return {"image": "mean", **{c: float(np.mean([r[c] for r in rows])) for c in columns[1:]}}
 
 
+def output_folders(images: list[Path], root: Path | None) -> dict[Path, Path]:
+    """Each image's output folder, relative to OUTPUT_DIR: its path under `root` without the suffix
+    (`a/frame.jpg` -> `a/frame`), or its stem for a single file. Two images that would share a folder
+    (`frame.jpg` and `frame.png` side by side) both get their suffix appended instead (`frame_jpg`,
+    `frame_png`), so no input ever overwrites another's outputs."""
+    def base(path: Path) -> Path:
+        rel = path.relative_to(root) if root is not None else Path(path.name)
+        return rel.parent / rel.stem
+
+    counts: dict[Path, int] = {}
+    for path in images:
+        counts[base(path)] = counts.get(base(path), 0) + 1
+    folders: dict[Path, Path] = {}
+    taken: set[Path] = set()
+    for path in images:
+        folder = base(path)
+        if counts[folder] > 1:
+            folder = folder.parent / f"{folder.name}_{path.suffix.lstrip('.')}"
+        candidate, n = folder, 1
+        while candidate in taken or (candidate != base(path) and candidate in counts):
+            n += 1  # only when names collide even with their suffixes (`x.JPG` and `x.jpg`)
+            candidate = folder.parent / f"{folder.name}_{n}"
+        taken.add(candidate)
+        folders[path] = candidate
+    return folders
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the outputs written so far are complete (files are written whole)", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         device = pick_device(args.device)
         model, description = load_from_args(args, device)
@@ -104,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         if not images:
             print(f"error: --image_path {image_path}: no image files in this folder", file=sys.stderr)
             return 2
+        folders = output_folders(images, image_path)
     elif image_path.exists():
         images = [image_path]
+        folders = output_folders(images, None)
     else:
         print(f"error: --image_path {image_path}: no such file or folder", file=sys.stderr)
         return 2
@@ -118,11 +156,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        print(f"error: --output_dir {output_dir}: is a file, expected a folder", file=sys.stderr)
+        return 2
+    # Temporary files of a run killed mid-write (kill -9) are never completed: remove them from the folders this
+    # run writes (not the whole tree under OUTPUT_DIR, which defaults to the working directory).
+    stale = remove_stale_temp(output_dir, recursive=False)
+    for folder in sorted(set(folders.values())):
+        stale += remove_stale_temp(output_dir / folder, recursive=False)
+    if stale:
+        print(f"removed {len(stale)} stale temporary file(s) of an interrupted run")
     rows: list[dict[str, float | str]] = []
     skipped = 0
     for path in tqdm(images, desc="images", unit="img", disable=len(images) == 1):
         try:
-            image = load_image(path)
+            # A huge JPEG may be decoded reduced, as long as that still covers the size the model gets.
+            need = args.image_size * 2 if len(args.image_size) == 1 else args.image_size[::-1]
+            image = load_image(path, min_size=(need[0], need[1]))
             result = compute_attention(model, image, tuple(args.image_size))
         except (ImageError, ValueError) as err:
             if len(images) == 1:
@@ -131,10 +181,16 @@ def main(argv: list[str] | None = None) -> int:
             tqdm.write(f"warning: skipped {err}")
             skipped += 1
             continue
-        masks = write_outputs(output_dir / path.stem, result, args.threshold)
+        try:
+            masks = write_outputs(output_dir / folders[path], result, args.threshold)
+        except OSError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         if gt_dir is None:
             continue
-        gt_path = find_gt(gt_dir, path.stem)
+        rel = folders[path]
+        gt_path = find_gt(gt_dir / rel.parent, path.stem) if rel.parent != Path(".") else None
+        gt_path = gt_path or find_gt(gt_dir, path.stem)
         if gt_path is None:
             tqdm.write(f"warning: no ground truth for {path.name} in {gt_dir}; not scored")
             continue
@@ -147,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         resized = resized_size(image.size, args.image_size)
         full = masks_to_image_size(masks, resized, fg.shape)
         scores = [jaccard(m, fg, void) for m in full]
-        rows.append({"image": path.name, **{f"head{j}": s for j, s in enumerate(scores[:-1])},
+        name = path.name if image_path == path else path.relative_to(image_path).as_posix()
+        rows.append({"image": name, **{f"head{j}": s for j, s in enumerate(scores[:-1])},
                      "best_head": max(scores[:-1]), "mean_map": scores[-1]})
 
     done = len(images) - skipped
@@ -158,7 +215,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no image had a ground-truth mask in {gt_dir}", file=sys.stderr)
             return 2
         text = score_table(rows, heads=len(masks) - 1)
-        save_text(output_dir / "jaccard.csv", text)
+        try:
+            save_text(output_dir / "jaccard.csv", text)
+        except OSError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         mean = text.strip().splitlines()[-1].split(",")
         header = text.splitlines()[0].split(",")
         print(f"Jaccard at threshold {args.threshold} over {len(rows)} image(s):")

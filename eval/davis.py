@@ -5,7 +5,8 @@
 
 Writes OUTPUT_DIR/<sequence>/<frame>.png (indexed PNGs, DAVIS palette, original size) for every frame, then
 global_results-<set>.csv, per-sequence_results-<set>.csv (davis2017-evaluation's columns) and summary.json.
-A sequence whose outputs are all present is skipped unless --overwrite.
+OUTPUT_DIR/provenance.json records the weights and settings; a sequence whose outputs are all present and were
+made with the same ones is skipped unless --overwrite, and other settings stop the run unless --overwrite.
 """
 from __future__ import annotations
 
@@ -22,15 +23,17 @@ from tqdm import tqdm
 from dino_seg.davis import DavisError, RESOLUTIONS, VOID_LABEL, annotation_dir, frame_paths, image_size, \
     list_sequences, read_annotation, write_indexed_png
 from dino_seg.device import pick_device
-from dino_seg.files import save_text
 from dino_seg.discovery import discovered_labels
+from dino_seg.files import remove_stale_temp, save_text
 from dino_seg.images import ImageError, load_image
-from dino_seg.metrics import DavisScores, format_table, score_sequence, summarise, write_csvs
+from dino_seg.metrics import DavisScores, csv_paths, format_table, score_sequence, summarise, write_csvs
 from dino_seg.models import is_vit
 from dino_seg.propagation import segment_sequence
-from dino_seg.weights import WeightsError
+from dino_seg.provenance import differences, read_provenance, weights_identity, write_provenance
+from dino_seg.weights import PRESETS, WeightsError
 from dino_seg.flags import bool_flag
-from eval.common import add_discovery_flags, add_weight_flags, discovery_kwargs, load_from_args
+from eval.common import (add_discovery_flags, add_weight_flags, discovery_kwargs, load_from_args,
+                         resolve_weights)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -88,9 +91,48 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
 
 
+def _drop_stale_scores(results_dir: Path, subset: str, reason: str) -> None:
+    """The folder's CSVs and summary.json scores no longer describe its masks: remove the CSVs, and
+    replace summary.json's scores by the reason (its timings and settings still hold)."""
+    for path in csv_paths(results_dir, subset):
+        path.unlink(missing_ok=True)
+    summary_path = results_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):  # none, or unreadable: nothing of it can be trusted
+        if summary_path.is_file():
+            summary_path.unlink()
+        return
+    if isinstance(summary, dict):
+        summary["scores"] = None
+        summary["scores_error"] = reason
+        save_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def _scorable(args: argparse.Namespace, names: list[str]) -> tuple[list[str], str]:
+    """The sequences with ground truth to score: davis2017-evaluation scores frames 1 to N-2, so a sequence needs
+    at least 3 annotated frames; with fewer (DAVIS test-dev gives only the first) the others are named."""
+    scorable, unscored = [], []
+    for name in names:
+        folder = annotation_dir(args.data_path, name, args.resolution)
+        (scorable if len(list(folder.glob("*.png"))) >= 3 else unscored).append(name)
+    note = ""
+    if unscored:
+        shown = ", ".join(unscored[:5]) + (f" and {len(unscored) - 5} more" if len(unscored) > 5 else "")
+        note = (f"{'nothing to score' if not scorable else 'not scored'}: {shown} "
+                f"{'has' if len(unscored) == 1 else 'have'} ground truth for fewer than 3 frames (only the first, "
+                "as in DAVIS test-dev?); J&F needs the annotations of the frames in between")
+    return scorable, note
+
+
 def _score(results_dir: Path, args: argparse.Namespace, names: list[str]) -> DavisScores:
-    per_seq = [score_sequence(results_dir, args.data_path, name, args.resolution)
-               for name in tqdm(names, desc="scoring", unit="seq", file=sys.stderr)]
+    try:
+        per_seq = [score_sequence(results_dir, args.data_path, name, args.resolution)
+                   for name in tqdm(names, desc="scoring", unit="seq", file=sys.stderr)]
+    except (DavisError, ImageError) as err:
+        # A failed (re)scoring must not leave the previous numbers beside masks they may not describe.
+        _drop_stale_scores(results_dir, args.set, str(err))
+        raise DavisError(f"{err} (no scores written; earlier score files of {results_dir} removed)") from None
     scores = summarise(per_seq)
     if scores.missing:
         shown = ", ".join(str(p) for p in scores.missing[:3])
@@ -118,14 +160,71 @@ def _complete(out_dir: Path, frames: list[Path]) -> bool:
     return all((out_dir / f"{f.stem}.png").is_file() for f in frames)
 
 
+def run_settings(args: argparse.Namespace, model: torch.nn.Module) -> dict:
+    """What decides the masks: recorded in OUTPUT_DIR/provenance.json and compared when a run resumes."""
+    source, _ = resolve_weights(args)
+    settings = {
+        "weights": weights_identity(source, PRESETS),
+        "checkpoint_key": args.checkpoint_key if source and source not in PRESETS else None,
+        "arch": model.arch,
+        "patch_size": model.patch_size,
+        "short_side": args.short_side,
+        "n_last_frames": args.n_last_frames,
+        "topk": args.topk,
+        "size_mask_neighborhood": args.size_mask_neighborhood,
+        "resolution": args.resolution,
+        "first_frame": getattr(args, "first_frame", "annotation"),
+    }
+    if settings["first_frame"] == "discover":  # the discovery flags decide the first frame, hence every mask
+        settings["method"] = args.method
+        settings["discovery"] = {**discovery_kwargs(args), "resize": args.resize}
+    return settings
+
+
+def _check_provenance(output_dir: Path, settings: dict, plan: list, overwrite: bool) -> list[str]:
+    """Sequences already complete under `settings` in `output_dir`; raises DavisError if the folder holds
+    results of other settings (or of unknown ones) and --overwrite was not given."""
+    redo = "pass --overwrite to redo them with the current settings, or choose another --output_dir"
+    record = read_provenance(output_dir)
+    if record is None:
+        previous = [name for name, frames, _ in plan if _complete(output_dir / name, frames)]
+        if previous and not overwrite:
+            raise DavisError(f"--output_dir {output_dir} holds results ({', '.join(previous[:3])}"
+                             f"{', ...' if len(previous) > 3 else ''}) without a record of the settings that "
+                             f"produced them: {redo}")
+        return []
+    diff = differences(record["settings"], settings)
+    if diff and not overwrite:
+        raise DavisError(f"--output_dir {output_dir} holds results of other settings ({'; '.join(diff)}): {redo}")
+    sequences = record.get("sequences")
+    return [] if diff or not isinstance(sequences, list) else [str(n) for n in sequences]
+
+
 def run(args: argparse.Namespace) -> int:
     if args.results_path:
         results = Path(args.results_path)
         if not results.is_dir():
             raise DavisError(f"--results_path: results folder not found: {results}")
-        _score(results, args, _sequences(args))
+        names, note = _scorable(args, _sequences(args))
+        if not names:
+            _drop_stale_scores(results, args.set, "no ground truth to score against")
+            raise DavisError(note)
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
+        scores = _score(results, args, names)
+        summary_path = results / "summary.json"
+        try:  # a summary of the run that made these masks gets the new scores, not the old ones
+            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+        except (OSError, ValueError):
+            summary = None
+        if isinstance(summary, dict):
+            summary["scores"] = scores.global_scores
+            summary.pop("scores_error", None)
+            save_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
         return 0
 
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise DavisError(f"--output_dir {args.output_dir}: is a file, expected a folder")
     for flag in ("n_last_frames", "topk", "bs", "short_side"):
         minimum = {"n_last_frames": 0, "short_side": 64}.get(flag, 1)
         if getattr(args, flag) < minimum:
@@ -156,10 +255,19 @@ def run(args: argparse.Namespace) -> int:
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    settings = run_settings(args, model)
+    recorded = _check_provenance(output_dir, settings, plan, args.overwrite)
+    # Temporary files of a run killed mid-write (kill -9) are never completed: remove them.
+    stale = remove_stale_temp(output_dir, recursive=False)
+    for name, _, _ in plan:
+        stale += remove_stale_temp(output_dir / name)
+    if stale:
+        print(f"removed {len(stale)} stale temporary file(s) of an interrupted run", file=sys.stderr)
+    write_provenance(output_dir, settings, recorded)
     done, skipped, n_frames, seconds, per_sequence = [], [], 0, 0.0, {}
     for name, frames, first_gt in tqdm(plan, desc="sequences", unit="seq", file=sys.stderr):
         seq_dir = output_dir / name
-        if not args.overwrite and _complete(seq_dir, frames):
+        if not args.overwrite and name in recorded and _complete(seq_dir, frames):
             skipped.append(name)
             continue
         annotation = read_annotation(first_gt)
@@ -179,6 +287,9 @@ def run(args: argparse.Namespace) -> int:
         seconds += elapsed
         n_frames += len(frames) - 1
         done.append(name)
+        if name not in recorded:
+            recorded.append(name)
+            write_provenance(output_dir, settings, recorded)
     # Timings of sequences skipped now come from the run that made them, so the summary covers them all.
     previous = _previous_timings(output_dir / "summary.json")
     for name in skipped:
@@ -191,9 +302,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {len(skipped)} complete sequence(s) (--overwrite true to redo): {', '.join(skipped)}",
               file=sys.stderr)
 
-    scores = _score(output_dir, args, names)
+    scorable, note = _scorable(args, names)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
+    scores = _score(output_dir, args, scorable) if scorable else None
+    if scores is None:
+        _drop_stale_scores(output_dir, args.set, "no ground truth to score against")
+        print(f"wrote the masks of {len(names)} sequence(s) to {output_dir}; no J&F: nothing to score")
     summary = {
         "args": vars(args),
+        "settings": settings,
         "weights": description,
         "device": str(device),
         "sequences_run": done,
@@ -205,8 +323,12 @@ def run(args: argparse.Namespace) -> int:
         "per_sequence": {name: per_sequence[name] for name in names if name in per_sequence},
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
         "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
-        "scores": scores.global_scores,
+        "scores": scores.global_scores if scores is not None else None,
     }
+    if scores is None:
+        summary["scores_error"] = "no ground truth to score against"
+    elif len(scorable) < len(names):
+        summary["sequences_not_scored"] = [name for name in names if name not in scorable]
     save_text(output_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return 0
 
@@ -218,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DavisError, WeightsError, ImageError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: complete sequences are kept (files are written whole); run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

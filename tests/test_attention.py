@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -242,3 +244,92 @@ def test_without_weights_the_cli_takes_the_reference_scripts_default_release():
     assert resolve_weights(cli.get_args_parser().parse_args(["--arch", "vit_base"]))[0] == "dino_vitb8"
     source, description = resolve_weights(cli.get_args_parser().parse_args(["--arch", "vit_tiny"]))
     assert source == "" and "RANDOM" in description  # no official vit_tiny: said loudly
+
+
+def test_cli_mirrors_subfolders_and_never_lets_two_images_share_an_output_folder(tmp_path, tiny_vit_weights,
+                                                                                   capsys):
+    images = tmp_path / "images"
+    for sub in ("a", "b"):
+        (images / sub).mkdir(parents=True)
+        _write_image(images / sub / "frame.jpg", (32, 32), 0 if sub == "a" else 1)
+    _write_image(images / "frame.jpg", (32, 32), 2)
+    _write_image(images / "frame.png", (32, 32), 3)
+    _write_image(images / "frame_jpg.png", (32, 32), 4)  # the name a disambiguated folder would take
+    out = tmp_path / "out"
+    stale = out / "a" / "frame" / ".img.png.0badc0de.dino-tmp.png"  # left by a run killed mid-write
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    assert cli.main(["--pretrained_weights", str(tiny_vit_weights), "--image_path", str(images),
+                     "--image_size", "32", "32", "--output_dir", str(out), "--device", "cpu"]) == 0
+    assert "of 5 image(s)" in capsys.readouterr().out
+    folders = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("img.png"))
+    assert folders == ["a/frame", "b/frame", "frame_jpg", "frame_jpg_2", "frame_png"]
+    assert not stale.exists()
+    # Each folder holds its own image: the two `frame.jpg` of a/ and b/ were not written over each other.
+    assert not np.array_equal(np.asarray(Image.open(out / "a/frame/img.png")),
+                              np.asarray(Image.open(out / "b/frame/img.png")))
+    assert np.array_equal(np.asarray(Image.open(out / "frame_png/img.png")),
+                          np.asarray(Image.open(images / "frame.png")))
+    # A real `frame_jpg.png` keeps its natural folder; `frame.jpg`, disambiguated, moves aside.
+    assert np.array_equal(np.asarray(Image.open(out / "frame_jpg/img.png")),
+                          np.asarray(Image.open(images / "frame_jpg.png")))
+
+
+def test_output_folders_of_a_single_file_and_of_a_folder(tmp_path):
+    assert cli.output_folders([tmp_path / "x" / "photo.jpg"], None) == {tmp_path / "x" / "photo.jpg": Path("photo")}
+    paths = [tmp_path / "s1" / "00000.jpg", tmp_path / "s2" / "00000.jpg"]
+    assert list(cli.output_folders(paths, tmp_path).values()) == [Path("s1/00000"), Path("s2/00000")]
+
+
+def test_cli_full_disk_is_one_line(tmp_path, tiny_vit_weights, capsys, monkeypatch):
+    from dino_seg import files
+    from test_files import FullDisk
+
+    _write_image(tmp_path / "a.png", (32, 32), 0)
+    monkeypatch.setattr(files, "open", FullDisk(room=100), raising=False)
+    assert cli.main(["--pretrained_weights", str(tiny_vit_weights), "--image_path", str(tmp_path / "a.png"),
+                     "--image_size", "32", "32", "--output_dir", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == f"error: no space left on device while writing {tmp_path / 'out/a/img.png'}\n"
+
+
+def test_decompression_bombs_are_skipped_or_decoded_reduced(tmp_path, tiny_vit_weights, capsys, monkeypatch):
+    # PIL refuses images above twice MAX_IMAGE_PIXELS: lower it so that small files play the bombs.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
+    images = tmp_path / "images"
+    images.mkdir()
+    _write_image(images / "a_bomb.png", (64, 64), 0)  # 4096 px > 3000: no reduced decode for PNG
+    Image.fromarray(np.full((256, 256, 3), 90, np.uint8)).save(images / "b_big.jpg")  # decodable at 1/8
+    _write_image(images / "c_small.png", (32, 32), 1)
+    out = tmp_path / "out"
+    assert cli.main(["--pretrained_weights", str(tiny_vit_weights), "--image_path", str(images),
+                     "--image_size", "32", "--output_dir", str(out), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert f"warning: skipped {images / 'a_bomb.png'}: too large to decode safely (Image size (4096 pixels) " \
+           "exceeds limit of 3000 pixels" in captured.out + captured.err
+    assert "of 2 image(s)" in captured.out and "1 unreadable file(s) skipped" in captured.out
+    assert sorted(p.name for p in out.iterdir()) == ["b_big", "c_small"]
+    assert Image.open(out / "b_big" / "img.png").size == (32, 32)
+    # The reduced decode is libjpeg's 1/8 scale: 32 x 32, the size asked for.
+    assert load_image(images / "b_big.jpg", min_size=(32, 32)).size == (32, 32)
+    with pytest.raises(ImageError, match="too large to decode safely"):
+        load_image(images / "b_big.jpg", min_size=(33, 20))  # 1/4 (64 x 64) would be needed: still too large
+    with pytest.raises(ImageError, match="too large to decode safely"):
+        load_image(images / "b_big.jpg")
+
+
+def test_cli_output_dir_that_is_a_file_and_ctrl_c_are_one_line(tmp_path, tiny_vit_weights, capsys, monkeypatch):
+    _write_image(tmp_path / "a.png", (32, 32), 0)
+    common = ["--pretrained_weights", str(tiny_vit_weights), "--image_path", str(tmp_path / "a.png"),
+              "--image_size", "32", "32", "--device", "cpu"]
+    taken = tmp_path / "file"
+    taken.write_text("x")
+    assert cli.main(common + ["--output_dir", str(taken)]) == 2
+    assert capsys.readouterr().err == f"error: --output_dir {taken}: is a file, expected a folder\n"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "compute_attention", interrupted)
+    assert cli.main(common + ["--output_dir", str(tmp_path / "out")]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted: the outputs written so far are complete (files are written whole)"

@@ -2,7 +2,10 @@
 indexed outputs, an end-to-end run on synthetic sequences, resume and every input error."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -13,6 +16,7 @@ from PIL import Image
 from davis_data import make_davis, save_palette_png, shape_masks
 from dino_seg.davis import (DavisError, first_frame_labels, frame_paths, list_sequences, read_annotation,
                             read_frame, resized_shape, write_indexed_png)
+from dino_seg.models import build_backbone
 from dino_seg.viz import davis_palette
 from eval import davis as cli
 
@@ -220,3 +224,231 @@ def test_input_errors_are_one_line(davis_root, tmp_path, capsys):
     assert "--device" in error(["--data_path", davis_root, "--sequences", "shapes", "--device", "tpu"])
     assert "no such file" in error(["--data_path", davis_root, "--sequences", "shapes",
                                     "--pretrained_weights", tmp_path / "w.pth"])
+
+
+def test_a_start_removes_stale_temporary_files(davis_root, tmp_path, tiny_vit_weights, capsys):
+    out = tmp_path / "out"
+    stale = [out / ".summary.json.0badc0de.dino-tmp.json", out / "more" / ".00002.png.0badc0de.dino-tmp.png"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    code, _, stderr = _run(["--pretrained_weights", tiny_vit_weights, "--data_path", davis_root, "--output_dir", out,
+                            "--sequences", "more", "--short_side", 64, "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    assert "removed 2 stale temporary file(s) of an interrupted run" in stderr
+    assert not any(p.exists() for p in stale)
+    assert not list(out.rglob(".*"))
+
+
+def test_resume_with_other_weights_or_settings_stops_with_what_differs(davis_root, tmp_path, tiny_vit_weights,
+                                                                       capsys):
+    out = tmp_path / "out"
+    common = ["--data_path", davis_root, "--output_dir", out, "--sequences", "more", "--device", "cpu"]
+    first = ["--pretrained_weights", tiny_vit_weights, "--short_side", 64]
+    code, _, stderr = _run(common + first, capsys)
+    assert code == 0, stderr
+    record = json.loads((out / "provenance.json").read_text())
+    digest = hashlib.sha256(tiny_vit_weights.read_bytes()).hexdigest()
+    assert record == {"settings": {"weights": f"sha256 {digest}", "checkpoint_key": "teacher", "arch": "vit_tiny",
+                                   "patch_size": 16, "short_side": 64, "n_last_frames": 7, "topk": 5,
+                                   "size_mask_neighborhood": 12, "resolution": "480p", "first_frame": "annotation"},
+                      "sequences": ["more"]}
+    assert json.loads((out / "summary.json").read_text())["settings"] == record["settings"]
+    stamp = _stamp(out / "more" / "00001.png")
+
+    # Same settings (the weights file copied elsewhere: identity is the content): skipped as complete.
+    moved = tmp_path / "copy.pth"
+    moved.write_bytes(tiny_vit_weights.read_bytes())
+    code, _, stderr = _run(common + ["--pretrained_weights", moved, "--short_side", 64], capsys)
+    assert code == 0 and "skipped 1 complete sequence(s)" in stderr
+
+    # Other short side, other weights: one line naming what differs; nothing rewritten.
+    code, _, stderr = _run(common + ["--pretrained_weights", tiny_vit_weights, "--short_side", 128], capsys)
+    assert code == 2
+    assert stderr.splitlines()[-1] == (
+        f"error: --output_dir {out} holds results of other settings (short_side 64 -> 128): pass "
+        "--overwrite to redo them with the current settings, or choose another --output_dir")
+    torch.manual_seed(1)
+    other = tmp_path / "other.pth"
+    torch.save(build_backbone("vit_tiny", 16).state_dict(), other)
+    other_digest = hashlib.sha256(other.read_bytes()).hexdigest()
+    code, _, stderr = _run(common + ["--pretrained_weights", other, "--short_side", 64, "--topk", 3], capsys)
+    assert code == 2 and stderr.count("error") == 1 and stderr.splitlines()[-1].startswith("error: ")
+    assert f"(weights sha256 {digest} -> sha256 {other_digest}; topk 5 -> 3)" in stderr
+    assert _stamp(out / "more" / "00001.png") == stamp
+    assert json.loads((out / "provenance.json").read_text()) == record
+
+    # --overwrite redoes them and records the new settings.
+    code, _, stderr = _run(common + ["--pretrained_weights", other, "--short_side", 64, "--overwrite"], capsys)
+    assert code == 0, stderr
+    assert _stamp(out / "more" / "00001.png") != stamp
+    assert json.loads((out / "provenance.json").read_text())["settings"]["weights"] == f"sha256 {other_digest}"
+
+    # Results without a record (made by an older version, or copied in) are not silently taken as ours.
+    (out / "provenance.json").unlink()
+    code, _, stderr = _run(common + ["--pretrained_weights", other, "--short_side", 64], capsys)
+    assert code == 2 and "holds results (more) without a record of the settings" in stderr
+
+
+def test_failed_rescoring_leaves_no_stale_scores(davis_root, tmp_path, capsys):
+    # Results made earlier (here: the ground truth itself) with their CSVs and a summary of the run.
+    results = tmp_path / "results"
+    for name in ("shapes", "more"):
+        (results / name).mkdir(parents=True)
+        for png in (davis_root / "Annotations" / "480p" / name).iterdir():
+            (results / name / png.name).write_bytes(png.read_bytes())
+    (results / "summary.json").write_text(json.dumps({"seconds": 1.5, "scores": {"J&F-Mean": 0.5}}))
+    code, _, stderr = _run(["--results_path", results, "--data_path", davis_root], capsys)
+    assert code == 0, stderr
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["scores"]["J&F-Mean"] == 1.0 and summary["seconds"] == 1.5  # rescored: the new numbers
+
+    # A result frame of the wrong size: the rescoring fails, and the old numbers go with it.
+    save_palette_png(results / "more" / "00002.png", np.zeros((32, 48), np.uint8))
+    code, _, stderr = _run(["--results_path", results, "--data_path", davis_root], capsys)
+    assert code == 2 and stderr.count("error: result ") == 1 and "Traceback" not in stderr
+    assert "no scores written; earlier score files of" in stderr
+    assert not (results / "global_results-val.csv").exists()
+    assert not (results / "per-sequence_results-val.csv").exists()
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["scores"] is None and "is 48x32 but its ground truth is 96x64" in summary["scores_error"]
+    assert summary["seconds"] == 1.5
+
+
+def test_ground_truth_of_the_first_frame_only_writes_masks_and_says_there_is_nothing_to_score(
+        davis_root, tmp_path, tiny_vit_weights, capsys):
+    for name in ("shapes", "more"):  # DAVIS test-dev style: only the first frame is annotated
+        for png in sorted((davis_root / "Annotations" / "480p" / name).iterdir())[1:]:
+            png.unlink()
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(["--pretrained_weights", tiny_vit_weights, "--data_path", davis_root,
+                                 "--output_dir", out, "--short_side", 64, "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    assert ("warning: nothing to score: shapes, more have ground truth for fewer than 3 frames (only the first, "
+            "as in DAVIS test-dev?); J&F needs the annotations of the frames in between") in stderr
+    assert f"wrote the masks of 2 sequence(s) to {out}; no J&F: nothing to score" in stdout
+    assert "nan" not in stdout + stderr and "J&F-Mean" not in stdout
+    assert sorted(p.name for p in (out / "shapes").iterdir()) == [f"{t:05d}.png" for t in range(5)]
+    assert not (out / "global_results-val.csv").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scores"] is None and summary["scores_error"] == "no ground truth to score against"
+    # Scoring such a folder alone is an error, not a table of nan.
+    code, stdout, stderr = _run(["--results_path", out, "--data_path", davis_root], capsys)
+    assert code == 2 and stderr.startswith("error: nothing to score: shapes, more") and stderr.count("\n") == 1
+    # Mixed: the annotated sequence is scored, the other named.
+    shutil.rmtree(davis_root / "Annotations" / "480p" / "more")
+    shutil.copytree(tmp_path / "out" / "more", davis_root / "Annotations" / "480p" / "more")
+    code, stdout, stderr = _run(["--results_path", out, "--data_path", davis_root], capsys)
+    assert code == 0 and "warning: not scored: shapes has ground truth for fewer than 3 frames" in stderr
+    assert [r.split(",")[0] for r in (out / "per-sequence_results-val.csv").read_text().splitlines()[1:]] == [
+        "more_1", "more_2", "more_3"]
+
+
+def test_output_dir_that_is_a_file_and_ctrl_c_are_one_line(davis_root, tmp_path, tiny_vit_weights, capsys,
+                                                           monkeypatch):
+    common = ["--pretrained_weights", tiny_vit_weights, "--data_path", davis_root, "--sequences", "more",
+              "--short_side", 64, "--device", "cpu"]
+    taken = tmp_path / "file"
+    taken.write_text("x")
+    code, _, stderr = _run(common + ["--output_dir", taken], capsys)
+    assert code == 2 and stderr == f"error: --output_dir {taken}: is a file, expected a folder\n"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "segment_sequence", interrupted)
+    code, _, stderr = _run(common + ["--output_dir", tmp_path / "out"], capsys)
+    assert code == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == ("interrupted: complete sequences are kept (files are written whole); "
+                                               "run the same command again to resume")
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
+def test_cli_masks_equal_an_independent_run_of_the_reference_steps(davis_root, tmp_path, tiny_vit_weights, capsys):
+    """The whole glue (frame reading and resizing, first-frame labels, file order, output size) against the
+    reference's eval_video_segmentation.py steps, transcribed here, on the same tiny model."""
+    import torch.nn.functional as F
+
+    from dino_seg.models import patch_features
+    from dino_seg.weights import load_model
+    from test_propagation import _ref_norm_mask, _ref_video
+
+    out = tmp_path / "out"
+    code, _, stderr = _run(["--pretrained_weights", tiny_vit_weights, "--data_path", davis_root, "--output_dir", out,
+                            "--sequences", "shapes", "--short_side", 128, "--n_last_frames", 2,
+                            "--size_mask_neighborhood", 2, "--topk", 3, "--device", "cpu"], capsys)
+    assert code == 0, stderr
+
+    model = load_model(tiny_vit_weights)
+    patch, short = 16, 128
+
+    def read_frame(path):  # the reference's read_frame, with its 480 as `short`
+        img = cv2.imread(str(path))
+        ori_h, ori_w = img.shape[:2]
+        if ori_h > ori_w:
+            tw = short
+            th = int(((tw * ori_h) / ori_w // 64) * 64)
+        else:
+            th = short
+            tw = int(((th * ori_w) / ori_h // 64) * 64)
+        img = cv2.resize(img, (tw, th)).astype(np.float32) / 255.0
+        img = torch.from_numpy(np.transpose(img[:, :, ::-1].copy(), (2, 0, 1))).float()
+        for t, m, s in zip(img, [0.485, 0.456, 0.406], [0.228, 0.224, 0.225]):
+            t.sub_(m).div_(s)
+        return img, ori_h, ori_w
+
+    def read_seg(path, th, tw):  # the reference's read_seg and to_one_hot
+        seg = Image.open(path)
+        small = torch.from_numpy(np.array(seg.resize((tw // patch, th // patch), 0)).copy()).float()[None]
+        y = small.long().view(-1, 1)
+        n_dims = int(y.max()) + 1
+        one_hot = torch.zeros(y.size(0), n_dims).scatter_(1, y, 1).view(*small.shape, -1)
+        return one_hot.permute(0, 3, 1, 2)  # (1, C, h, w)
+
+    frames = sorted((davis_root / "JPEGImages" / "480p" / "shapes").glob("*.jpg"))
+    read = [read_frame(f) for f in frames]
+    _, ori_h, ori_w = read[0]
+    with torch.no_grad():
+        feats = [patch_features(model, img[None])[0] for img, _, _ in read]  # (h, w, D) each
+    first_gt = davis_root / "Annotations" / "480p" / "shapes" / "00000.png"
+    first_seg = read_seg(first_gt, *read[0][0].shape[1:])
+    args = SimpleNamespace(size_mask_neighborhood=2, topk=3, n_last_frames=2)
+    soft = _ref_video(args, feats, first_seg)
+    assert sorted(p.name for p in (out / "shapes").iterdir()) == [f.stem + ".png" for f in frames]
+    with Image.open(out / "shapes" / "00000.png") as im:
+        assert np.array_equal(np.array(im), np.array(Image.open(first_gt)))
+    for frame, avg in zip(frames[1:], soft):
+        up = F.interpolate(avg, scale_factor=patch, mode="bilinear", align_corners=False,
+                           recompute_scale_factor=False)[0]
+        _, seg = torch.max(_ref_norm_mask(up), dim=0)
+        expected = np.array(Image.fromarray(seg.numpy().astype(np.uint8)).resize((ori_w, ori_h), 0))
+        with Image.open(out / "shapes" / f"{frame.stem}.png") as im:
+            got = np.array(im)
+        assert got.shape == (ori_h, ori_w) and len(np.unique(expected)) > 1  # not a trivial all-background mask
+        assert np.array_equal(got, expected), f"{frame.name}: {np.mean(got != expected):.4%} of pixels differ"
+
+
+def test_full_resolution_and_the_train_set_through_the_cli(tmp_path, tiny_vit_weights, capsys):
+    root = make_davis(tmp_path / "davis", {"tall": 4}, height=128, width=192, n_objects=2, subset="train")
+    for kind in ("JPEGImages", "Annotations"):
+        (root / kind / "480p").rename(root / kind / "Full-Resolution")
+    (root / "ImageSets" / "2017" / "val.txt").write_text("absent\n")  # --set val would fail on this one
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(["--pretrained_weights", tiny_vit_weights, "--data_path", root, "--output_dir", out,
+                                 "--set", "train", "--resolution", "Full-Resolution", "--short_side", 64,
+                                 "--device", "cpu"], capsys)
+    assert code == 0, stderr
+    assert sorted(p.name for p in (out / "tall").iterdir()) == [f"{t:05d}.png" for t in range(4)]
+    with Image.open(out / "tall" / "00002.png") as im:
+        assert im.size == (192, 128)  # masks at the full resolution, whatever the network's input size
+    with Image.open(out / "tall" / "00000.png") as im:
+        assert np.array_equal(np.array(im), shape_masks(0, 128, 192, 2))
+    assert (out / "global_results-train.csv").is_file() and not (out / "global_results-val.csv").exists()
+    assert [r.split(",")[0] for r in (out / "per-sequence_results-train.csv").read_text().splitlines()[1:]] == [
+        "tall_1", "tall_2"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["resolution"] == "Full-Resolution" and summary["args"]["set"] == "train"
+    # 480p frames are not silently used instead: without them the default resolution is an error.
+    code, _, stderr = _run(["--pretrained_weights", tiny_vit_weights, "--data_path", root, "--output_dir",
+                            tmp_path / "o2", "--set", "train", "--device", "cpu"], capsys)
+    assert code == 2 and "no frames folder" in stderr and "480p" in stderr

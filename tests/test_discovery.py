@@ -499,3 +499,8 @@ def test_davis_first_frame_discover(tmp_path, tiny_vit_weights, capsys):
     assert np.array_equal(np.array(Image.open(out / "shapes" / "00000.png")), expected)
     assert sorted(p.name for p in (out / "shapes").iterdir()) == [f"{t:05d}.png" for t in range(4)]
     assert (out / "global_results-val.csv").is_file()
+    # Resuming with another discovery method would mix first frames: refused, as other settings are.
+    code = davis_cli.main(["--pretrained_weights", str(tiny_vit_weights), "--data_path", str(root), "--output_dir",
+                           str(out), "--short_side", "64", "--device", "cpu", "--first_frame", "discover",
+                           "--method", "tokencut"])
+    assert code == 2 and "other settings" in capsys.readouterr().err

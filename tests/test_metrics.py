@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pytest
 from skimage.morphology import disk
@@ -58,9 +59,9 @@ def test_boundary_f_by_hand():
     gt = square(4, 7, slice(1, 3), slice(1, 3))
     pred = square(4, 7, slice(1, 3), slice(3, 5))
     assert boundary_radius(gt.shape) == 1
-    assert f_measure(pred, gt) == pytest.approx(5 / 8)
+    assert f_measure(pred, gt) == pytest.approx(5 / 8, abs=1e-12)
     # One pixel to the right: every boundary pixel is within the cross.
-    assert f_measure(square(4, 7, slice(1, 3), slice(2, 4)), gt) == pytest.approx(1.0)
+    assert f_measure(square(4, 7, slice(1, 3), slice(2, 4)), gt) == pytest.approx(1.0, abs=1e-12)
     empty = np.zeros_like(gt)
     assert f_measure(empty, gt) == 0.0  # P = 1, R = 0
     assert f_measure(pred, empty) == 0.0  # P = 0, R = 1
@@ -83,10 +84,18 @@ def test_boundary_tolerance_edge_at_480p():
     gt = square(480, 854, slice(100, 300), slice(200, 400))
     near = square(480, 854, slice(100, 300), slice(208, 408))
     far = square(480, 854, slice(100, 300), slice(209, 409))
-    assert f_measure(near, gt) == pytest.approx(1.0)
+    assert f_measure(near, gt) == pytest.approx(1.0, abs=1e-12)
     # Moved 9: the vertical sides (away from the corners) fall outside the 8-pixel disk.
     assert seg2bmap(gt).sum() == seg2bmap(far).sum() == 800  # 201 top + 200 left + 200 right + 199 bottom
-    assert 0.5 < f_measure(far, gt) < 1.0
+    # Each boundary keeps 416 of its 800 pixels within the 8-pixel disk of the other (the horizontal sides and
+    # the ends of the vertical ones): P = R = F = 416 / 800.
+    bound = np.ones((17, 17), np.uint8)  # radius 8 disk, by its definition: x^2 + y^2 <= 64
+    yy, xx = np.mgrid[-8:9, -8:9]
+    bound[yy ** 2 + xx ** 2 > 64] = 0
+    fg_b, gt_b = seg2bmap(far), seg2bmap(gt)
+    assert (fg_b & (cv2.dilate(gt_b.astype(np.uint8), bound) > 0)).sum() == 416
+    assert (gt_b & (cv2.dilate(fg_b.astype(np.uint8), bound) > 0)).sum() == 416
+    assert f_measure(far, gt) == pytest.approx(416 / 800, abs=1e-12)
 
 
 # A transcription of davis2017-evaluation's f_measure and _seg2bmap (same-size path), to compare against.

@@ -75,9 +75,9 @@ def test_single_process_epoch_writes_reference_checkpoint_and_logs(tiny_run):
     assert "backbone.pos_embed" in ckpt["teacher"] and "head.last_layer.weight_g" in ckpt["teacher"]
     assert ckpt["dino_loss"]["center"].shape == (1, 64)
     assert float(ckpt["dino_loss"]["center"].abs().sum()) > 0  # the centre moved
-    # The teacher is an EMA of the student, not a copy of it.
+    # The teacher is not a copy of the student (its exact EMA: test_teacher_is_the_ema_of_the_student).
     student = {k[len("module."):]: v for k, v in ckpt["student"].items()}
-    assert 0 < max_diff(student, ckpt["teacher"]) < 1
+    assert max_diff(student, ckpt["teacher"]) > 1e-7
     # --freeze_last_layer 1: during epoch 0 the last layer keeps its initial weights in both networks
     # (up to the EMA's float rounding), while the rest of the head trains.
     last = "head.last_layer.weight_v"
@@ -274,3 +274,80 @@ def test_torchrun_two_processes_gloo_end_with_identical_weights(tmp_path, arch):
     assert len(read_jsonl(out / "log.txt")) == 1
     # lr scaled by the total batch: 0.0005 * 2 * 2 / 256
     assert read_jsonl(out / "metrics.jsonl")[0]["lr"] == pytest.approx(0.0005 * 4 / 256)
+
+
+def test_a_start_removes_stale_temporary_files_of_its_writers(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run["out"], out)
+    stale = out / ".checkpoint.pth.0badc0de.dino-tmp.pth"  # what kill -9 during a save leaves
+    stale.write_bytes(b"\0" * 1000)
+    other = out / ".notes.tmp"  # not one of ours: kept
+    other.write_text("mine")
+    code, stdout, _ = run_train(tiny_args(tiny_run["data"], out, saveckp_freq=1))
+    assert code == 0 and "Nothing to do" in stdout
+    assert f"removed a stale temporary file of an interrupted run: {stale}" in stdout
+    assert not stale.exists() and other.read_text() == "mine"
+
+
+def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(tiny_run, tmp_path, monkeypatch):
+    from dino_seg import files
+    from test_files import FullDisk
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run["out"], out)
+    digest = hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest()
+    monkeypatch.setattr(files, "open", FullDisk(room=0), raising=False)
+    code, _, stderr = run_train(tiny_args(tiny_run["data"], out, epochs=2, saveckp_freq=1))
+    assert code == 2
+    assert "Traceback" not in stderr
+    ckpt = out / "checkpoint.pth"
+    assert stderr.strip().splitlines()[-1] == (f"error: no space left on device while writing {ckpt}; the last "
+                              f"complete checkpoint {ckpt} is kept unchanged. Free some space, "
+                              "then start again with the same --output_dir to resume.")
+    assert hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest() == digest
+    assert not list(out.glob(".*dino-tmp*"))
+
+
+def test_output_dir_that_is_a_file_and_ctrl_c_are_one_line(tiny_run, tmp_path, monkeypatch):
+    import train.main as train_module
+
+    taken = tmp_path / "file"
+    taken.write_text("x")
+    code, _, stderr = run_train(tiny_args(tiny_run["data"], taken))
+    assert code == 2 and stderr == f"error: --output_dir {taken}: is a file, expected a folder\n"
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run["out"], out)
+    digest = hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest()
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    code, _, stderr = run_train(tiny_args(tiny_run["data"], out, epochs=2))
+    assert code == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"interrupted: {out / 'checkpoint.pth'} holds the last complete epoch; "
+                                               "start again with the same --output_dir to resume")
+    assert hashlib.sha256((out / "checkpoint.pth").read_bytes()).hexdigest() == digest
+
+
+def test_teacher_is_the_ema_of_the_student(tmp_path):
+    from train.main import build_student_teacher, seed_everything
+
+    data = tmp_path / "data"
+    textured_images(data, 4)  # batch 4: one iteration, so the teacher is one EMA step from the initial weights
+    code, _, stderr = run_train(tiny_args(data, tmp_path / "run", momentum_teacher=0.9, lr=0.1, saveckp_freq=0))
+    assert code == 0, stderr
+    ckpt = load(tmp_path / "run" / "checkpoint.pth")
+    assert [m["momentum"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [0.9]
+    seed_everything(0)  # the run's initial weights: same seed, same construction
+    initial, _ = build_student_teacher(arch="vit_tiny", patch_size=16, drop_path_rate=0.1, out_dim=64,
+                                       use_bn_in_head=False, norm_last_layer=True)
+    s0 = initial.state_dict()
+    s1 = {k[len("module."):]: v for k, v in ckpt["student"].items()}
+    teacher = ckpt["teacher"]
+    # teacher = m * teacher0 + (1 - m) * student1, with teacher0 = student0 (the teacher starts as a copy).
+    expected = {k: 0.9 * s0[k] + 0.1 * s1[k] for k in teacher}
+    assert max_diff(expected, teacher) < 1e-6
+    # The step moved both networks by much more than that tolerance: the check tells the EMA from a copy.
+    assert max_diff({k: s0[k] for k in teacher}, teacher) > 1e-4 and max_diff(s1, teacher) > 1e-3

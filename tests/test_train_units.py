@@ -430,3 +430,59 @@ def test_runs_reader(tmp_path):
     ckpts = runs.list_checkpoints(tmp_path)
     assert [(c.path.name, c.epoch, c.is_latest) for c in ckpts] == [
         ("checkpoint0000.pth", 0, False), ("checkpoint0020.pth", 20, False), ("checkpoint.pth", None, True)]
+
+
+@pytest.mark.parametrize("nodelist, scontrol_out, preset_port", [
+    ("gpu-node[03-04]", "gpu-node03\ngpu-node04\n", None), ("gpu-node07", None, "12345")])
+def test_slurm_variables_give_rank_world_size_master_address_and_port(tmp_path, monkeypatch, nodelist,
+                                                                      scontrol_out, preset_port):
+    import stat
+
+    import torch.distributed as dist
+
+    from train import distributed
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if scontrol_out is not None:  # a stand-in scontrol: `scontrol show hostnames LIST` prints one host a line
+        script = bin_dir / "scontrol"
+        calls = tmp_path / "calls"
+        hosts = " ".join(scontrol_out.split())
+        script.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nprintf '%s\\n' {hosts}\n")
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", str(bin_dir) if scontrol_out is not None else str(tmp_path / "empty"))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", nodelist)
+    if preset_port:
+        monkeypatch.setenv("MASTER_PORT", preset_port)
+    joined = {}
+
+    def init_process_group(**kwargs):  # stands in for torch's rendezvous: records what it was given
+        import os
+
+        joined.update(kwargs, addr=os.environ["MASTER_ADDR"], port=os.environ["MASTER_PORT"])
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(dist, "barrier", lambda: None)
+    info = distributed.init_distributed("cpu")
+    assert (info.rank, info.world_size, info.local_rank, info.launcher, info.backend) == (3, 4, 1, "slurm", "gloo")
+    first = "gpu-node03" if scontrol_out is not None else "gpu-node07"
+    assert joined == {"backend": "gloo", "init_method": "env://", "world_size": 4, "rank": 3, "addr": first,
+                      "port": preset_port or "29500"}
+    if scontrol_out is not None:
+        assert (tmp_path / "calls").read_text() == f"show hostnames {nodelist}\n"
+
+
+def test_slurm_node_list_without_scontrol_is_a_clear_error(tmp_path, monkeypatch):
+    from train.distributed import _slurm_master_addr
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"cannot expand the node list 'n\[1-2\]' without scontrol; export "
+                                           r"MASTER_ADDR"):
+        _slurm_master_addr({"SLURM_JOB_NODELIST": "n[1-2]"})
+    with pytest.raises(RuntimeError, match="SLURM_JOB_NODELIST is missing"):
+        _slurm_master_addr({})

@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from dino_seg.files import atomic_binary
+from dino_seg.weights import load_error_reason
 
 MODULE_PREFIX = "module."
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """torch.save `state` to a temporary file next to `path`, then rename it over `path`: a crash
-    while saving never leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    while saving never leaves a truncated checkpoint behind, and a full disk raises NoSpaceError naming
+    `path` (the previous checkpoint stays as it was)."""
+    with atomic_binary(path, fsync=True) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -37,9 +29,7 @@ def load_checkpoint(path: str | Path) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a corrupt or foreign file
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
-        raise ValueError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {detail[:300]})") from None
+        raise ValueError(f"{path}: cannot read the checkpoint ({load_error_reason(path, err)})") from None
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
     if isinstance(ckpt.get("args"), argparse.Namespace):

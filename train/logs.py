@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+from dino_seg.files import NoSpaceError, atomic_path, is_no_space
 
 EPOCH_LOG = "log.txt"
 METRICS_LOG = "metrics.jsonl"
@@ -23,8 +25,13 @@ def _clean(value: object) -> object:
 
 def write_record(f: IO[str], record: dict) -> None:
     """One JSON line, flushed so a reader (the app) sees it at once."""
-    f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
-    f.flush()
+    try:
+        f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        f.flush()
+    except OSError as err:
+        if is_no_space(err):
+            raise NoSpaceError(getattr(f, "name", "a log file")) from None
+        raise
 
 
 def append_record(path: str | Path, record: dict) -> None:
@@ -53,8 +60,8 @@ def trim_records(path: str | Path, keep: Callable[[dict], bool]) -> int:
         else:
             dropped += 1
     if dropped:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        mode = stat.S_IMODE(path.stat().st_mode)  # the rewritten log keeps the mode it had
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.chmod(tmp, mode)
     return dropped

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dino_seg.files import NoSpaceError, remove_stale_temp
 from dino_seg.models import ARCHS, build_backbone
 from dino_seg.flags import bool_flag
 from train.augment import DataAugmentationDINO
@@ -147,6 +148,9 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
     out = Path(args.output_dir)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        # A run killed while saving (kill -9) leaves a checkpoint-sized temporary file: remove it.
+        for stale in remove_stale_temp(out, recursive=False):
+            say(f"removed a stale temporary file of an interrupted run: {stale}")
     say("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
     say(f"Processes: {info.world_size} ({info.launcher} launch, backend {info.backend or 'none'}), "
         f"device {info.device}")
@@ -318,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the flags, join the process group if launched by torchrun or SLURM, train."""
     args = get_args_parser().parse_args(argv)
     args.arch = args.arch.replace("deit", "vit")  # the reference's DeiT-S is our ViT-S
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        print(f"error: --output_dir {args.output_dir}: is a file, expected a folder", file=sys.stderr)
+        return 2
     try:
         info = init_distributed(args.device, args.dist_url, local_rank=args.local_rank)
     except (ValueError, RuntimeError) as err:
@@ -339,9 +346,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}; {kept}. Lower --lr, raise --warmup_epochs, use --use_fp16 false or "
                   "--clip_grad, then start again with the same --output_dir to resume.", file=sys.stderr, flush=True)
         return 1
+    except NoSpaceError as err:
+        ckpt = Path(args.output_dir) / CHECKPOINT
+        kept = (f"the last complete checkpoint {ckpt} is kept unchanged" if ckpt.is_file()
+                else "no checkpoint was written")
+        print(f"{tag}error: {err}; {kept}. Free some space, then start again with the same --output_dir to resume.",
+              file=sys.stderr, flush=True)
+        return 2
     except (ValueError, OSError) as err:
         print(f"{tag}error: {err}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        if info.is_main:
+            ckpt = Path(args.output_dir) / CHECKPOINT
+            kept = f"{ckpt} holds the last complete epoch" if ckpt.is_file() else "no checkpoint was written yet"
+            print(f"\ninterrupted: {kept}; start again with the same --output_dir to resume", file=sys.stderr,
+                  flush=True)
+        return 130
     finally:
         cleanup_distributed()
 

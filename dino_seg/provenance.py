@@ -1,0 +1,60 @@
+"""What produced a results folder (weights, model, settings), recorded beside the results and compared on resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from dino_seg.files import save_text
+
+PROVENANCE_FILE = "provenance.json"
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's content, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_identity(source: str, presets: dict | tuple = ()) -> str:
+    """A stable name of the weights: `preset <name>` for a preset, `sha256 <digest>` of a file's content (so a
+    renamed or moved file still matches and a retrained one does not), `random` for random weights."""
+    if not source:
+        return "random"
+    if source in presets:
+        return f"preset {source}"
+    return f"sha256 {file_digest(Path(source).expanduser())}"
+
+
+def read_provenance(folder: str | Path) -> dict | None:
+    """The recorded provenance of a results folder, None if there is none; raises ValueError if unreadable."""
+    path = Path(folder) / PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable ({err}); remove it or pass --overwrite") from None
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise ValueError(f"{path}: not a provenance record; remove it or pass --overwrite")
+    return record
+
+
+def write_provenance(folder: str | Path, settings: dict, sequences: list[str]) -> None:
+    """Record `settings` and the sequences complete under them (atomically)."""
+    record = {"settings": settings, "sequences": sequences}
+    save_text(Path(folder) / PROVENANCE_FILE, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def differences(recorded: dict, current: dict) -> list[str]:
+    """`key recorded -> current` for every setting that differs (a setting missing on one side counts)."""
+    out = []
+    for key in list(recorded) + [k for k in current if k not in recorded]:
+        old, new = recorded.get(key, "unset"), current.get(key, "unset")
+        if old != new:
+            out.append(f"{key} {old} -> {new}")
+    return out
