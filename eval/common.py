@@ -169,3 +169,30 @@ def run_launched(args: argparse.Namespace, run: Callable[[DistInfo, Callable[[st
 def progress(iterable: Iterable, desc: str, *, enabled: bool, unit: str = "batch", leave: bool = True) -> tqdm:
     """A progress bar on stderr with rate and ETA (hidden on ranks other than 0)."""
     return tqdm(iterable, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=leave)
+
+
+def output_folders(images: list[Path], root: Path | None) -> dict[Path, Path]:
+    """Each image's output folder, relative to OUTPUT_DIR: its path under `root` without the suffix
+    (`a/frame.jpg` -> `a/frame`), or its stem for a single file. Two images that would share a folder
+    (`frame.jpg` and `frame.png` side by side) both get their suffix appended instead (`frame_jpg`,
+    `frame_png`), so no input ever overwrites another's outputs."""
+    def base(path: Path) -> Path:
+        rel = path.relative_to(root) if root is not None else Path(path.name)
+        return rel.parent / rel.stem
+
+    counts: dict[Path, int] = {}
+    for path in images:
+        counts[base(path)] = counts.get(base(path), 0) + 1
+    folders: dict[Path, Path] = {}
+    taken: set[Path] = set()
+    for path in images:
+        folder = base(path)
+        if counts[folder] > 1:
+            folder = folder.parent / f"{folder.name}_{path.suffix.lstrip('.')}"
+        candidate, n = folder, 1
+        while candidate in taken or (candidate != base(path) and candidate in counts):
+            n += 1  # only when names collide even with their suffixes (`x.JPG` and `x.jpg`)
+            candidate = folder.parent / f"{folder.name}_{n}"
+        taken.add(candidate)
+        folders[path] = candidate
+    return folders

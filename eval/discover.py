@@ -3,7 +3,7 @@
     python -m eval.discover --pretrained_weights dino_deitsmall16_pretrain.pth --image_path photo.jpg
     python -m eval.discover --method lost --image_path VOC2007/JPEGImages --gt_dir VOC2007/Annotations
 
-For each image, OUTPUT_DIR/<image path relative to --image_path, without suffix>/ gets patches.npy
+For each image, OUTPUT_DIR/<image path relative to --image_path, without suffix>/ (as eval.attention) gets patches.npy
 (bool, objects x h x w), masks.npy (bool, objects x H x W at the original size), scores.npy (float32,
 h x w), boxes.json ([x0, y0, x1, y1] per object, original-image pixels), objects.png (masks and boxes)
 and scores.png (the score map). With --gt_dir (mask PNGs or VOC XML matched by stem), scores.csv gets
@@ -29,7 +29,7 @@ from dino_seg.localization import (best_jaccard, corloc_hit, find_ground_truth, 
                                    read_voc_boxes)
 from dino_seg.weights import WeightsError
 from eval.common import (add_discovery_flags, add_weight_flags, collect_images, discovery_kwargs, each_image,
-                         load_from_args)
+                         load_from_args, output_folders)
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "blackswan.jpg"
 
@@ -123,12 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         return image, features, discover(features, args.method, **kwargs)
 
     output_dir = Path(args.output_dir)
+    folders = output_folders(images, root)
     rows: list[dict] = []
     done = 0
     try:
         for path, (image, features, result) in each_image(images, work, args.method):
             done += 1
-            write_image_results(output_dir / path.relative_to(root).with_suffix(""), image, features, result,
+            write_image_results(output_dir / folders[path], image, features, result,
                                 args.refine)
             if features.note:
                 tqdm.write(f"note: {path.name}: {features.note}")
