@@ -46,8 +46,9 @@ def resized_size(size_wh: tuple[int, int], image_size: int | tuple[int, ...]) ->
     return short, int(short * w / h)
 
 
-def _last_block_qk(model: DinoVisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # Run every block but the last, then recompute the last block's queries and keys: timm's fused
+def last_block_qkv(model: DinoVisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of the last block, per head: three (B, heads, 1 + h*w, head_dim)."""
+    # Run every block but the last, then recompute the last block's projections: timm's fused
     # attention never materialises the probabilities the reference's get_last_selfattention returns.
     if not is_vit(model):
         raise ValueError("self-attention maps need a ViT backbone; ResNet-50 has no attention")
@@ -59,8 +60,18 @@ def _last_block_qk(model: DinoVisionTransformer, x: torch.Tensor) -> tuple[torch
     y = last.norm1(tokens)
     b, n, _ = y.shape
     qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (B, heads, N, hd)
+    return attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]  # (B, heads, N, hd) each
+
+
+def _last_block_qk(model: DinoVisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, _ = last_block_qkv(model, x)
     return q, k
+
+
+def cls_row_attention(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """[CLS] -> patch attention from per-head queries and keys (B, heads, 1+N, hd): (B, heads, N)."""
+    row = ((q[:, :, :1] @ k.transpose(-2, -1)) * scale).softmax(dim=-1)  # (B, heads, 1, 1+N)
+    return row[:, :, 0, 1:]
 
 
 @torch.no_grad()
@@ -77,9 +88,9 @@ def cls_attention(model: DinoVisionTransformer, x: torch.Tensor) -> torch.Tensor
     Only the [CLS] query row is computed: the full (N x N) map is never needed for it.
     """
     q, k = _last_block_qk(model, x)
-    row = ((q[:, :, :1] @ k.transpose(-2, -1)) * model.blocks[-1].attn.scale).softmax(dim=-1)  # (B, heads, 1, 1+N)
     p = model.patch_size
-    return row[:, :, 0, 1:].reshape(x.shape[0], -1, x.shape[-2] // p, x.shape[-1] // p)
+    row = cls_row_attention(q, k, model.blocks[-1].attn.scale)
+    return row.reshape(x.shape[0], -1, x.shape[-2] // p, x.shape[-1] // p)
 
 
 def threshold_masks(attn: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -91,3 +91,23 @@ def attention_panels(image: np.ndarray, pixel_maps: np.ndarray,
     heat = [heatmap(m) for m in pixel_maps]
     overlays = [overlay_mask(image, m, label_color(j + 1)) for j, m in enumerate(masks)]
     return heat, overlays
+
+
+def draw_box(image: np.ndarray, box: list[float], color: tuple[int, int, int]) -> np.ndarray:
+    """Draw an [x0, y0, x1, y1] box (exclusive ends) on a copy of `image`."""
+    out = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    thickness = max(1, round(min(out.shape[:2]) / 200))
+    x0, y0 = int(round(box[0])), int(round(box[1]))
+    x1, y1 = max(x0, int(round(box[2])) - 1), max(y0, int(round(box[3])) - 1)
+    cv2.rectangle(out, (x0, y0), (x1, y1), tuple(int(c) for c in color), thickness)
+    return out
+
+
+def discovery_panels(image: np.ndarray, masks: np.ndarray, boxes: list[list[float]],
+                     pixel_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(objects overlay, score-map heat map) for discovered objects on `image` (H, W, 3): object j's mask
+    and box in palette colour j + 1; `pixel_scores` is the score map at the image size (H, W)."""
+    out = np.asarray(image, dtype=np.uint8)
+    for j, (mask, box) in enumerate(zip(masks, boxes)):
+        out = draw_box(overlay_mask(out, mask, label_color(j + 1)), box, label_color(j + 1))
+    return out, heatmap(pixel_scores)

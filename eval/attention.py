@@ -28,7 +28,7 @@ from dino_seg.images import ImageError, list_images, load_image, load_mask
 from dino_seg.models import is_vit
 from dino_seg.viz import attention_panels
 from dino_seg.weights import WeightsError
-from eval.common import add_weight_flags, load_from_args
+from eval.common import add_weight_flags, load_from_args, output_folders
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "blackswan.jpg"
 
@@ -85,33 +85,6 @@ def score_table(rows: list[dict[str, float | str]], heads: int) -> str:
 
 def _mean_row(rows: list[dict], columns: list[str]) -> dict:
     return {"image": "mean", **{c: float(np.mean([r[c] for r in rows])) for c in columns[1:]}}
-
-
-def output_folders(images: list[Path], root: Path | None) -> dict[Path, Path]:
-    """Each image's output folder, relative to OUTPUT_DIR: its path under `root` without the suffix
-    (`a/frame.jpg` -> `a/frame`), or its stem for a single file. Two images that would share a folder
-    (`frame.jpg` and `frame.png` side by side) both get their suffix appended instead (`frame_jpg`,
-    `frame_png`), so no input ever overwrites another's outputs."""
-    def base(path: Path) -> Path:
-        rel = path.relative_to(root) if root is not None else Path(path.name)
-        return rel.parent / rel.stem
-
-    counts: dict[Path, int] = {}
-    for path in images:
-        counts[base(path)] = counts.get(base(path), 0) + 1
-    folders: dict[Path, Path] = {}
-    taken: set[Path] = set()
-    for path in images:
-        folder = base(path)
-        if counts[folder] > 1:
-            folder = folder.parent / f"{folder.name}_{path.suffix.lstrip('.')}"
-        candidate, n = folder, 1
-        while candidate in taken or (candidate != base(path) and candidate in counts):
-            n += 1  # only when names collide even with their suffixes (`x.JPG` and `x.jpg`)
-            candidate = folder.parent / f"{folder.name}_{n}"
-        taken.add(candidate)
-        folders[path] = candidate
-    return folders
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
 
 from torch import nn
 from tqdm import tqdm
 
+from dino_seg.discovery import METHODS
+from dino_seg.images import list_images
 from dino_seg.image_folder import first_line
 from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, load_model
 from train.distributed import DistInfo, cleanup_distributed, init_distributed
 
 RANDOM = "random"
+T = TypeVar("T")
 
 
 def add_weight_flags(parser: argparse.ArgumentParser, default_patch_size: int | None = None,
@@ -64,6 +69,64 @@ def load_from_args(args: argparse.Namespace, device) -> tuple[nn.Module, str]:
     return model, description
 
 
+def collect_images(image_path: str) -> tuple[list[Path], Path]:
+    """The images of --image_path (a file, or a folder searched recursively) and the folder their
+    output paths are taken relative to; ValueError names the flag when there is nothing to read."""
+    path = Path(image_path)
+    if path.is_dir():
+        images = list_images(path, recursive=True)
+        if not images:
+            raise ValueError(f"--image_path {path}: no image files in this folder")
+        return images, path
+    if path.exists():
+        return [path], path.parent
+    raise ValueError(f"--image_path {path}: no such file or folder")
+
+
+def each_image(images: list[Path], work: Callable[[Path], T], desc: str) -> Iterator[tuple[Path, T]]:
+    """(path, work(path)) for each image under a progress bar. A file that fails with ValueError
+    (ImageError included) is skipped with a warning when there are several, re-raised when it is the only one."""
+    for path in tqdm(images, desc=desc, unit="img", disable=len(images) == 1):
+        try:
+            value = work(path)
+        except ValueError as err:
+            if len(images) == 1:
+                raise
+            tqdm.write(f"warning: skipped {path}: {err}")
+            continue
+        yield path, value
+
+
+def _head(value: str) -> int | None:
+    return None if value == "mean" else int(value)
+
+
+def add_discovery_flags(parser: argparse.ArgumentParser) -> None:
+    """The discovery flags, named as in LOST's and TokenCut's scripts (also used by eval.davis)."""
+    parser.add_argument("--method", default="tokencut", choices=METHODS, help="Discovery method.")
+    parser.add_argument("--resize", default=None, type=int, nargs="+",
+                        help="Resize to H W, or the short side to one value; default: no resize, as the references.")
+    parser.add_argument("--tau", default=None, type=float,
+                        help="Cosine threshold of the graph (TokenCut 0.2, MaskCut 0.15 when not given).")
+    parser.add_argument("--eps", default=1e-5, type=float, help="Affinity of the pairs under tau.")
+    parser.add_argument("--k_patches", default=100, type=int, help="LOST: lowest-degree patches that may expand the seed.")
+    parser.add_argument("--n_objects", default=3, type=int, help="MaskCut: most objects per image.")
+    parser.add_argument("--which_features", default="k", choices=("k", "q", "v"),
+                        help="Last-block features the graph is built on.")
+    parser.add_argument("--dinoseg_head", default="0", type=str,
+                        help="--method attention: the head whose 60%% mask is used (LOST: 0, TokenCut: 4), or 'mean'.")
+
+
+def discovery_kwargs(args: argparse.Namespace) -> dict:
+    """Library keywords from the discovery flags; ValueError names the bad flag."""
+    try:
+        head = _head(args.dinoseg_head)
+    except ValueError:
+        raise ValueError(f"--dinoseg_head: expected a head index or 'mean', got {args.dinoseg_head!r}") from None
+    if args.tau is not None and not 0 < args.tau < 1:
+        raise ValueError(f"--tau: expected a cosine threshold in (0, 1), got {args.tau}")
+    return dict(tau=args.tau, eps=args.eps, k_patches=args.k_patches, n_objects=args.n_objects,
+                which_features=args.which_features, dinoseg_head=head)
 def add_launch_flags(parser: argparse.ArgumentParser) -> None:
     """--dist_url, --local_rank and --device of the torchrun-ready evaluations, as `python -m train`."""
     parser.add_argument("--dist_url", default="env://", type=str,
@@ -110,3 +173,30 @@ def run_launched(args: argparse.Namespace, run: Callable[[DistInfo, Callable[[st
 def progress(iterable: Iterable, desc: str, *, enabled: bool, unit: str = "batch", leave: bool = True) -> tqdm:
     """A progress bar on stderr with rate and ETA (hidden on ranks other than 0)."""
     return tqdm(iterable, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=leave)
+
+
+def output_folders(images: list[Path], root: Path | None) -> dict[Path, Path]:
+    """Each image's output folder, relative to OUTPUT_DIR: its path under `root` without the suffix
+    (`a/frame.jpg` -> `a/frame`), or its stem for a single file. Two images that would share a folder
+    (`frame.jpg` and `frame.png` side by side) both get their suffix appended instead (`frame_jpg`,
+    `frame_png`), so no input ever overwrites another's outputs."""
+    def base(path: Path) -> Path:
+        rel = path.relative_to(root) if root is not None else Path(path.name)
+        return rel.parent / rel.stem
+
+    counts: dict[Path, int] = {}
+    for path in images:
+        counts[base(path)] = counts.get(base(path), 0) + 1
+    folders: dict[Path, Path] = {}
+    taken: set[Path] = set()
+    for path in images:
+        folder = base(path)
+        if counts[folder] > 1:
+            folder = folder.parent / f"{folder.name}_{path.suffix.lstrip('.')}"
+        candidate, n = folder, 1
+        while candidate in taken or (candidate != base(path) and candidate in counts):
+            n += 1  # only when names collide even with their suffixes (`x.JPG` and `x.jpg`)
+            candidate = folder.parent / f"{folder.name}_{n}"
+        taken.add(candidate)
+        folders[path] = candidate
+    return folders

@@ -23,15 +23,17 @@ from tqdm import tqdm
 from dino_seg.davis import DavisError, RESOLUTIONS, VOID_LABEL, annotation_dir, frame_paths, image_size, \
     list_sequences, read_annotation, write_indexed_png
 from dino_seg.device import pick_device
+from dino_seg.discovery import discovered_labels
 from dino_seg.files import remove_stale_temp, save_text
-from dino_seg.images import ImageError
+from dino_seg.images import ImageError, load_image
 from dino_seg.metrics import DavisScores, csv_paths, format_table, score_sequence, summarise, write_csvs
 from dino_seg.models import is_vit
 from dino_seg.propagation import segment_sequence
 from dino_seg.provenance import differences, read_provenance, weights_identity, write_provenance
 from dino_seg.weights import PRESETS, WeightsError
 from dino_seg.flags import bool_flag
-from eval.common import add_weight_flags, load_from_args, resolve_weights
+from eval.common import (add_discovery_flags, add_weight_flags, discovery_kwargs, load_from_args,
+                         resolve_weights)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,6 +62,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results_path", default=None, type=str,
                         help="Only score this folder of results (<sequence>/<frame>.png) against --data_path; "
                              "the CSV files are written into it.")
+    parser.add_argument("--first_frame", default="annotation", choices=("annotation", "discover"),
+                        help="First-frame labels: the DAVIS annotation, or found by --method (zero-annotation; the "
+                             "annotation then only pairs discovered objects with annotated ones for scoring).")
+    add_discovery_flags(parser)
     return parser
 
 
@@ -169,9 +175,9 @@ def run_settings(args: argparse.Namespace, model: torch.nn.Module) -> dict:
         "resolution": args.resolution,
         "first_frame": getattr(args, "first_frame", "annotation"),
     }
-    method = getattr(args, "method", None)
-    if method is not None:
-        settings["method"] = method
+    if settings["first_frame"] == "discover":  # the discovery flags decide the first frame, hence every mask
+        settings["method"] = args.method
+        settings["discovery"] = {**discovery_kwargs(args), "resize": args.resize}
     return settings
 
 
@@ -223,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
         minimum = {"n_last_frames": 0, "short_side": 64}.get(flag, 1)
         if getattr(args, flag) < minimum:
             raise DavisError(f"--{flag}: expected at least {minimum}, got {getattr(args, flag)}")
+    discovery = discovery_kwargs(args)
     names = _sequences(args)
     # Check every sequence's files before the long run starts.
     plan = []
@@ -264,6 +271,9 @@ def run(args: argparse.Namespace) -> int:
             skipped.append(name)
             continue
         annotation = read_annotation(first_gt)
+        if args.first_frame == "discover":
+            annotation = discovered_labels(model, load_image(frames[0]), annotation, args.method,
+                                           tuple(args.resize) if args.resize else None, **discovery)
         start = time.perf_counter()
         masks = segment_sequence(model, frames, annotation, n_last_frames=args.n_last_frames, topk=args.topk,
                                  radius=args.size_mask_neighborhood, bs=args.bs, device=device,

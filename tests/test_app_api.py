@@ -24,7 +24,7 @@ from dino_seg.app.config import ASSETS, BUNDLED_DAVIS, AppConfig
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
 from dino_seg.app.serve import queue
 
-ENDPOINTS = {"/attention", "/refresh_attention", "/check_weights", "/upload_weights", "/list_davis",
+ENDPOINTS = {"/attention", "/refresh_attention", "/discover", "/check_weights", "/upload_weights", "/list_davis",
              "/davis_first_frame", "/video_first_frame", "/switch_video_source", "/propagate", "/show_frame",
              "/attention_video", "/switch_video_mode",
              "/open_results", "/sequence_scores", "/compare_frame", "/open_training", "/use_checkpoint"}

@@ -171,6 +171,21 @@ def test_attention_tab_shows_maps_masks_and_downloads(page):
     assert page.locator("#mask-gallery img").count() == 4
 
 
+def test_attention_tab_discovery_selector(page):
+    page.locator("#attention-examples button").first.click()
+    page.locator("#attention-image img").wait_for(timeout=30_000)
+    page.click("#attention-run")
+    page.wait_for_function("document.querySelector('#discover-note').innerText.includes('TokenCut')",
+                           timeout=60_000)
+    assert page.locator("#discover-objects img").count() == 1 and page.locator("#discover-scores img").count() == 1
+    # Another method comes from the cached forward pass, with its own objects and downloads.
+    page.locator("#discover-method label", has_text="MaskCut").click()
+    page.wait_for_function("document.querySelector('#discover-note').innerText.includes('MaskCut')",
+                           timeout=30_000)
+    files = page.locator("#discover-downloads").inner_text().replace("\n", "")
+    assert "boxes.json" in files and "masks.npy" in files
+
+
 def test_video_tab_propagates_the_bundled_example(page):
     open_tab(page, "Video")
     # The sequence list comes from the bundled DAVIS root when the page loads.

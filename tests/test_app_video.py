@@ -225,4 +225,4 @@ def test_attention_video_errors_are_one_line_without_server_paths(cfg, tmp_path)
 def test_switching_mode_shows_one_set_of_controls():
     labels = [u["visible"] for u in video_tab.switch_video_mode(video_tab.PROPAGATION_MODE)]
     attention = [u["visible"] for u in video_tab.switch_video_mode(video_tab.ATTENTION_MODE)]
-    assert labels == [True, True, True, False, False, False] and attention == [not v for v in labels]
+    assert labels == [True] * 4 + [False] * 3 and attention == [not v for v in labels]

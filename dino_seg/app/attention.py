@@ -1,4 +1,5 @@
-"""The Attention tab: every head's last-layer attention of an image, thresholded into masks, with downloads."""
+"""The Attention tab: every head's last-layer attention of an image, thresholded into masks, and the objects
+that a discovery method (threshold, LOST, TokenCut, MaskCut) finds, with downloads."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import numpy as np
 from PIL import Image
 
 from dino_seg.attention import AttentionResult, compute_attention
+from dino_seg.discovery import (DEFAULT_TAU, DiscoveryFeatures, discover, extract_features, patches_to_pixels,
+                                write_discovery)
 from dino_seg.files import save_npy, save_png
 from dino_seg.images import ImageError, load_image
-from dino_seg.viz import attention_panels
+from dino_seg.viz import attention_panels, discovery_panels
 
 from .components import Slider, UploadImage
 from .config import ASSETS, AppConfig
@@ -167,6 +170,65 @@ def refresh_attention(image_path: str | None, weights: str | None, image_size: f
     return run_attention(image_path, weights, image_size, threshold, cfg)
 
 
+# The object-discovery selector: the method names shown, and the library's.
+DISCOVERY_METHODS = {"threshold": "attention", "LOST": "lost", "TokenCut": "tokencut", "MaskCut": "maskcut"}
+FEATURES_CACHE: OrderedDict[tuple, tuple[DiscoveryFeatures, np.ndarray, list[str]]] = OrderedDict()
+
+
+def features_for(image_path: str | Path, weights: str | None, image_size: int,
+                 cfg: AppConfig) -> tuple[DiscoveryFeatures, np.ndarray, list[str], str]:
+    """The discovery features of an image (one forward pass: last-block q/k/v and [CLS] attention), cached per
+    (image content, weights, size), so that changing the method, tau or threshold never runs the model again."""
+    model, description = model_or_error(weights, cfg)
+    key = (model_key(weights, cfg), cfg.device, _file_digest(image_path), int(image_size))
+    with _ATTENTION_LOCK:
+        if key in FEATURES_CACHE:
+            FEATURES_CACHE.move_to_end(key)
+            return (*FEATURES_CACHE[key], description)
+    image, notes = load_input_image(image_path)
+    features = extract_features(model, image, resize=int(image_size))
+    entry = (features, np.asarray(image), notes + ([features.note] if features.note else []))
+    with _ATTENTION_LOCK:
+        FEATURES_CACHE[key] = entry
+        while len(FEATURES_CACHE) > ATTENTION_CACHE_SIZE:
+            FEATURES_CACHE.popitem(last=False)
+    return (*entry, description)
+
+
+@friendly
+def run_discovery(image_path: str | None, weights: str | None, image_size: float, method: str, tau: float,
+                  threshold: float, cfg: AppConfig) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """(objects overlay with boxes, score map, download files, note) of one discovery method on one image."""
+    if not image_path:
+        raise gr.Error("Pick an example or upload an image first.")
+    if method not in DISCOVERY_METHODS:
+        raise gr.Error(f"Unknown method {method!r}: pick one of {', '.join(DISCOVERY_METHODS)}.")
+    features, pixels, notes, description = features_for(image_path, weights, int(image_size), cfg)
+    name = DISCOVERY_METHODS[method]
+    # The threshold method is DINO-seg on the heads' mean map, with the tab's mass threshold.
+    result = discover(features, name, tau=float(tau) if name in DEFAULT_TAU else None, dinoseg_head=None,
+                      threshold=float(threshold))
+    objects, heat = discovery_panels(pixels, result.masks, result.boxes,
+                                     patches_to_pixels(result.scores[None], features)[0])
+    files = [str(f) for f in write_discovery(SCRATCH.new("discover"), pixels, features, result)]
+    setting = {"attention": f"mean-map mask keeping {threshold:.0%} of the mass, largest component",
+               "lost": "seed expanded by the 100 lowest-degree patches", "tokencut": f"tau {tau:.2f}",
+               "maskcut": f"tau {tau:.2f}, up to 3 objects"}[name]
+    boxes = "; ".join("[" + ", ".join(f"{v:.0f}" for v in b) + "]" for b in result.boxes) or "none"
+    lines = [f"**{method}** ({setting}) · {len(result.boxes)} object(s) · boxes {boxes}"]
+    lines += [f"- note: {n}" for n in notes]
+    return objects, heat, files, "\n".join(lines)
+
+
+@friendly
+def refresh_discovery(image_path: str | None, weights: str | None, image_size: float, method: str, tau: float,
+                      threshold: float, cfg: AppConfig) -> tuple[Any, Any, Any, Any]:
+    """Method, tau or threshold changed: redo the discovery from the cached features, if an image is there."""
+    if not image_path:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    return run_discovery(image_path, weights, image_size, method, tau, threshold, cfg)
+
+
 def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Component]:
     """The Attention tab's components and events (endpoints /attention and /refresh_attention)."""
     with gr.Tab("Attention", id="attention"):
@@ -180,6 +242,11 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                 threshold = Slider(0.05, 1.0, value=0.6, step=0.05, label="Mass threshold",
                                       info="Share of each map's attention mass the mask keeps (paper: 0.6)",
                                       elem_id="attention-threshold")
+                method = gr.Radio(list(DISCOVERY_METHODS), value="TokenCut", label="Object discovery",
+                                  info="threshold: DINO's 60%-mass mask; LOST, TokenCut, MaskCut on the last keys",
+                                  elem_id="discover-method")
+                tau = gr.Slider(0.05, 0.95, value=0.2, step=0.05, label="tau (TokenCut / MaskCut graph threshold)",
+                                elem_id="discover-tau")
                 run_button = gr.Button("Compute attention", variant="primary", elem_id="attention-run")
             with gr.Column(scale=3):
                 note = gr.Markdown(elem_id="attention-note")
@@ -189,6 +256,14 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                                           columns=4, height=330, format="png", elem_id="mask-gallery")
                 downloads = gr.File(label="Download masks (PNG zip, .npy) and attention (.npy)",
                                     file_count="multiple", elem_id="attention-downloads")
+                discover_note = gr.Markdown(elem_id="discover-note")
+                with gr.Row():
+                    objects_image = gr.Image(label="Discovered objects (masks and boxes)", interactive=False,
+                                             height=300, format="png", elem_id="discover-objects")
+                    scores_image = gr.Image(label="Score map", interactive=False, height=300, format="png",
+                                            elem_id="discover-scores")
+                discover_files = gr.File(label="Download objects (masks/patches/scores .npy, boxes.json, PNGs)",
+                                         file_count="multiple", elem_id="discover-downloads")
 
     inputs = [image, shared.weights, image_size, threshold]
     outputs = [heat_gallery, mask_gallery, downloads, note]
@@ -201,5 +276,18 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                      api_name="refresh_attention")
     image_size.release(refresh, inputs, outputs, concurrency_id="model", api_name="refresh_attention_size",
                        api_visibility="private")  # the same endpoint as /refresh_attention
+    # Discovery shares one cached forward pass per image and size: the method, tau and threshold re-use it.
+    d_inputs = [image, shared.weights, image_size, method, tau, threshold]
+    d_outputs = [objects_image, scores_image, discover_files, discover_note]
+    run_button.click(functools.partial(run_discovery, cfg=cfg), d_inputs, d_outputs, concurrency_id="model",
+                     api_name="discover")
+    d_refresh = functools.partial(refresh_discovery, cfg=cfg)
+    for name, control in (("method", method), ("tau", tau), ("threshold", threshold)):
+        control.change(d_refresh, d_inputs, d_outputs, concurrency_id="model", trigger_mode="always_last",
+                       api_name=f"refresh_discover_{name}", api_visibility="private")
+    image_size.release(d_refresh, d_inputs, d_outputs, concurrency_id="model", api_name="refresh_discover_size",
+                       api_visibility="private")
     return {"image": image, "image_size": image_size, "threshold": threshold, "run": run_button, "note": note,
-            "heat_gallery": heat_gallery, "mask_gallery": mask_gallery, "downloads": downloads}
+            "heat_gallery": heat_gallery, "mask_gallery": mask_gallery, "downloads": downloads, "method": method,
+            "tau": tau, "objects": objects_image, "scores": scores_image, "discover_files": discover_files,
+            "discover_note": discover_note}

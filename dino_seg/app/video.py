@@ -1,5 +1,5 @@
-"""The Video tab: label propagation of a first-frame mask, or the attention video (video_generation.py), of a
-DAVIS sequence or an uploaded video."""
+"""The Video tab: label propagation of a first-frame mask (given, or discovered), or the attention video
+(video_generation.py), of a DAVIS sequence or an uploaded video."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from dino_seg import davis, metrics
+from dino_seg.discovery import discovered_labels
 from dino_seg.images import load_image, load_mask
 from dino_seg.propagation import segment_sequence
 from dino_seg.video import DEFAULT_FPS, read_video_frames, video_info, write_video
@@ -21,6 +22,7 @@ from dino_seg.viz import overlay_labels
 from .components import FrameSlider, ImageView, Radio, Slider
 from .config import BUNDLED_DAVIS, AppConfig
 from .errors import friendly
+from .attention import DISCOVERY_METHODS
 from .jobs import check_open
 from .model_cache import model_or_error
 from .paths import check_path, sequence_name
@@ -33,6 +35,7 @@ DAVIS_SOURCE = "DAVIS sequence"
 UPLOAD_SOURCE = "Uploaded video"
 PROPAGATION_MODE = "Propagated labels"
 ATTENTION_MODE = "Attention video"
+GIVEN, DISCOVERED = "given", "discovered"  # where the first-frame mask comes from
 
 
 def davis_root(root: str | None, cfg: AppConfig) -> str:
@@ -146,11 +149,13 @@ def run_scores(results_dir: Path, root: str | Path, sequence: str,
 @friendly
 def run_video(source: str, root: str | None, sequence: str | None, video_path: str | None,
               mask_path: str | None, drawing: dict | None, weights: str | None, max_frames: float,
-              short_side: float, cfg: AppConfig,
+              short_side: float, cfg: AppConfig, first_mask: str = "given", first_method: str = "TokenCut",
               progress: gr.Progress = gr.Progress()) -> tuple[str | None, list[str], dict, np.ndarray | str, str]:
     """Propagate the first frame's labels through the frames: (video file, overlaid frame files,
     frame slider update, first overlaid frame (or the GIF when no video codec), summary Markdown with J&F
-    when ground truth exists)."""
+    when ground truth exists). With `first_mask` "discovered", `first_method` finds the first-frame objects
+    (no mask needed; on DAVIS the annotation only pairs them with the annotated objects for J&F)."""
+    discovered = first_mask == DISCOVERED
     max_frames = max(2, min(int(max_frames), MAX_VIDEO_FRAMES))
     short_side = int(short_side)
     work = SCRATCH.new("video")
@@ -165,7 +170,9 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
         name = Path(video_path).stem
         notes = _truncation_notes(video_path, frames, max_frames, notes)
         fh, fw = davis.image_size(frames[0])
-        if mask_path:
+        if discovered:
+            labels, what = None, "discovered mask"
+        elif mask_path:
             labels = mask_from_file(mask_path)
             what = "uploaded mask"
         else:
@@ -173,8 +180,9 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
             what = "drawn mask"
             if labels is None:
                 raise gr.Error("Give the first frame's mask: upload a mask image or draw on the first frame.")
-        labels, fit_notes = _fit_mask(labels, (fh, fw), what)
-        notes += fit_notes
+        if labels is not None:
+            labels, fit_notes = _fit_mask(labels, (fh, fw), what)
+            notes += fit_notes
         root_for_scores = None
     else:
         root = davis_root(root, cfg)
@@ -189,12 +197,18 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
         labels = davis.read_annotation(first_gt)
         name = sequence
         root_for_scores = root
-    if davis.num_objects(labels) == 0:
-        raise gr.Error("The first-frame mask is empty: it must mark at least one object.")
     if len(frames) < 2:
         raise gr.Error("The video has a single frame: propagation needs at least two.")
-
     model, description = model_or_error(None if not weights else weights, cfg)
+    if discovered:
+        if first_method not in DISCOVERY_METHODS:
+            raise gr.Error(f"Unknown method {first_method!r}: pick one of {', '.join(DISCOVERY_METHODS)}.")
+        labels = discovered_labels(model, load_image(frames[0]), labels, DISCOVERY_METHODS[first_method])
+        notes.append(f"first-frame objects discovered by {first_method}" +
+                     (", paired with the annotated ones by IoU for J&F" if root_for_scores else ""))
+    if davis.num_objects(labels) == 0:
+        raise gr.Error("The first-frame mask is empty: it must mark at least one object." +
+                       (" Discovery found no object (paired with the annotation)." if discovered else ""))
     progress(0, desc="computing features")
     masks = [labels.astype(np.uint8)]
     steps = segment_sequence(model, frames, labels, device=cfg.device, short_side=short_side)
@@ -321,9 +335,10 @@ def switch_video_source(source: str) -> tuple[dict, dict]:
 
 def switch_video_mode(mode: str) -> tuple[dict, ...]:
     """Show propagation's inputs, button and outputs, or the attention video's: (first-frame mask inputs,
-    Propagate button, propagation outputs, attention options, attention button, attention outputs)."""
+    first-frame mask choice (given or discovered), Propagate button, propagation outputs, attention options,
+    attention button, attention outputs)."""
     labels = mode != ATTENTION_MODE
-    return tuple(gr.update(visible=v) for v in (labels, labels, labels, not labels, not labels, not labels))
+    return tuple(gr.update(visible=v) for v in (labels,) * 4 + (not labels,) * 3)
 
 
 def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Component]:
@@ -364,6 +379,12 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                                                elem_id="video-attention-masks-mode")
                     threshold = Slider(0.05, 1.0, value=0.6, step=0.05, label="Share of the attention mass",
                                           info="0.6 as the paper", elem_id="video-attention-threshold")
+                with gr.Row(visible=True) as first_mask_options:
+                    first_mask = Radio([GIVEN, DISCOVERED], value=GIVEN, label="First-frame mask",
+                                       info="given: the annotation, uploaded or drawn; discovered: found by a method",
+                                       elem_id="video-first-mask")
+                    first_method = gr.Dropdown(list(DISCOVERY_METHODS), value="TokenCut", label="Discovery method",
+                                               elem_id="video-first-method")
                 run_button = gr.Button("Propagate", variant="primary", elem_id="video-run")
                 attention_button = gr.Button("Make the attention video", variant="primary", visible=False,
                                              elem_id="video-attention-run")
@@ -388,13 +409,20 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
     sequence.change(functools.partial(davis_first_frame, cfg=cfg), [root, sequence], first,
                     api_name="davis_first_frame")
     source.change(switch_video_source, source, [davis_group, upload_group], api_name="switch_video_source")
-    mode.change(switch_video_mode, mode, [mask_inputs, run_button, propagation_outputs, attention_options,
-                                          attention_button, attention_outputs], api_name="switch_video_mode")
+    mode.change(switch_video_mode, mode, [mask_inputs, first_mask_options, run_button, propagation_outputs,
+                                          attention_options, attention_button, attention_outputs],
+                api_name="switch_video_mode")
     video_in.change(functools.partial(video_first_frame, cfg=cfg), video_in, [drawing, draw_hint],
                     api_name="video_first_frame")
     # Propagation is the slow job: one at a time, in its own queue, so attention requests still run.
-    run_button.click(functools.partial(run_video, cfg=cfg),
-                     [source, root, sequence, video_in, mask_in, drawing, shared.weights, max_frames, short_side],
+    def propagate(source, root, sequence, video_in, mask_in, drawing, weights, max_frames, short_side, first_mask,
+                  first_method, progress=gr.Progress()):
+        return run_video(source, root, sequence, video_in, mask_in, drawing, weights, max_frames, short_side, cfg,
+                         first_mask, first_method, progress)
+
+    run_button.click(propagate,
+                     [source, root, sequence, video_in, mask_in, drawing, shared.weights, max_frames, short_side,
+                      first_mask, first_method],
                      [video_out, frame_paths, frame_index, frame_view, note],
                      concurrency_limit=1, concurrency_id="video", api_name="propagate")
     # The attention video shares propagation's queue: both are the tab's slow jobs.
@@ -406,6 +434,7 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
     frame_index.change(show_frame, [frame_paths, frame_index], frame_view, api_name="show_frame")
     return {"source": source, "root": root, "sequence": sequence, "first": first, "video_in": video_in,
             "mask_in": mask_in, "drawing": drawing, "max_frames": max_frames, "short_side": short_side,
+            "first_mask": first_mask, "first_method": first_method,
             "run": run_button, "note": note, "video_out": video_out, "frame_index": frame_index,
             "frame_view": frame_view, "frame_paths": frame_paths, "mode": mode,
             "attention_masks": attention_masks, "threshold": threshold, "attention_run": attention_button,

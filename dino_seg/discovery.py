@@ -1,0 +1,386 @@
+"""Unsupervised object discovery on a frozen DINO backbone: the attention threshold, LOST, TokenCut and MaskCut.
+
+One forward pass (`extract_features`) gives the last block's keys, queries and values (heads
+concatenated, [CLS] dropped), the [CLS] attention and the patch grid; `discover` turns them into
+objects with any method, so switching methods or thresholds never runs the backbone again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.ndimage
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+
+from .attention import cls_row_attention, last_block_qkv, threshold_masks
+from .images import IMAGENET_MEAN, IMAGENET_STD
+from .models import is_vit
+from .ncut import NormalisedCut, second_eigenvector
+
+METHODS = ("attention", "lost", "tokencut", "maskcut")
+FEATURES = ("k", "q", "v")
+DEFAULT_TAU = {"tokencut": 0.2, "maskcut": 0.15}
+# ~1600 x 1600 pixels at patch 16, 800 x 800 at patch 8: the graph then fits in a few hundred MB and the
+# backbone's attention stays tractable; larger inputs are downscaled to fit, with a note.
+MAX_PATCHES = 10_000
+RESNET_PAD = 16  # LOST pads ResNet inputs to its --patch_size default
+
+
+@dataclass
+class DiscoveryFeatures:
+    """What one forward pass yields for discovery (CPU tensors)."""
+
+    feats: dict[str, torch.Tensor]  # "k" / "q" / "v" (ViT) or "resnet": (N, D), [CLS] dropped
+    cls_attention: np.ndarray | None  # (heads, h, w) [CLS] -> patch attention (ViT only)
+    grid: tuple[int, int]  # (h, w) patches
+    scale: tuple[float, float]  # pixels per patch (y, x) in the processed image
+    input_hw: tuple[int, int]  # processed (resized) image size before padding
+    original_hw: tuple[int, int]  # the image as given
+    note: str = ""  # set when the image was downscaled to respect the patch cap
+
+    @property
+    def is_vit(self) -> bool:
+        return self.cls_attention is not None
+
+    def features(self, which: str = "k") -> torch.Tensor:
+        if not self.is_vit:
+            return self.feats["resnet"]
+        if which not in FEATURES:
+            raise ValueError(f"--which_features: expected one of k, q, v, got {which!r}")
+        return self.feats[which]
+
+
+@dataclass
+class DiscoveryResult:
+    """Objects found in one image, in discovery order."""
+
+    method: str
+    patches: np.ndarray  # (objects, h, w) bool
+    masks: np.ndarray  # (objects, H, W) bool at the original image size
+    boxes: list[list[float]]  # [x0, y0, x1, y1] per object, original-image pixels, clipped
+    scores: np.ndarray  # (h, w) float32 per-patch score map
+    seeds: list[int] = field(default_factory=list)  # flat patch index of each object's seed
+    note: str = ""
+
+    @property
+    def seed(self) -> int | None:
+        return self.seeds[0] if self.seeds else None
+
+
+def _pil_resize_hw(size_wh: tuple[int, int], resize: int | tuple[int, ...] | None) -> tuple[int, int]:
+    w, h = size_wh
+    if resize is None:
+        return h, w
+    size = [resize] if isinstance(resize, int) else list(resize)
+    if len(size) == 2:
+        return int(size[0]), int(size[1])
+    if len(size) != 1:
+        raise ValueError(f"--resize: expected one or two sizes, got {size}")
+    # torchvision's Resize of the short side, aspect kept.
+    short = int(size[0])
+    return (int(short * h / w), short) if w <= h else (short, int(short * w / h))
+
+
+def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...] | None = None,
+               max_patches: int = MAX_PATCHES) -> tuple[torch.Tensor, tuple[int, int], str]:
+    """ToTensor, ImageNet normalisation, optional resize, zero padding to whole patches (as LOST and TokenCut).
+
+    Returns the padded batch (1, 3, Hp, Wp), the unpadded processed size and a note when capped.
+    """
+    h, w = _pil_resize_hw(image.size, resize)
+    note = ""
+    n = math.ceil(h / patch_size) * math.ceil(w / patch_size)
+    if n > max_patches:
+        factor = math.sqrt(max_patches / n)
+        while True:
+            nh, nw = max(1, int(h * factor)), max(1, int(w * factor))
+            if math.ceil(nh / patch_size) * math.ceil(nw / patch_size) <= max_patches:
+                break
+            factor *= 0.99
+        note = (f"{image.width}x{image.height} image has {n} patches, over the cap of {max_patches}: "
+                f"processed at {nw}x{nh}")
+        h, w = nh, nw
+    if min(h, w) < patch_size:
+        raise ValueError(f"image of {w}x{h} is smaller than one {patch_size}-pixel patch")
+    if (h, w) != (image.height, image.width):
+        image = transforms.Resize((h, w))(image)
+    x = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(transforms.ToTensor()(image))  # (3, h, w)
+    ph, pw = math.ceil(h / patch_size) * patch_size, math.ceil(w / patch_size) * patch_size
+    padded = torch.zeros(3, ph, pw)  # zeros after normalisation, as the references pad
+    padded[:, :h, :w] = x
+    return padded[None], (h, w), note
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, image: Image.Image, resize: int | tuple[int, ...] | None = None,
+                     max_patches: int = MAX_PATCHES) -> DiscoveryFeatures:
+    """One forward pass: last-block q/k/v (heads concatenated, [CLS] dropped) and [CLS] attention, or,
+    for ResNet-50, its last feature map layer-normalised over the whole (N, D) map as LOST does."""
+    device = next(model.parameters()).device
+    vit = is_vit(model)
+    patch = model.patch_size if vit else RESNET_PAD
+    x, input_hw, note = preprocess(image, patch, resize, max_patches if vit else max_patches * 4)
+    x = x.to(device)
+    original_hw = (image.height, image.width)
+    if vit:
+        q, k, v = last_block_qkv(model, x)  # (1, heads, 1+N, hd)
+        grid = (x.shape[-2] // patch, x.shape[-1] // patch)
+        attn = cls_row_attention(q, k, model.blocks[-1].attn.scale)[0]  # (heads, N)
+        # (1, heads, 1+N, hd) -> (N, heads*hd): the references' transpose(1, 2).reshape, [CLS] dropped
+        flat = {name: t[0].transpose(0, 1).reshape(t.shape[2], -1)[1:].float().cpu()
+                for name, t in (("q", q), ("k", k), ("v", v))}
+        return DiscoveryFeatures(flat, attn.reshape(-1, *grid).float().cpu().numpy(), grid,
+                                 (float(patch), float(patch)), input_hw, original_hw, note)
+    fmap = x
+    for name, child in model.named_children():
+        if name in ("avgpool", "fc"):
+            break
+        fmap = child(fmap)  # (1, 2048, h, w) after layer4
+    d, gh, gw = fmap.shape[1:]
+    feats = fmap.reshape(d, -1).T  # (N, D)
+    feats = F.layer_norm(feats, feats.shape)  # LOST: nn.LayerNorm(feats.size()[1:]) freshly built
+    scale = (x.shape[-2] / gh, x.shape[-1] / gw)
+    return DiscoveryFeatures({"resnet": feats.float().cpu()}, None, (gh, gw), scale, input_hw, original_hw, note)
+
+
+def _component_at(mask: np.ndarray, seed: int) -> np.ndarray:
+    """The 4-connected component of `mask` (h, w) holding the flat index `seed` (scipy.ndimage.label defaults)."""
+    labels, _ = scipy.ndimage.label(mask)
+    cc = labels.flat[seed]
+    if cc == 0:
+        raise ValueError("the seed is not in the foreground")
+    return labels == cc
+
+
+def attention_object(cls_attention: np.ndarray, head: int | None = 0, threshold: float = 0.6
+                     ) -> tuple[np.ndarray, int, np.ndarray]:
+    """DINO-seg as LOST and TokenCut run it: the 60% mass mask of one head (or of the heads' mean map when
+    head is None), its largest 4-connected component. Returns (mask (h, w), seed, score map)."""
+    heads = cls_attention.shape[0]
+    if head is not None and not -heads <= head < heads:
+        raise ValueError(f"--dinoseg_head: expected a head in 0..{heads - 1} or 'mean', got {head}")
+    amap = cls_attention.mean(axis=0) if head is None else cls_attention[head]
+    keep = threshold_masks(torch.from_numpy(np.ascontiguousarray(amap)), threshold).numpy()
+    labels, count = scipy.ndimage.label(keep)
+    # LOST's dino_seg sizes only labels 0..max-1, missing the last component; we take the true largest.
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    obj = labels == (int(np.argmax(sizes)) + 1)
+    seed = int(np.argmax(np.where(obj, amap, -np.inf)))
+    return obj, seed, amap.astype(np.float32)
+
+
+def lost_object(feats: torch.Tensor, grid: tuple[int, int], k_patches: int = 100
+                ) -> tuple[np.ndarray, int, np.ndarray]:
+    """LOST: seed = fewest positive correlations, expanded by the similar low-degree patches.
+
+    Returns (mask (h, w), seed, score map M)."""
+    f = feats.float()  # raw dot products in float32, as LOST computes them; rows in chunks: never N x N
+    degree = torch.cat([((f[i:i + 1024] @ f.T) > 0).sum(dim=1) for i in range(0, len(f), 1024)])
+    degree -= ((f * f).sum(dim=1) > 0).long()  # the zeroed diagonal
+    # LOST sorts -degree descending; a stable sort makes ties resolve by patch index, reproducibly.
+    order = torch.argsort(-degree, descending=True, stable=True)
+    seed = int(order[0])
+    candidates = order[:k_patches]
+    similar = candidates[(f[candidates] @ f[seed]) > 0]
+    m = (f[similar] @ f.T).sum(dim=0).reshape(grid).numpy()  # (h, w)
+    return _component_at(m > 0, seed), seed, m.astype(np.float32)
+
+
+def _first_max(x: np.ndarray) -> int:
+    """np.argmax, with values equal up to solver round-off counted as ties (first index wins).
+
+    MaskCut's removed patches all have exactly the same eigenvector entry in exact arithmetic; which
+    of them scipy's argmax returns is decided by round-off, so dense and iterative solves could differ.
+    """
+    return int(np.flatnonzero(x >= x.max() - 1e-9 * np.abs(x[np.isfinite(x)]).max())[0])
+
+
+def _oriented_cut(feats: torch.Tensor, tau: float, eps: float, solver: str) -> tuple[np.ndarray, np.ndarray]:
+    """TokenCut's bipartition: x > mean(x); (partition, x) with x flipped so the seed argmax |x| is inside."""
+    x = second_eigenvector(feats, tau, eps, solver)
+    part = x > x.mean()
+    if not part[_first_max(np.abs(x))]:
+        x, part = -x, ~part
+    return part, x
+
+
+def _check_tau(tau: float) -> None:
+    if not 0 < tau < 1:
+        raise ValueError(f"--tau: expected a cosine threshold in (0, 1), got {tau}")
+
+
+def tokencut_object(feats: torch.Tensor, grid: tuple[int, int], tau: float = 0.2, eps: float = 1e-5,
+                    solver: str = "auto") -> tuple[np.ndarray, int, np.ndarray]:
+    """TokenCut: the component of the normalised-cut partition holding the seed argmax |x|.
+
+    Returns (mask (h, w), seed, oriented eigenvector (h, w))."""
+    _check_tau(tau)
+    part, x = _oriented_cut(feats, tau, eps, solver)
+    seed = _first_max(np.abs(x))
+    return _component_at(part.reshape(grid), seed), seed, x.reshape(grid).astype(np.float32)
+
+
+def _corners(mask: np.ndarray) -> int:
+    return int(mask[0, 0]) + int(mask[0, -1]) + int(mask[-1, 0]) + int(mask[-1, -1])
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks (0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int = 3, tau: float = 0.15,
+                    eps: float = 1e-5, solver: str = "auto") -> tuple[list[np.ndarray], list[int], np.ndarray]:
+    """MaskCut (CutLER): up to n_objects cuts, each on the graph with earlier objects' patches removed.
+
+    As CutLER's maskcut_forward: removed patches get zero features (so eps affinities) and, unlike
+    CutLER where round-off decides, never join the partition; the eigenvector's sign is fixed (argmax |x|
+    positive) where CutLER keeps LAPACK's; the partition is flipped when it covers 2+
+    corners, else when the seed argmax |x| is outside; the seed is then argmax of the oriented vector; a mask is dropped when its IoU with the previous cut's mask exceeds 0.5 or it
+    covers at most 1% of the patches; kept masks lose the patches of earlier objects.
+    Returns (masks, seeds, the first cut's oriented eigenvector (h, w)).
+    """
+    _check_tau(tau)
+    if n_objects < 1:
+        raise ValueError(f"--n_objects: expected at least 1, got {n_objects}")
+    cut = NormalisedCut(feats, tau, eps, solver)
+    removed = np.zeros(grid, dtype=bool)
+    previous = np.zeros(grid, dtype=bool)
+    masks, seeds, scores = [], [], None
+    for i in range(n_objects):
+        x = cut.second_eigenvector(removed.ravel())
+        # The corner rule makes CutLER's outcome depend on the solver's arbitrary sign (both sides may hold
+        # two corners): the sign is fixed first, the seed argmax |x| positive, so both solvers agree.
+        x = x if x[_first_max(np.abs(x))] > 0 else -x
+        part = x > x.mean()
+        gone = removed.ravel()
+        # Removed patches sit at mean(x) / (1 - lambda), next to the split point when mean(x) ~ 0: which
+        # side CutLER puts them on is round-off. They are out of the graph, so they join no side here.
+        if _corners((part & ~gone).reshape(grid)) >= 2 or not part[_first_max(np.abs(x))]:
+            x, part = -x, ~part
+        part &= ~gone
+        seed = _first_max(np.where(gone, -np.inf, x))
+        if scores is None:
+            scores = x.reshape(grid).astype(np.float32)
+        # Only removed patches on the seed's side: CutLER's mask would then be removed patches, subtracted to nothing.
+        mask = _component_at(part.reshape(grid), seed) if part[seed] else np.zeros(grid, dtype=bool)
+        if i > 0 and (mask_iou(previous, mask) > 0.5 or mask.mean() <= 0.01):
+            mask = np.zeros(grid, dtype=bool)
+        previous = mask
+        if (mask & ~removed).any():  # the reference keeps empty ones as all-zero masks; we list objects only
+            masks.append(mask & ~removed)
+            seeds.append(seed)
+        removed |= mask
+    return masks, seeds, scores
+
+
+def patch_box(mask: np.ndarray, scale: tuple[float, float], clip_hw: tuple[int, int]) -> list[float]:
+    """[x0, y0, x1, y1]: the mask's patch extent times the patch scale, clipped to the unpadded image."""
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    return [float(x0 * scale[1]), float(y0 * scale[0]),
+            float(min(x1 * scale[1], clip_hw[1])), float(min(y1 * scale[0], clip_hw[0]))]
+
+
+def patches_to_pixels(patches: np.ndarray, features: DiscoveryFeatures) -> np.ndarray:
+    """Patch masks or maps (k, h, w) to the original image size (k, H, W) by nearest neighbour."""
+    gh, gw = features.grid
+    padded_hw = (round(gh * features.scale[0]), round(gw * features.scale[1]))
+    t = torch.from_numpy(np.ascontiguousarray(patches)).float()[None]  # (1, k, h, w)
+    t = F.interpolate(t, size=padded_hw, mode="nearest")[..., :features.input_hw[0], :features.input_hw[1]]
+    if features.input_hw != features.original_hw:
+        t = F.interpolate(t, size=features.original_hw, mode="nearest")
+    return t[0].numpy()
+
+
+def _to_original(box: list[float], features: DiscoveryFeatures) -> list[float]:
+    (h, w), (h0, w0) = features.input_hw, features.original_hw
+    sx, sy = w0 / w, h0 / h
+    return [float(min(box[0] * sx, w0)), float(min(box[1] * sy, h0)), float(min(box[2] * sx, w0)),
+            float(min(box[3] * sy, h0))]
+
+
+def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: float | None = None,
+             eps: float = 1e-5, k_patches: int = 100, n_objects: int = 3, which_features: str = "k",
+             dinoseg_head: int | None = 0, threshold: float = 0.6, solver: str = "auto") -> DiscoveryResult:
+    """Run one discovery method on the features of one forward pass (`threshold`: the attention method's mass)."""
+    if method not in METHODS:
+        raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if not features.is_vit and method != "lost":
+        raise ValueError(f"--method {method} needs a ViT's attention keys; ResNet-50 weights only run --method lost")
+    if tau is None:
+        tau = DEFAULT_TAU.get(method, 0.2)
+    if method == "attention":
+        mask, seed, scores = attention_object(features.cls_attention, dinoseg_head, threshold)
+        masks, seeds = [mask], [seed]
+    elif method == "lost":
+        if k_patches < 1:
+            raise ValueError(f"--k_patches: expected at least 1, got {k_patches}")
+        mask, seed, scores = lost_object(features.features(which_features), features.grid, k_patches)
+        masks, seeds = [mask], [seed]
+    elif method == "tokencut":
+        mask, seed, scores = tokencut_object(features.features(which_features), features.grid, tau, eps, solver)
+        masks, seeds = [mask], [seed]
+    else:
+        masks, seeds, scores = maskcut_objects(features.features(which_features), features.grid, n_objects,
+                                               tau, eps, solver)
+    patches = np.stack(masks) if masks else np.zeros((0, *features.grid), dtype=bool)
+    boxes = [_to_original(patch_box(m, features.scale, features.input_hw), features) for m in masks]
+    pixels = patches_to_pixels(patches, features).astype(bool)
+    return DiscoveryResult(method, patches, pixels, boxes, scores.astype(np.float32), seeds, features.note)
+
+
+def discovered_labels(model: nn.Module, image: Image.Image, annotation: np.ndarray | None = None,
+                      method: str = "tokencut", resize: int | tuple[int, ...] | None = None,
+                      **kwargs) -> np.ndarray:
+    """A first-frame label map (H, W) uint8 found by discovery instead of drawn: object i gets label i + 1.
+
+    With an `annotation` (H, W ids, 0 background, 255 void), used only for matching so that J&F can be
+    scored: discovered objects are paired one-to-one with the annotated ones maximising the summed IoU
+    (Hungarian), each pair with IoU > 0 takes the annotated id, and unpaired discovered objects are dropped.
+    """
+    from .localization import match_objects
+
+    result = discover(extract_features(model, image, resize), method, **kwargs)
+    labels = np.zeros(result.masks.shape[1:], dtype=np.uint8)
+    if annotation is None:
+        for i, mask in enumerate(result.masks):
+            labels[mask & (labels == 0)] = i + 1
+        return labels
+    if annotation.shape != labels.shape:
+        raise ValueError(f"annotation of {annotation.shape[::-1]} pixels, the frame is {labels.shape[::-1]}")
+    ids = [int(i) for i in np.unique(annotation) if i not in (0, 255)]
+    pairs = match_objects(result.masks, [annotation == i for i in ids])
+    for k, j in pairs.items():
+        labels[result.masks[k] & (labels == 0)] = ids[j]
+    return labels
+
+
+def write_discovery(out_dir: Path, image: np.ndarray, features: DiscoveryFeatures,
+                    result: DiscoveryResult) -> list[Path]:
+    """Write patches.npy, masks.npy, scores.npy, boxes.json, objects.png and scores.png for one image (RGB uint8)."""
+    import json
+
+    from .files import save_npy, save_png, save_text
+    from .viz import discovery_panels
+
+    out_dir = Path(out_dir)
+    paths = {name: out_dir / name for name in ("patches.npy", "masks.npy", "scores.npy", "boxes.json",
+                                                "objects.png", "scores.png")}
+    save_npy(paths["patches.npy"], result.patches.astype(bool))
+    save_npy(paths["masks.npy"], result.masks.astype(bool))
+    save_npy(paths["scores.npy"], result.scores.astype(np.float32))
+    save_text(paths["boxes.json"], json.dumps([[round(v, 2) for v in b] for b in result.boxes]) + "\n")
+    pixel_scores = patches_to_pixels(result.scores[None], features)[0]
+    objects, heat = discovery_panels(image, result.masks, result.boxes, pixel_scores)
+    save_png(paths["objects.png"], objects)
+    save_png(paths["scores.png"], heat)
+    return list(paths.values())
