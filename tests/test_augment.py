@@ -4,6 +4,7 @@ seeds, per-transform pixel tolerances, crop statistics, reduced JPEG decoding, b
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import random
 
 import numpy as np
@@ -315,3 +316,30 @@ def test_items_depend_only_on_seed_epoch_index(tmp_path, augmentation):
     ds.set_epoch(0)
     ds.set_epoch(2)
     assert all(torch.equal(a, b) for a, b in zip(first, ds[6][0]))
+
+
+def test_loader_workers_start_after_this_process_used_opencv_threads(tmp_path):
+    # A process whose OpenCV thread pool has run (the app, a notebook, an earlier test) forks the loader's
+    # workers: OpenCV's thread count must not be changed inside a forked worker, where it deadlocks. A hang
+    # shows here as the child killed by the timeout, not as a suite that never ends.
+    import subprocess
+    import sys
+    import textwrap
+
+    textured_images(tmp_path, 6)
+    script = textwrap.dedent(f"""
+        import cv2, numpy as np
+        from train.augment import DataAugmentationDINO
+        from train.data import ImageFilesDataset, build_loader
+        image = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+        for _ in range(3):
+            cv2.GaussianBlur(image, (0, 0), 3)  # the pool's threads start in this process
+        aug = DataAugmentationDINO((0.4, 1.0), (0.05, 0.4), 1, 16, 8)
+        loader = build_loader(ImageFilesDataset({str(tmp_path)!r}, aug, seed=0), batch_size=3, num_workers=2,
+                              rank=0, world_size=1, seed=0)
+        print(sum(1 for _ in loader), cv2.getNumThreads())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["2", "1"]  # both batches came back; workers (and this process) use one thread

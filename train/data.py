@@ -108,9 +108,7 @@ def collate_crops(batch: Sequence[tuple[list[torch.Tensor], tuple[str, ...]]]
 
 
 def seed_worker(worker_id: int, seed: int, rank: int) -> None:
-    """Seed a loader worker from (seed, epoch, rank, worker), for anything the per-sample seeds miss;
-    OpenCV gets one thread per worker, as torch does, so N workers do not run N x cores threads."""
-    cv2.setNumThreads(1)
+    """Seed a loader worker from (seed, epoch, rank, worker), for anything the per-sample seeds miss."""
     info = get_worker_info()
     epoch = getattr(info.dataset, "epoch", 0) if info is not None else 0
     state = np.random.SeedSequence([seed % 2**64, epoch, rank, worker_id]).generate_state(2, dtype=np.uint32)
@@ -126,6 +124,12 @@ def build_loader(dataset: ImageFilesDataset, *, batch_size: int, num_workers: in
     last incomplete batch like the reference. Call `loader.sampler.set_epoch` and
     `dataset.set_epoch` before each epoch."""
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    if num_workers > 0:
+        # Workers get one OpenCV thread each, as torch gives them, so N workers do not run N x cores threads.
+        # It is set here, before the workers fork: cv2.setNumThreads in a forked worker deadlocks once this
+        # process's OpenCV thread pool has run (the pool's threads do not survive the fork); the workers
+        # inherit the setting. This process does no augmentation while workers exist.
+        cv2.setNumThreads(1)
     if len(sampler) < batch_size:
         raise ValueError(f"--batch_size_per_gpu: {batch_size} is more than the {len(sampler)} images each of "
                          f"the {world_size} process(es) gets from {len(dataset)} in {dataset.root}")
