@@ -267,26 +267,28 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
 
     inputs = [image, shared.weights, image_size, threshold]
     outputs = [heat_gallery, mask_gallery, downloads, note]
+    # Discovery shares one cached forward pass per image and size: the method, tau and threshold re-use it.
+    # It runs after the attention succeeded (`.success`), so a bad upload says so once, not once per output.
+    d_inputs = [image, shared.weights, image_size, method, tau, threshold]
+    d_outputs = [objects_image, scores_image, discover_files, discover_note]
+    d_refresh = functools.partial(refresh_discovery, cfg=cfg)
     run_button.click(functools.partial(run_attention, cfg=cfg), inputs, outputs, concurrency_id="model",
-                     api_name="attention")
+                     api_name="attention").success(
+        functools.partial(run_discovery, cfg=cfg), d_inputs, d_outputs, concurrency_id="model", api_name="discover")
     # The threshold re-uses the cached attention, so every change (drag or typed value) may refresh;
     # a new image size needs a forward pass, so only the end of a drag (or the button) recomputes.
     refresh = functools.partial(refresh_attention, cfg=cfg)
     threshold.change(refresh, inputs, outputs, concurrency_id="model", trigger_mode="always_last",
-                     api_name="refresh_attention")
+                     api_name="refresh_attention").success(
+        d_refresh, d_inputs, d_outputs, concurrency_id="model", api_name="refresh_discover_threshold",
+        api_visibility="private")
     image_size.release(refresh, inputs, outputs, concurrency_id="model", api_name="refresh_attention_size",
-                       api_visibility="private")  # the same endpoint as /refresh_attention
-    # Discovery shares one cached forward pass per image and size: the method, tau and threshold re-use it.
-    d_inputs = [image, shared.weights, image_size, method, tau, threshold]
-    d_outputs = [objects_image, scores_image, discover_files, discover_note]
-    run_button.click(functools.partial(run_discovery, cfg=cfg), d_inputs, d_outputs, concurrency_id="model",
-                     api_name="discover")
-    d_refresh = functools.partial(refresh_discovery, cfg=cfg)
-    for name, control in (("method", method), ("tau", tau), ("threshold", threshold)):
+                       api_visibility="private").success(  # the same endpoint as /refresh_attention
+        d_refresh, d_inputs, d_outputs, concurrency_id="model", api_name="refresh_discover_size",
+        api_visibility="private")
+    for name, control in (("method", method), ("tau", tau)):
         control.change(d_refresh, d_inputs, d_outputs, concurrency_id="model", trigger_mode="always_last",
                        api_name=f"refresh_discover_{name}", api_visibility="private")
-    image_size.release(d_refresh, d_inputs, d_outputs, concurrency_id="model", api_name="refresh_discover_size",
-                       api_visibility="private")
     return {"image": image, "image_size": image_size, "threshold": threshold, "run": run_button, "note": note,
             "heat_gallery": heat_gallery, "mask_gallery": mask_gallery, "downloads": downloads, "method": method,
             "tau": tau, "objects": objects_image, "scores": scores_image, "discover_files": discover_files,
