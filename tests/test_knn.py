@@ -24,7 +24,7 @@ from dino_seg.weights import load_model
 from eval.knn import main as knn_main
 from reference_knn import reference_knn_classifier
 from train.main import main as train_main
-from train_helpers import textured_images, tiny_args, torch_threads
+from train_helpers import run_cli, textured_images, tiny_args, torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--resize_size", "36", "--crop_size", "32", "--num_workers", "0", "--device", "cpu"]
@@ -72,10 +72,7 @@ def knn_data(tmp_path_factory) -> Path:
 
 
 def run_knn(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with torch_threads(1), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = knn_main(argv)
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(knn_main, argv)
 
 
 def test_extraction_is_the_normalised_backbone_output_in_dataset_order(knn_data, tiny_vit_weights):

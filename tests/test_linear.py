@@ -16,7 +16,7 @@ import eval.linear as linear_cli
 from dino_seg.linear_probe import LinearClassifier, probe_dim, probe_features
 from dino_seg.models import build_backbone
 from dino_seg.runs import read_linear_log
-from train_helpers import textured_images, torch_threads
+from train_helpers import run_cli, textured_images, torch_threads
 
 SMALL = ["--resize_size", "36", "--crop_size", "32", "--num_workers", "0", "--device", "cpu",
          "--batch_size_per_gpu", "4"]
@@ -81,10 +81,7 @@ def probe_data(tmp_path_factory) -> Path:
 
 
 def run_linear(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with torch_threads(1), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = linear_cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(linear_cli.main, argv)
 
 
 def test_short_run_resumes_exactly_and_evaluates(probe_data, tiny_vit_weights, tmp_path, monkeypatch):

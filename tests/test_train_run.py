@@ -19,18 +19,14 @@ import torch
 
 from dino_seg.weights import load_model
 from train.main import main as train_main
-from train_helpers import skimage_images, textured_images, tiny_args, torch_threads
+from train_helpers import run_cli, skimage_images, textured_images, tiny_args, torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC_KEYS = {"it", "epoch", "loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy", "kl"}
 
 
 def run_train(argv: list[str]) -> tuple[int, str, str]:
-    """Call `python -m train`'s main in-process, one thread, capturing stdout and stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with torch_threads(1), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = train_main(argv)
-    return code, out.getvalue(), err.getvalue()
+    return run_cli(train_main, argv)
 
 
 def read_jsonl(path: Path) -> list[dict]:

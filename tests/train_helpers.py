@@ -71,3 +71,13 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def run_cli(main, argv: list[str]) -> tuple[int, str, str]:
+    """Call a command's `main(argv)` in-process with one thread: (exit code, stdout, stderr)."""
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with torch_threads(1), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
