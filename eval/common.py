@@ -127,6 +127,8 @@ def discovery_kwargs(args: argparse.Namespace) -> dict:
         raise ValueError(f"--tau: expected a cosine threshold in (0, 1), got {args.tau}")
     return dict(tau=args.tau, eps=args.eps, k_patches=args.k_patches, n_objects=args.n_objects,
                 which_features=args.which_features, dinoseg_head=head)
+
+
 def add_launch_flags(parser: argparse.ArgumentParser) -> None:
     """--dist_url, --local_rank and --device of the torchrun-ready evaluations, as `python -m train`."""
     parser.add_argument("--dist_url", default="env://", type=str,

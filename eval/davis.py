@@ -91,22 +91,32 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**20
 
 
-def _drop_stale_scores(results_dir: Path, subset: str, reason: str) -> None:
-    """The folder's CSVs and summary.json scores no longer describe its masks: remove the CSVs, and
-    replace summary.json's scores by the reason (its timings and settings still hold)."""
-    for path in csv_paths(results_dir, subset):
-        path.unlink(missing_ok=True)
+def _set_summary_scores(results_dir: Path, scores: dict | None, error: str | None = None) -> None:
+    """Put `scores` into the folder's summary.json (its timings and settings still hold), or, when scoring
+    failed, None with `error` as the reason; an unreadable summary cannot be trusted after a failure and goes."""
     summary_path = results_dir / "summary.json"
     try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError):  # none, or unreadable: nothing of it can be trusted
-        if summary_path.is_file():
-            summary_path.unlink()
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    except (OSError, ValueError):
+        if error is not None:
+            summary_path.unlink(missing_ok=True)
         return
-    if isinstance(summary, dict):
-        summary["scores"] = None
-        summary["scores_error"] = reason
-        save_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
+    if not isinstance(summary, dict):
+        return
+    summary["scores"] = scores
+    if error is None:
+        summary.pop("scores_error", None)
+    else:
+        summary["scores_error"] = error
+    save_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def _drop_stale_scores(results_dir: Path, subset: str, reason: str) -> None:
+    """The folder's CSVs and summary.json scores no longer describe its masks: remove the CSVs, and
+    replace summary.json's scores by the reason."""
+    for path in csv_paths(results_dir, subset):
+        path.unlink(missing_ok=True)
+    _set_summary_scores(results_dir, None, reason)
 
 
 def _scorable(args: argparse.Namespace, names: list[str]) -> tuple[list[str], str]:
@@ -212,15 +222,8 @@ def run(args: argparse.Namespace) -> int:
         if note:
             print(f"warning: {note}", file=sys.stderr)
         scores = _score(results, args, names)
-        summary_path = results / "summary.json"
-        try:  # a summary of the run that made these masks gets the new scores, not the old ones
-            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-        except (OSError, ValueError):
-            summary = None
-        if isinstance(summary, dict):
-            summary["scores"] = scores.global_scores
-            summary.pop("scores_error", None)
-            save_text(summary_path, json.dumps(summary, indent=2, default=str) + "\n")
+        # A summary of the run that made these masks gets the new scores, not the old ones.
+        _set_summary_scores(results, scores.global_scores)
         return 0
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
