@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from .attention import cls_row_attention, last_block_qkv, threshold_masks
+from .attention import cls_row_attention, last_block_qkv, resized_size, threshold_masks
 from .images import IMAGENET_MEAN, IMAGENET_STD
 from .models import is_vit
 from .ncut import NormalisedCut, second_eigenvector
@@ -74,27 +74,15 @@ class DiscoveryResult:
         return self.seeds[0] if self.seeds else None
 
 
-def _pil_resize_hw(size_wh: tuple[int, int], resize: int | tuple[int, ...] | None) -> tuple[int, int]:
-    w, h = size_wh
-    if resize is None:
-        return h, w
-    size = [resize] if isinstance(resize, int) else list(resize)
-    if len(size) == 2:
-        return int(size[0]), int(size[1])
-    if len(size) != 1:
-        raise ValueError(f"--resize: expected one or two sizes, got {size}")
-    # torchvision's Resize of the short side, aspect kept.
-    short = int(size[0])
-    return (int(short * h / w), short) if w <= h else (short, int(short * w / h))
-
-
 def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...] | None = None,
                max_patches: int = MAX_PATCHES) -> tuple[torch.Tensor, tuple[int, int], str]:
     """ToTensor, ImageNet normalisation, optional resize, zero padding to whole patches (as LOST and TokenCut).
 
     Returns the padded batch (1, 3, Hp, Wp), the unpadded processed size and a note when capped.
     """
-    h, w = _pil_resize_hw(image.size, resize)
+    if resize is not None and len([resize] if isinstance(resize, int) else list(resize)) not in (1, 2):
+        raise ValueError(f"--resize: expected one or two sizes, got {list(resize)}")
+    h, w = (image.height, image.width) if resize is None else resized_size(image.size, resize)
     note = ""
     n = math.ceil(h / patch_size) * math.ceil(w / patch_size)
     if n > max_patches:
@@ -256,15 +244,16 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
     previous = np.zeros(grid, dtype=bool)
     masks, seeds, scores = [], [], None
     for i in range(n_objects):
-        x = cut.second_eigenvector(removed.ravel())
+        gone = removed.ravel()
+        x = cut.second_eigenvector(gone)
+        top = _first_max(np.abs(x))  # the same index after any sign flip
         # The corner rule makes CutLER's outcome depend on the solver's arbitrary sign (both sides may hold
         # two corners): the sign is fixed first, the seed argmax |x| positive, so both solvers agree.
-        x = x if x[_first_max(np.abs(x))] > 0 else -x
+        x = x if x[top] > 0 else -x
         part = x > x.mean()
-        gone = removed.ravel()
         # Removed patches sit at mean(x) / (1 - lambda), next to the split point when mean(x) ~ 0: which
         # side CutLER puts them on is round-off. They are out of the graph, so they join no side here.
-        if _corners((part & ~gone).reshape(grid)) >= 2 or not part[_first_max(np.abs(x))]:
+        if _corners((part & ~gone).reshape(grid)) >= 2 or not part[top]:
             x, part = -x, ~part
         part &= ~gone
         seed = _first_max(np.where(gone, -np.inf, x))

@@ -309,11 +309,10 @@ class FastAugmentationDINO:
     # ------------------------------------------------------------ pixels
 
     def render(self, decoded: DecodedImage, p: CropParams, size: int,
-               source: torch.Tensor | Image.Image | None = None) -> torch.Tensor:
-        """One crop (3, size, size) float32 from its parameters."""
+               source: torch.Tensor | Image.Image) -> torch.Tensor:
+        """One crop (3, size, size) float32 from its parameters; `source` is `_source(decoded)`, made once
+        per image."""
         i, j, h, w = p.box
-        if source is None:
-            source = _source(decoded)
         if decoded.scale == 1:
             img = resized_crop(source, (j, i, j + w, i + h), size)
         else:

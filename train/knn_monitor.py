@@ -9,7 +9,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits
-from dino_seg.knn import Features, extract_features, knn_classifier
+from dino_seg.knn import extract_features, knn_classifier
 
 
 def add_knn_flags(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +64,6 @@ class KnnMonitor:
                                           num_workers=self.num_workers, device=device, wrap=bar))
         if feats[0] is None:
             return None
-        f = Features(feats[0], feats[1], self.train_labels, self.val_labels)
-        top1, top5 = knn_classifier(f.train, f.train_labels, f.test, f.test_labels, self.k, self.temperature,
+        top1, top5 = knn_classifier(feats[0], self.train_labels, feats[1], self.val_labels, self.k, self.temperature,
                                     num_classes=self.num_classes)
         return {"knn_top1": top1, "knn_top5": top5}
