@@ -115,6 +115,7 @@ def test_file_inputs_must_be_uploads_or_shared_files(public, tmp_path):
     # gradio_client can send any server path as an image, video or mask "upload": Gradio passes it on.
     cfg, shared, private = public
     _refusal(lambda: attention_tab.run_attention("/etc/hostname", None, 128, 0.6, cfg))
+    _refusal(lambda: attention_tab.run_discovery("/etc/hostname", None, 128, "TokenCut", 0.2, 0.6, cfg))
     _refusal(lambda: video_tab.video_first_frame(str(private / "clip.mp4"), cfg))
     _refusal(lambda: video_tab.run_video(video_tab.UPLOAD_SOURCE, None, None, "/etc/hostname", None, None, None, 3,
                                          240, cfg))

@@ -9,12 +9,14 @@ import shutil
 import threading
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 from PIL import Image
+from torch import nn
 
 from dino_seg.attention import AttentionResult, compute_attention
 from dino_seg.discovery import (DEFAULT_TAU, DiscoveryFeatures, discover, extract_features, patches_to_pixels,
@@ -23,7 +25,7 @@ from dino_seg.files import save_npy, save_png
 from dino_seg.images import ImageError, load_image
 from dino_seg.viz import attention_panels, discovery_panels
 
-from .components import Slider, UploadImage
+from .components import ImageView, Radio, Slider, UploadImage
 from .config import ASSETS, AppConfig
 from .errors import friendly
 from .model_cache import model_key, model_or_error
@@ -91,24 +93,34 @@ def _file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _cached(cache: OrderedDict, image_path: str | Path, weights: str | None, image_size: int, cfg: AppConfig,
+            compute: Callable[[nn.Module, Image.Image, list[str]], tuple]) -> tuple[tuple, str]:
+    """(`compute(model, image, notes)`, model description), computed once per (weights, device, image content,
+    size) and kept in `cache` (least recently used dropped first). The image path is checked against the
+    page's allowed folders first: an API call may name any server file, not only uploads."""
+    check_path(str(image_path), cfg, "image")
+    model, description = model_or_error(weights, cfg)
+    key = (model_key(weights, cfg), cfg.device, _file_digest(image_path), int(image_size))
+    with _ATTENTION_LOCK:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key], description
+    image, notes = load_input_image(image_path)
+    entry = compute(model, image, notes)
+    with _ATTENTION_LOCK:
+        cache[key] = entry
+        while len(cache) > ATTENTION_CACHE_SIZE:
+            cache.popitem(last=False)
+    return entry, description
+
+
 def attention_for(image_path: str | Path, weights: str | None, image_size: int,
                   cfg: AppConfig) -> tuple[AttentionResult, list[str], str]:
     """The attention of an image, computed once per (image content, weights, size) and cached, so that
     moving only the threshold slider never runs the model again."""
-    check_path(str(image_path), cfg, "image")  # an API call may name any server file, not only uploads
-    model, description = model_or_error(weights, cfg)
-    key = (model_key(weights, cfg), cfg.device, _file_digest(image_path), int(image_size))
-    with _ATTENTION_LOCK:
-        if key in ATTENTION_CACHE:
-            ATTENTION_CACHE.move_to_end(key)
-            result, notes = ATTENTION_CACHE[key]
-            return result, notes, description
-    image, notes = load_input_image(image_path)
-    result = compute_attention(model, image, int(image_size))
-    with _ATTENTION_LOCK:
-        ATTENTION_CACHE[key] = (result, notes)
-        while len(ATTENTION_CACHE) > ATTENTION_CACHE_SIZE:
-            ATTENTION_CACHE.popitem(last=False)
+    (result, notes), description = _cached(
+        ATTENTION_CACHE, image_path, weights, image_size, cfg,
+        lambda model, image, notes: (compute_attention(model, image, int(image_size)), notes))
     return result, notes, description
 
 
@@ -179,19 +191,11 @@ def features_for(image_path: str | Path, weights: str | None, image_size: int,
                  cfg: AppConfig) -> tuple[DiscoveryFeatures, np.ndarray, list[str], str]:
     """The discovery features of an image (one forward pass: last-block q/k/v and [CLS] attention), cached per
     (image content, weights, size), so that changing the method, tau or threshold never runs the model again."""
-    model, description = model_or_error(weights, cfg)
-    key = (model_key(weights, cfg), cfg.device, _file_digest(image_path), int(image_size))
-    with _ATTENTION_LOCK:
-        if key in FEATURES_CACHE:
-            FEATURES_CACHE.move_to_end(key)
-            return (*FEATURES_CACHE[key], description)
-    image, notes = load_input_image(image_path)
-    features = extract_features(model, image, resize=int(image_size))
-    entry = (features, np.asarray(image), notes + ([features.note] if features.note else []))
-    with _ATTENTION_LOCK:
-        FEATURES_CACHE[key] = entry
-        while len(FEATURES_CACHE) > ATTENTION_CACHE_SIZE:
-            FEATURES_CACHE.popitem(last=False)
+    def compute(model: nn.Module, image: Image.Image, notes: list[str]) -> tuple:
+        features = extract_features(model, image, resize=int(image_size))
+        return features, np.asarray(image), notes + ([features.note] if features.note else [])
+
+    entry, description = _cached(FEATURES_CACHE, image_path, weights, image_size, cfg, compute)
     return (*entry, description)
 
 
@@ -242,10 +246,10 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                 threshold = Slider(0.05, 1.0, value=0.6, step=0.05, label="Mass threshold",
                                       info="Share of each map's attention mass the mask keeps (paper: 0.6)",
                                       elem_id="attention-threshold")
-                method = gr.Radio(list(DISCOVERY_METHODS), value="TokenCut", label="Object discovery",
+                method = Radio(list(DISCOVERY_METHODS), value="TokenCut", label="Object discovery",
                                   info="threshold: DINO's 60%-mass mask; LOST, TokenCut, MaskCut on the last keys",
                                   elem_id="discover-method")
-                tau = gr.Slider(0.05, 0.95, value=0.2, step=0.05, label="tau (TokenCut / MaskCut graph threshold)",
+                tau = Slider(0.05, 0.95, value=0.2, step=0.05, label="tau (TokenCut / MaskCut graph threshold)",
                                 elem_id="discover-tau")
                 run_button = gr.Button("Compute attention", variant="primary", elem_id="attention-run")
             with gr.Column(scale=3):
@@ -258,9 +262,9 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                                     file_count="multiple", elem_id="attention-downloads")
                 discover_note = gr.Markdown(elem_id="discover-note")
                 with gr.Row():
-                    objects_image = gr.Image(label="Discovered objects (masks and boxes)", interactive=False,
+                    objects_image = ImageView(label="Discovered objects (masks and boxes)", interactive=False,
                                              height=300, format="png", elem_id="discover-objects")
-                    scores_image = gr.Image(label="Score map", interactive=False, height=300, format="png",
+                    scores_image = ImageView(label="Score map", interactive=False, height=300, format="png",
                                             elem_id="discover-scores")
                 discover_files = gr.File(label="Download objects (masks/patches/scores .npy, boxes.json, PNGs)",
                                          file_count="multiple", elem_id="discover-downloads")
