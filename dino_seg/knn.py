@@ -164,14 +164,15 @@ class Features:
 
 def save_features(features: Features, folder: str | Path) -> None:
     """Write trainfeat.pth, testfeat.pth, trainlabels.pth and testlabels.pth (CPU tensors) atomically."""
-    from .files import atomic_path
+    from .files import atomic_binary
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, tensor in zip(FEATURE_FILES, (features.train, features.test, features.train_labels,
                                             features.test_labels)):
-        with atomic_path(folder / name) as tmp:
-            torch.save(tensor.cpu(), tmp)
+        # atomic_binary, as checkpoints: a full disk is named as such, not torch's vague RuntimeError.
+        with atomic_binary(folder / name) as f:
+            torch.save(tensor.cpu(), f)
 
 
 def load_features(folder: str | Path, expected_dim: int | None = None) -> Features:

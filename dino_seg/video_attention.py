@@ -3,6 +3,7 @@ and its thresholded masks, computed in batches on frames streamed from a video f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,9 +121,10 @@ class AttentionFrame:
     maps: np.ndarray  # (heads, h, w) float32 [CLS] -> patch attention
     patch_size: int
 
-    @property
+    @functools.cached_property
     def mean(self) -> np.ndarray:
-        """(h, w) float32: the mean of the heads, as the reference computes it."""
+        """(h, w) float32: the mean of the heads, as the reference computes it (once: the attention image and
+        the mean map's mask both use it)."""
         return mean_of_heads(self.maps)
 
     def attention_rgba(self) -> np.ndarray:
