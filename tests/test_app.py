@@ -112,6 +112,14 @@ def test_user_errors_are_one_line_on_the_console_without_temporary_paths(capsys,
     assert raised.value.message == "notes.pth: not a readable PyTorch checkpoint ('notes.pth' is text)"
     assert raised.value.print_exception is False  # Gradio prints no traceback for it
     assert capsys.readouterr().err == "refuse: notes.pth: not a readable PyTorch checkpoint ('notes.pth' is text)\n"
+
+    @friendly
+    def outer(path: str) -> None:  # a handler calling another (refresh_attention -> run_attention)
+        refuse(path)
+
+    with pytest.raises(gr.Error):
+        outer(str(upload))
+    assert capsys.readouterr().err == "refuse: notes.pth: not a readable PyTorch checkpoint ('notes.pth' is text)\n"
     assert scrub_paths(f"{SCRATCH.root}/000003-video/frames/00000.jpg is bad") == (
         "00000.jpg is bad")
     assert scrub_paths("/data/DAVIS/JPEGImages/480p/bear/00000.jpg is bad") == (

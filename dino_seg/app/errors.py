@@ -54,7 +54,9 @@ def user_error(where: str, message: str) -> gr.Error:
     """A gr.Error for the page, logged as one line on the console instead of Gradio's traceback."""
     message = scrub_paths(message)
     print(f"{where}: {message}", file=sys.stderr, flush=True)
-    return gr.Error(message, print_exception=False)
+    err = gr.Error(message, print_exception=False)
+    err.logged = True  # a handler that calls another handler passes it on without logging it again
+    return err
 
 
 def friendly(fn: Callable[..., T]) -> Callable[..., T]:
@@ -66,6 +68,8 @@ def friendly(fn: Callable[..., T]) -> Callable[..., T]:
             with job():  # shutting down waits for it
                 return fn(*args, **kwargs)
         except gr.Error as err:
+            if getattr(err, "logged", False):
+                raise
             raise user_error(fn.__name__, str(err.message)) from None
         except Image.DecompressionBombError as err:
             raise user_error(fn.__name__, f"image too large to decode safely: {one_line(err)}") from None

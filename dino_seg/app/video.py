@@ -160,7 +160,7 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
     short_side = int(short_side)
     work = SCRATCH.new("video")
     notes: list[str] = []
-    fps = 10.0
+    fps = DEFAULT_FPS
     if source == UPLOAD_SOURCE:
         if not video_path:
             raise gr.Error("Upload a video file first (or pick a DAVIS sequence).")
