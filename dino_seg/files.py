@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -176,3 +177,12 @@ def save_text(path: str | Path, text: str) -> None:
     """Write a text file (CSV, JSON)."""
     with atomic_binary(path) as f:
         f.write(text.encode("utf-8"))
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file's content (read in chunks: checkpoints can be large)."""
+    h = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

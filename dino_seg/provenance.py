@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from dino_seg.files import save_text
+from dino_seg.files import file_digest, save_text
 
 PROVENANCE_FILE = "provenance.json"
-
-
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's content, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_identity(source: str, presets: dict | tuple = ()) -> str:

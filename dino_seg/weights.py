@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import urllib.error
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .files import temp_path_for
+from .files import file_digest, temp_path_for
 from .models import ARCHS, VIT_WIDTHS, build_backbone
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/dino"
@@ -91,12 +90,9 @@ def digest_mismatch(name: str, path: Path) -> str | None:
     actual = path.stat().st_size
     if size is not None and actual != size:
         return f"{actual:,} bytes, expected {size:,}"
-    md5 = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            md5.update(block)
-    if not md5.hexdigest().startswith(prefix):
-        return f"MD5 {md5.hexdigest()[:12]}..., expected one beginning with {prefix}"
+    md5 = file_digest(path, "md5")
+    if not md5.startswith(prefix):
+        return f"MD5 {md5[:12]}..., expected one beginning with {prefix}"
     return None
 
 

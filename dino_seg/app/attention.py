@@ -4,7 +4,6 @@ that a discovery method (threshold, LOST, TokenCut, MaskCut) finds, with downloa
 from __future__ import annotations
 
 import functools
-import hashlib
 import shutil
 import threading
 import zipfile
@@ -21,7 +20,7 @@ from torch import nn
 from dino_seg.attention import AttentionResult, compute_attention
 from dino_seg.discovery import (DEFAULT_TAU, DiscoveryFeatures, discover, extract_features, patches_to_pixels,
                                 write_discovery)
-from dino_seg.files import save_npy, save_png
+from dino_seg.files import file_digest, save_npy, save_png
 from dino_seg.images import ImageError, load_image
 from dino_seg.viz import attention_panels, discovery_panels
 
@@ -85,14 +84,6 @@ ATTENTION_CACHE: OrderedDict[tuple, tuple[AttentionResult, list[str]]] = Ordered
 _ATTENTION_LOCK = threading.Lock()
 
 
-def _file_digest(path: str | Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _cached(cache: OrderedDict, image_path: str | Path, weights: str | None, image_size: int, cfg: AppConfig,
             compute: Callable[[nn.Module, Image.Image, list[str]], tuple]) -> tuple[tuple, str]:
     """(`compute(model, image, notes)`, model description), computed once per (weights, device, image content,
@@ -100,7 +91,7 @@ def _cached(cache: OrderedDict, image_path: str | Path, weights: str | None, ima
     page's allowed folders first: an API call may name any server file, not only uploads."""
     check_path(str(image_path), cfg, "image")
     model, description = model_or_error(weights, cfg)
-    key = (model_key(weights, cfg), cfg.device, _file_digest(image_path), int(image_size))
+    key = (model_key(weights, cfg), cfg.device, file_digest(image_path, "sha1"), int(image_size))
     with _ATTENTION_LOCK:
         if key in cache:
             cache.move_to_end(key)
