@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import urllib.error
 import zipfile
@@ -13,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .files import file_digest, temp_path_for
+from .files import AtomicFile, file_digest
 from .models import ARCHS, VIT_WIDTHS, build_backbone
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/dino"
@@ -120,30 +119,29 @@ def fetch_preset(name: str, progress: bool = True) -> Path:
     if path.is_file():
         _check_cached(name, path)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = str(temp_path_for(path))  # created with the umask's mode, not mkstemp's private 0600
+    target = AtomicFile(path)  # its temp file gets the umask's mode, not mkstemp's private 0600
+    tmp = target.tmp
     try:
-        torch.hub.download_url_to_file(preset.url, tmp, progress=progress)
+        torch.hub.download_url_to_file(preset.url, str(tmp), progress=progress)
         # Verify before the file takes its final name: a truncated or foreign download must not
         # be cached as the preset.
-        reason = digest_mismatch(name, Path(tmp))
+        reason = digest_mismatch(name, tmp)
         if reason:
             raise WeightsError(f"{preset.url}: the download is not the released file ({reason}); truncated or "
                                "altered, it was not cached")
-        sd = _extract_backbone(_read_checkpoint(Path(tmp)), "teacher", Path(tmp))
+        sd = _extract_backbone(_read_checkpoint(tmp), "teacher", tmp)
         arch, patch = infer_arch(sd, source=preset.url)
         if (arch, patch) != (preset.arch, preset.patch_size):
             raise WeightsError(f"{preset.url}: downloaded weights are {arch}/{patch}, expected "
                                f"{preset.arch}/{preset.patch_size}")
-        os.replace(tmp, path)
+        target.commit()
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         raise WeightsUnavailable(
             f"cannot download preset {name!r} from {preset.url} ({_reason(err)}); download it elsewhere and "
             f"put it at {path}, or pass --pretrained_weights PATH to a local file",
             preset.url, path) from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        target.discard()
     return path
 
 
