@@ -11,12 +11,13 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from .errors import UserError
 from .images import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, load_image
 
 SPLITS = ("train", "val")
 
 
-class DataFolderError(ValueError):
+class DataFolderError(UserError):
     """An ImageFolder root that does not have the expected layout."""
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dino_seg.errors import UserError
 from dino_seg.labels import read_label_png
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -14,7 +15,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image file that is missing or cannot be decoded."""
 
 

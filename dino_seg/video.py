@@ -12,13 +12,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .errors import UserError
 from .files import AtomicFile
 
 MAX_SHORT_SIDE = 480  # uploaded videos are downscaled to this before propagation (the reference's 480p)
 DEFAULT_FPS = 10.0  # when the container gives no frame rate, or one above 120 (a broken header)
 
 
-class VideoError(ValueError):
+class VideoError(UserError):
     """A video file that cannot be opened or decoded, or frames that cannot be written; one line naming the file."""
 
 

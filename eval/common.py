@@ -12,11 +12,11 @@ from torch import nn
 from tqdm import tqdm
 
 from dino_seg.discovery import METHODS
+from dino_seg.distributed import DistInfo, cleanup_distributed, init_distributed
 from dino_seg.images import list_images
 from dino_seg.image_folder import first_line
 from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, load_model
-from train.distributed import DistInfo, cleanup_distributed, init_distributed
 
 RANDOM = "random"
 T = TypeVar("T")

@@ -19,18 +19,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from dino_seg.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
+from dino_seg.distributed import DistInfo, all_gather_objects, all_reduce_mean
 from dino_seg.flags import bool_flag
 from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits, train_transform
 from dino_seg.knn import shard
 from dino_seg.linear_probe import (LinearClassifier, check_probe_flags, evaluate_probe, probe_defaults, probe_dim,
                                    train_probe_epoch)
-from dino_seg.runs import read_jsonl
+from dino_seg.runs import EPOCH_LOG, append_record, read_jsonl, trim_records
+from dino_seg.seeding import epoch_seed, seed_everything
 from eval.common import (add_image_folder_flags, add_launch_flags, add_weight_flags, load_from_args, progress,
                          run_launched)
-from train.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
-from train.distributed import DistInfo, all_gather_objects, all_reduce_mean
-from train.logs import EPOCH_LOG, append_record, trim_records
-from train.main import epoch_seed, seed_everything
 
 CHECKPOINT = "checkpoint.pth.tar"
 

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from train.distributed import all_reduce_mean
+from dino_seg.distributed import all_reduce_mean
 from train.loss import DINOLoss, collapse_monitors
 from train.optim import cancel_gradients_last_layer, clip_gradients
 

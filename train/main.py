@@ -9,22 +9,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from dino_seg.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
+from dino_seg.distributed import DistInfo, all_gather_objects, cleanup_distributed, init_distributed
 from dino_seg.files import NoSpaceError, remove_stale_temp
-from dino_seg.models import ARCHS, build_backbone
 from dino_seg.flags import bool_flag
+from dino_seg.models import ARCHS, build_backbone
+from dino_seg.runs import EPOCH_LOG, METRICS_LOG, append_record, trim_records, write_record
+from dino_seg.seeding import epoch_seed, seed_everything
 from train.augment import AUGMENTATIONS, DataAugmentationDINO
-from train.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
 from train.data import ImageFilesDataset, build_loader
-from train.distributed import DistInfo, all_gather_objects, cleanup_distributed, init_distributed
 from train.engine import NonFiniteLossError, Schedules, resolve_precision, train_one_epoch
 from train.head import DINOHead, MultiCropWrapper
 from train.knn_monitor import KnnMonitor, add_knn_flags
-from train.logs import EPOCH_LOG, METRICS_LOG, append_record, trim_records, write_record
 from train.loss import DINOLoss, collapse_warning
 from train.optim import OPTIMIZERS, build_optimizer, get_params_groups
 from train.schedules import cosine_scheduler
@@ -108,22 +108,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Set by torch.distributed.launch; LOCAL_RANK from the environment wins when set.")
     add_knn_flags(p)
     return p
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of one process for one epoch: re-seeding at every epoch start is what makes a
-    resumed run draw the same drop-path masks as the uninterrupted one."""
-    state = np.random.SeedSequence([seed % 2**64, epoch, rank, 1]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 def has_batchnorms(model: nn.Module) -> bool:
