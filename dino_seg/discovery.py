@@ -20,6 +20,7 @@ from torch import nn
 from torchvision import transforms
 
 from .attention import cls_row_attention, last_block_qkv, resized_size, threshold_masks
+from .errors import UserError
 from .images import IMAGENET_MEAN, IMAGENET_STD
 from .models import is_vit
 from .ncut import NormalisedCut, second_eigenvector
@@ -53,7 +54,7 @@ class DiscoveryFeatures:
         if not self.is_vit:
             return self.feats["resnet"]
         if which not in FEATURES:
-            raise ValueError(f"--which_features: expected one of k, q, v, got {which!r}")
+            raise UserError(f"--which_features: expected one of k, q, v, got {which!r}")
         return self.feats[which]
 
 
@@ -81,7 +82,7 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
     Returns the padded batch (1, 3, Hp, Wp), the unpadded processed size and a note when capped.
     """
     if resize is not None and len([resize] if isinstance(resize, int) else list(resize)) not in (1, 2):
-        raise ValueError(f"--resize: expected one or two sizes, got {list(resize)}")
+        raise UserError(f"--resize: expected one or two sizes, got {list(resize)}")
     h, w = (image.height, image.width) if resize is None else resized_size(image.size, resize)
     note = ""
     n = math.ceil(h / patch_size) * math.ceil(w / patch_size)
@@ -96,7 +97,7 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
                 f"processed at {nw}x{nh}")
         h, w = nh, nw
     if min(h, w) < patch_size:
-        raise ValueError(f"image of {w}x{h} is smaller than one {patch_size}-pixel patch")
+        raise UserError(f"image of {w}x{h} is smaller than one {patch_size}-pixel patch")
     if (h, w) != (image.height, image.width):
         image = transforms.Resize((h, w))(image)
     x = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(transforms.ToTensor()(image))  # (3, h, w)
@@ -153,7 +154,7 @@ def attention_object(cls_attention: np.ndarray, head: int | None = 0, threshold:
     head is None), its largest 4-connected component. Returns (mask (h, w), seed, score map)."""
     heads = cls_attention.shape[0]
     if head is not None and not -heads <= head < heads:
-        raise ValueError(f"--dinoseg_head: expected a head in 0..{heads - 1} or 'mean', got {head}")
+        raise UserError(f"--dinoseg_head: expected a head in 0..{heads - 1} or 'mean', got {head}")
     amap = cls_attention.mean(axis=0) if head is None else cls_attention[head]
     keep = threshold_masks(torch.from_numpy(np.ascontiguousarray(amap)), threshold).numpy()
     labels, count = scipy.ndimage.label(keep)
@@ -201,7 +202,7 @@ def _oriented_cut(feats: torch.Tensor, tau: float, eps: float, solver: str) -> t
 
 def _check_tau(tau: float) -> None:
     if not 0 < tau < 1:
-        raise ValueError(f"--tau: expected a cosine threshold in (0, 1), got {tau}")
+        raise UserError(f"--tau: expected a cosine threshold in (0, 1), got {tau}")
 
 
 def tokencut_object(feats: torch.Tensor, grid: tuple[int, int], tau: float = 0.2, eps: float = 1e-5,
@@ -238,7 +239,7 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
     """
     _check_tau(tau)
     if n_objects < 1:
-        raise ValueError(f"--n_objects: expected at least 1, got {n_objects}")
+        raise UserError(f"--n_objects: expected at least 1, got {n_objects}")
     cut = NormalisedCut(feats, tau, eps, solver)
     removed = np.zeros(grid, dtype=bool)
     previous = np.zeros(grid, dtype=bool)
@@ -302,9 +303,9 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
              dinoseg_head: int | None = 0, threshold: float = 0.6, solver: str = "auto") -> DiscoveryResult:
     """Run one discovery method on the features of one forward pass (`threshold`: the attention method's mass)."""
     if method not in METHODS:
-        raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+        raise UserError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if not features.is_vit and method != "lost":
-        raise ValueError(f"--method {method} needs a ViT's attention keys; ResNet-50 weights only run --method lost")
+        raise UserError(f"--method {method} needs a ViT's attention keys; ResNet-50 weights only run --method lost")
     if tau is None:
         tau = DEFAULT_TAU.get(method, 0.2)
     if method == "attention":
@@ -312,7 +313,7 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
         masks, seeds = [mask], [seed]
     elif method == "lost":
         if k_patches < 1:
-            raise ValueError(f"--k_patches: expected at least 1, got {k_patches}")
+            raise UserError(f"--k_patches: expected at least 1, got {k_patches}")
         mask, seed, scores = lost_object(features.features(which_features), features.grid, k_patches)
         masks, seeds = [mask], [seed]
     elif method == "tokencut":

@@ -9,3 +9,13 @@ class UserError(ValueError):
     A ValueError, so that callers written against the library's earlier ValueErrors keep working; the
     command runner (dino_seg.cli) catches this type, never every ValueError, so that bugs keep their traceback.
     """
+
+
+def first_line(err: BaseException) -> str:
+    """A one-line message for an error, also when a DataLoader worker re-raised it with its traceback
+    appended (the original message is then the last line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        last = lines[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return lines[0] if lines else type(err).__name__

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from .errors import UserError
 from .files import NoSpaceError, atomic_path, is_no_space
 
 EPOCH_LOG = "log.txt"  # one JSON line per epoch: train_loss, train_lr, train_wd, ..., epoch
@@ -113,9 +114,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as err:
             if number == len(lines):
                 break
-            raise ValueError(f"{path}: line {number} is not JSON ({err.msg})") from None
+            raise UserError(f"{path}: line {number} is not JSON ({err.msg})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}: line {number} is not a JSON object")
+            raise UserError(f"{path}: line {number} is not a JSON object")
         records.append(record)
     return records
 
@@ -170,14 +171,14 @@ def read_knn_results(folder: str | Path) -> dict[int, dict[str, float]] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON ({err.msg})") from None
+        raise UserError(f"{path}: not JSON ({err.msg})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise UserError(f"{path}: expected a JSON object")
     try:
         return {int(k): {m: float(v[m]) for m in ("top1", "top5")} for k, v in data.items()
                 if k.isdigit() and isinstance(v, dict)}
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{path}: expected {{\"<k>\": {{\"top1\": %, \"top5\": %}}, ...}} as eval.knn writes it") from None
+        raise UserError(f"{path}: expected {{\"<k>\": {{\"top1\": %, \"top5\": %}}, ...}} as eval.knn writes it") from None
 
 
 def read_linear_log(folder: str | Path) -> list[dict]:

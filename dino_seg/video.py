@@ -209,7 +209,7 @@ def format_codecs(video_format: str | None) -> tuple[tuple[str, str], ...]:
         return (("XVID", ".avi"),)
     if video_format == "webm":
         return (("VP80", ".webm"),)
-    raise ValueError(f"--video_format: expected mp4, webm or avi, got {video_format!r}")
+    raise UserError(f"--video_format: expected mp4, webm or avi, got {video_format!r}")
 
 
 def plays_in_browser(fourcc: str | None) -> bool:

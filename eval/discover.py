@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dino_seg.cli import check_output_dir, run_command
 from dino_seg.device import pick_device
 from dino_seg.discovery import DiscoveryResult, discover, extract_features, write_discovery
 from dino_seg.files import save_text
 from dino_seg.images import ImageError, load_image
 from dino_seg.localization import (best_jaccard, corloc_hit, find_ground_truth, mask_box, read_gt_objects,
                                    read_voc_boxes)
-from dino_seg.weights import WeightsError
 from eval.common import (add_discovery_flags, add_weight_flags, collect_images, discovery_kwargs, each_image,
                          load_from_args, output_folders)
 
@@ -98,14 +98,13 @@ def report_scores(rows: list[dict], gt_dir: Path, output_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        kwargs = discovery_kwargs(args)
-        images, root = collect_images(args.image_path)
-        device = pick_device(args.device)
-        model, description = load_from_args(args, device)
-    except (WeightsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: run(args), interrupted="the outputs written so far are complete (files are written whole)")
+
+
+def run(args: argparse.Namespace) -> int:
+    kwargs = discovery_kwargs(args)
+    images, root = collect_images(args.image_path)
+    check_output_dir(args.output_dir)
     gt_dir = Path(args.gt_dir) if args.gt_dir else None
     if gt_dir is not None:
         if not gt_dir.is_dir():
@@ -115,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --gt_dir {gt_dir}: no mask PNG or VOC XML named like any of the {len(images)} "
                   "image(s)", file=sys.stderr)
             return 2
+    # The inputs are checked before the weights are loaded (or downloaded): a wrong path fails at once.
+    model, description = load_from_args(args, pick_device(args.device))
     print(f"weights: {description}; method: {args.method}")
 
     def work(path: Path):

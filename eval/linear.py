@@ -20,7 +20,9 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dino_seg.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
+from dino_seg.cli import check_output_dir
 from dino_seg.distributed import DistInfo, all_gather_objects, all_reduce_mean
+from dino_seg.errors import UserError
 from dino_seg.flags import bool_flag
 from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits, train_transform
 from dino_seg.knn import shard
@@ -63,10 +65,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, info: DistInfo, say) -> int:
     device = info.device
     out = Path(args.output_dir)
+    check_output_dir(out)
     train_split, val_split = find_splits(args.data_path)
     num_labels = args.num_labels or len(train_split.classes)
     if num_labels < len(train_split.classes):
-        raise ValueError(f"--num_labels {num_labels}: {train_split.root} has {len(train_split.classes)} classes")
+        raise UserError(f"--num_labels {num_labels}: {train_split.root} has {len(train_split.classes)} classes")
     model, description = load_from_args(args, device)
     arch = getattr(model, "arch", args.arch)
     n_default, avg_default = probe_defaults(arch)
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
     if args.evaluate:
         path = Path(args.linear_weights) if args.linear_weights else out / CHECKPOINT
         if not path.is_file():
-            raise ValueError(f"--evaluate: no classifier at {path} (train one first, or pass --linear_weights)")
+            raise UserError(f"--evaluate: no classifier at {path} (train one first, or pass --linear_weights)")
         load_module_state(classifier_core, load_checkpoint(path).get("state_dict", {}), what="state_dict", path=path)
         stats = validate("")
         say(f"Accuracy of the network on the {len(val_set)} test images: {stats['acc1']:.1f}%" +
@@ -126,9 +129,9 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
         start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt["best_acc"])
         say(f"Found checkpoint at {ckpt_path}: resuming at epoch {start_epoch}")
     if len(set(all_gather_objects(start_epoch))) > 1:
-        raise ValueError(f"--output_dir: the processes found different checkpoints in {out}")
+        raise UserError(f"--output_dir: the processes found different checkpoints in {out}")
     if any("train_wd" in r for r in read_jsonl(out / EPOCH_LOG)):  # the reference default is "." too
-        raise ValueError(f"--output_dir: {out} holds the log.txt of a `python -m train` run; give the linear "
+        raise UserError(f"--output_dir: {out} holds the log.txt of a `python -m train` run; give the linear "
                          "probe a folder of its own")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +174,14 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return run_launched(args, lambda info, say: run(args, info, say))
+    return run_launched(args, lambda info, say: run(args, info, say), interrupted=_interrupted_note(args))
+
+
+def _interrupted_note(args: argparse.Namespace) -> str:
+    if args.evaluate:
+        return "nothing was written"
+    return (f"{Path(args.output_dir) / CHECKPOINT} holds the last complete epoch, if any; start again with the same "
+            "--output_dir to resume")
 
 
 if __name__ == "__main__":

@@ -478,11 +478,11 @@ def test_slurm_variables_give_rank_world_size_master_address_and_port(tmp_path, 
 
 
 def test_slurm_node_list_without_scontrol_is_a_clear_error(tmp_path, monkeypatch):
-    from dino_seg.distributed import _slurm_master_addr
+    from dino_seg.distributed import LaunchError, _slurm_master_addr
 
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(RuntimeError, match=r"cannot expand the node list 'n\[1-2\]' without scontrol; export "
+    with pytest.raises(LaunchError, match=r"cannot expand the node list 'n\[1-2\]' without scontrol; export "
                                            r"MASTER_ADDR"):
         _slurm_master_addr({"SLURM_JOB_NODELIST": "n[1-2]"})
-    with pytest.raises(RuntimeError, match="SLURM_JOB_NODELIST is missing"):
+    with pytest.raises(LaunchError, match="SLURM_JOB_NODELIST is missing"):
         _slurm_master_addr({})
