@@ -91,8 +91,8 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
     probe = dict(n_last_blocks=n_last, avgpool_patchtokens=avgpool, device=device)
 
     def validate(epoch_label: str) -> dict[str, float]:
-        bar = progress(val_loader, f"Test {epoch_label}", enabled=info.is_main, unit="it")
-        sums = evaluate_probe(model, classifier_core, bar, **probe)
+        with progress(val_loader, f"Test {epoch_label}", enabled=info.is_main, unit="it") as bar:
+            sums = evaluate_probe(model, classifier_core, bar, **probe)
         sums = all_reduce_mean(sums) * info.world_size  # (4,) summed over the processes
         loss, hit1, hit5, n = sums.tolist()
         stats = {"loss": loss / n, "acc1": 100.0 * hit1 / n}
@@ -140,11 +140,11 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
     for epoch in range(start_epoch, args.epochs):
         seed_everything(epoch_seed(args.seed, epoch, info.rank))  # same crops whether resumed or not
         sampler.set_epoch(epoch)
-        bar = progress(train_loader, f"Epoch {epoch}/{args.epochs}", enabled=info.is_main, unit="it")
-        train_stats = train_probe_epoch(model, classifier, bar, optimizer,
-                                        on_step=lambda loss: bar.set_postfix(loss=f"{loss:.4f}", refresh=False),
-                                        **probe)
-        bar.close()
+        # The bar is closed before an interruption is reported, so that the report is the last line.
+        with progress(train_loader, f"Epoch {epoch}/{args.epochs}", enabled=info.is_main, unit="it") as bar:
+            train_stats = train_probe_epoch(model, classifier, bar, optimizer,
+                                            on_step=lambda loss: bar.set_postfix(loss=f"{loss:.4f}", refresh=False),
+                                            **probe)
         scheduler.step()
         train_stats["loss"] = float(all_reduce_mean(torch.tensor(train_stats["loss"], device=device)))
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
