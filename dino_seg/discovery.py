@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import scipy.ndimage
@@ -21,6 +20,7 @@ from torchvision import transforms
 
 from .attention import cls_row_attention, last_block_qkv, resized_size, threshold_masks
 from .images import IMAGENET_MEAN, IMAGENET_STD
+from .masks import mask_extent, mask_iou
 from .models import is_vit
 from .ncut import NormalisedCut, second_eigenvector
 
@@ -219,12 +219,6 @@ def _corners(mask: np.ndarray) -> int:
     return int(mask[0, 0]) + int(mask[0, -1]) + int(mask[-1, 0]) + int(mask[-1, -1])
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks (0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
 def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int = 3, tau: float = 0.15,
                     eps: float = 1e-5, solver: str = "auto") -> tuple[list[np.ndarray], list[int], np.ndarray]:
     """MaskCut (CutLER): up to n_objects cuts, each on the graph with earlier objects' patches removed.
@@ -273,8 +267,7 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
 
 def patch_box(mask: np.ndarray, scale: tuple[float, float], clip_hw: tuple[int, int]) -> list[float]:
     """[x0, y0, x1, y1]: the mask's patch extent times the patch scale, clipped to the unpadded image."""
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    x0, y0, x1, y1 = mask_extent(mask)
     return [float(x0 * scale[1]), float(y0 * scale[0]),
             float(min(x1 * scale[1], clip_hw[1])), float(min(y1 * scale[0], clip_hw[0]))]
 
@@ -325,51 +318,3 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
     boxes = [_to_original(patch_box(m, features.scale, features.input_hw), features) for m in masks]
     pixels = patches_to_pixels(patches, features).astype(bool)
     return DiscoveryResult(method, patches, pixels, boxes, scores.astype(np.float32), seeds, features.note)
-
-
-def discovered_labels(model: nn.Module, image: Image.Image, annotation: np.ndarray | None = None,
-                      method: str = "tokencut", resize: int | tuple[int, ...] | None = None,
-                      **kwargs) -> np.ndarray:
-    """A first-frame label map (H, W) uint8 found by discovery instead of drawn: object i gets label i + 1.
-
-    With an `annotation` (H, W ids, 0 background, 255 void), used only for matching so that J&F can be
-    scored: discovered objects are paired one-to-one with the annotated ones maximising the summed IoU
-    (Hungarian), each pair with IoU > 0 takes the annotated id, and unpaired discovered objects are dropped.
-    """
-    from .localization import match_objects
-
-    result = discover(extract_features(model, image, resize), method, **kwargs)
-    labels = np.zeros(result.masks.shape[1:], dtype=np.uint8)
-    if annotation is None:
-        for i, mask in enumerate(result.masks):
-            labels[mask & (labels == 0)] = i + 1
-        return labels
-    if annotation.shape != labels.shape:
-        raise ValueError(f"annotation of {annotation.shape[::-1]} pixels, the frame is {labels.shape[::-1]}")
-    ids = [int(i) for i in np.unique(annotation) if i not in (0, 255)]
-    pairs = match_objects(result.masks, [annotation == i for i in ids])
-    for k, j in pairs.items():
-        labels[result.masks[k] & (labels == 0)] = ids[j]
-    return labels
-
-
-def write_discovery(out_dir: Path, image: np.ndarray, features: DiscoveryFeatures,
-                    result: DiscoveryResult) -> list[Path]:
-    """Write patches.npy, masks.npy, scores.npy, boxes.json, objects.png and scores.png for one image (RGB uint8)."""
-    import json
-
-    from .files import save_npy, save_png, save_text
-    from .viz import discovery_panels
-
-    out_dir = Path(out_dir)
-    paths = {name: out_dir / name for name in ("patches.npy", "masks.npy", "scores.npy", "boxes.json",
-                                                "objects.png", "scores.png")}
-    save_npy(paths["patches.npy"], result.patches.astype(bool))
-    save_npy(paths["masks.npy"], result.masks.astype(bool))
-    save_npy(paths["scores.npy"], result.scores.astype(np.float32))
-    save_text(paths["boxes.json"], json.dumps([[round(v, 2) for v in b] for b in result.boxes]) + "\n")
-    pixel_scores = patches_to_pixels(result.scores[None], features)[0]
-    objects, heat = discovery_panels(image, result.masks, result.boxes, pixel_scores)
-    save_png(paths["objects.png"], objects)
-    save_png(paths["scores.png"], heat)
-    return list(paths.values())

@@ -12,6 +12,8 @@ import scipy.ndimage
 import scipy.sparse
 import scipy.sparse.linalg
 
+from .masks import mask_iou
+
 # TokenCut's saliency refinement: sigma spatial 16, luma 16, chroma 8; its solver's lambda 256,
 # 25 preconditioned conjugate-gradient iterations, tolerance 1e-5; confidence 0.999 everywhere.
 SIGMA_SPATIAL, SIGMA_LUMA, SIGMA_CHROMA = 16.0, 16.0, 8.0
@@ -92,8 +94,7 @@ def refine_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     if count == 0:
         return mask
     refined = labels == (int(np.argmax(np.bincount(labels.ravel())[1:])) + 1)
-    iou = np.logical_and(refined, mask).sum() / np.logical_or(refined, mask).sum()
-    return refined if iou >= 0.5 else mask
+    return refined if mask_iou(refined, mask) >= 0.5 else mask
 
 
 def refine_masks(image: np.ndarray, masks: np.ndarray) -> np.ndarray:

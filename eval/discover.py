@@ -6,7 +6,7 @@
 For each image, OUTPUT_DIR/<image path relative to --image_path, without suffix>/ (as eval.attention) gets patches.npy
 (bool, objects x h x w), masks.npy (bool, objects x H x W at the original size), scores.npy (float32,
 h x w), boxes.json ([x0, y0, x1, y1] per object, original-image pixels), objects.png (masks and boxes)
-and scores.png (the score map). With --gt_dir (mask PNGs or VOC XML matched by stem), scores.csv gets
+and scores.png (the score map). With --gt_dir (mask PNGs or VOC XML, in the image's subfolder first), scores.csv gets
 each image's best-object Jaccard and CorLoc hit.
 """
 
@@ -22,11 +22,13 @@ import numpy as np
 from tqdm import tqdm
 
 from dino_seg.device import pick_device
-from dino_seg.discovery import DiscoveryResult, discover, extract_features, write_discovery
+from dino_seg.discovery import DiscoveryResult, discover, extract_features
+from dino_seg.discovery_io import write_discovery
 from dino_seg.files import save_text
+from dino_seg.groundtruth import ground_truth_files, read_gt_objects, read_voc_boxes
 from dino_seg.images import ImageError, load_image
-from dino_seg.localization import (best_jaccard, corloc_hit, find_ground_truth, mask_box, read_gt_objects,
-                                   read_voc_boxes)
+from dino_seg.localization import best_jaccard, corloc_hit
+from dino_seg.masks import mask_extent
 from dino_seg.weights import WeightsError
 from eval.common import (add_discovery_flags, add_weight_flags, collect_images, discovery_kwargs, each_image,
                          load_from_args, output_folders)
@@ -45,8 +47,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refine", action="store_true",
                         help="Refine masks at pixel level with TokenCut's bilateral solver (OpenCV contrib).")
     parser.add_argument("--gt_dir", default=None, type=str,
-                        help="Ground truth matched by image stem: mask PNGs (binary, or palette with one object per "
-                             "index, 255 void) or PASCAL VOC XML (also under Annotations/): Jaccard and CorLoc.")
+                        help="Ground truth: mask PNGs (binary, or palette with one object per index, 255 void) or "
+                             "PASCAL VOC XML (also under Annotations/), found as eval.attention finds masks: "
+                             "GT_DIR/<image's subfolder>/<stem> first, then GT_DIR/<stem> when no other image "
+                             "has that stem. Gives Jaccard and CorLoc.")
     return parser
 
 
@@ -70,7 +74,7 @@ def score_image(result: DiscoveryResult, gt_path: Path) -> dict[str, float | str
                          f"{result.masks.shape[2:0:-1]}")
     fg = np.logical_or.reduce(objects) if objects else np.zeros(result.masks.shape[1:], dtype=bool)
     return {"jaccard": best_jaccard(result.masks, fg, void),
-            "corloc": float(corloc_hit(result.boxes, [mask_box(o) for o in objects]))}
+            "corloc": float(corloc_hit(result.boxes, [mask_extent(o) for o in objects]))}
 
 
 def score_table(rows: list[dict]) -> str:
@@ -107,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     gt_dir = Path(args.gt_dir) if args.gt_dir else None
+    gt_files: dict[Path, Path | None] = {}
     if gt_dir is not None:
         if not gt_dir.is_dir():
             print(f"error: --gt_dir {gt_dir}: no such folder", file=sys.stderr)
             return 2
-        if not any(find_ground_truth(gt_dir, p.stem) for p in images):
+        gt_files = ground_truth_files(gt_dir, images, root, xml=True)
+        if not any(gt_files.values()):
             print(f"error: --gt_dir {gt_dir}: no mask PNG or VOC XML named like any of the {len(images)} "
                   "image(s)", file=sys.stderr)
             return 2
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.refine)
             if features.note:
                 tqdm.write(f"note: {path.name}: {features.note}")
-            gt_path = find_ground_truth(gt_dir, path.stem) if gt_dir is not None else None
+            gt_path = gt_files.get(path)
             if gt_path is None:
                 if gt_dir is not None:
                     tqdm.write(f"warning: no ground truth for {path.name} in {gt_dir}; not scored")

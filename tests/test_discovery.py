@@ -16,7 +16,9 @@ from torchvision import transforms
 from dino_seg.discovery import (DiscoveryFeatures, discover, extract_features, maskcut_objects, preprocess,
                                 tokencut_object)
 from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD
-from dino_seg.localization import box_iou, match_objects, read_voc_boxes
+from dino_seg.groundtruth import read_voc_boxes
+from dino_seg.masks import box_iou
+from dino_seg.pairing import match_objects
 from dino_seg.models import build_backbone
 from dino_seg.ncut import CosineGraph, second_eigenvector_dense, second_eigenvector_iterative
 from dino_seg.viz import davis_palette
@@ -462,7 +464,7 @@ def test_refine_snaps_a_patch_mask_to_the_object_edges():
 # ---- zero-annotation video ----
 
 def test_discovered_labels_take_the_ids_of_the_annotated_objects_they_match(tiny_model):
-    from dino_seg.discovery import discovered_labels
+    from dino_seg.pairing import discovered_labels
 
     image = Image.fromarray(np.random.default_rng(4).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     found = discover(extract_features(tiny_model, image), "tokencut").masks[0]
@@ -488,7 +490,7 @@ def test_davis_first_frame_discover(tmp_path, tiny_vit_weights, capsys):
                            str(out), "--short_side", "64", "--device", "cpu", "--first_frame", "discover",
                            "--method", "maskcut", "--n_objects", "2"])
     assert code == 0, capsys.readouterr().err
-    from dino_seg.discovery import discovered_labels
+    from dino_seg.pairing import discovered_labels
     from dino_seg.images import load_image
     from dino_seg.weights import load_model
 
