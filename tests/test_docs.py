@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 import shlex
@@ -252,3 +253,14 @@ def test_examples_parse_with_the_commands_parser(page: str, command: str, argv: 
     except SystemExit:
         error = capsys.readouterr().err.strip().splitlines()[-1]  # argparse's last line says what is wrong
     assert error is None, f"{page}: `{command} {' '.join(argv)}` does not parse: {error}"
+
+
+def test_app_page_lists_the_api_endpoints() -> None:
+    """docs/app.md's endpoint list is the public API that tests/test_app_api.py checks the running app against."""
+    tree = ast.parse((ROOT / "tests" / "test_app_api.py").read_text(encoding="utf-8"))
+    tested = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                  and any(getattr(t, "id", None) == "ENDPOINTS" for t in node.targets))
+    text = (ROOT / "docs" / "app.md").read_text(encoding="utf-8")
+    section = text[text.index("## API"):]
+    listed = set(re.findall(r"`(/\w+)`", section[:section.index("```")]))
+    assert listed == set(tested)
