@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 import shlex
@@ -60,7 +61,7 @@ def _anchors(page: Path) -> set[str]:
 
 def _links(page: Path) -> list[str]:
     text = _FENCE.sub("", page.read_text(encoding="utf-8"))
-    text = re.sub(r"`[^`\n]*`", "", text)  # code spans are not links
+    text = re.sub(r"`[^`]*`", "", text)  # code spans are not links
     return _LINK.findall(text)
 
 
@@ -101,6 +102,53 @@ def test_readme_is_short_and_names_pytest() -> None:
     assert len(text.splitlines()) <= 250
     blocks = [body for lang, body in _FENCE.findall(text) if lang in ("bash", "")]
     assert any(re.search(r"(^|&& )pytest$", line.strip()) for body in blocks for line in body.splitlines())
+
+
+def _code_spans(page: Path) -> list[str]:
+    text = _FENCE.sub("", page.read_text(encoding="utf-8"))
+    return [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", text)]  # spans may wrap lines
+
+
+def _resolve(dotted: str) -> object:
+    """The object a dotted name like `dino_seg.weights.load_model` names (the longest importable module, then
+    attributes)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_named_code_exists(page: Path) -> None:
+    """Modules, functions and files the page names in code spans exist (`dino_seg.pairing.match_objects`,
+    `tests/test_models.py`): a rename must update the docs."""
+    missing = []
+    for span in _code_spans(page):
+        for dotted in re.findall(r"(?<![\w./])((?:dino_seg|train|eval)(?:\.[A-Za-z_]\w*)+)", span):
+            try:
+                _resolve(dotted)
+            except (ImportError, AttributeError):
+                missing.append(dotted)
+        for path in re.findall(r"(?<![\w./])((?:dino_seg|tests|benchmarks|train|eval|docs|assets|\.ci)/[\w./-]*)",
+                               span):
+            if "<" not in span and not (ROOT / path).exists():
+                missing.append(path)
+    for lang, body in _FENCE.findall(page.read_text(encoding="utf-8")):
+        if lang != "python":
+            continue
+        for module, names in re.findall(r"^from ((?:dino_seg|train|eval)[\w.]*) import (.+)$", body, re.M):
+            for name in names.split(","):
+                try:
+                    _resolve(f"{module}.{name.strip()}")
+                except (ImportError, AttributeError):
+                    missing.append(f"{module}.{name.strip()}")
+    assert not missing, f"{page.relative_to(ROOT)} names what does not exist: {missing}"
 
 
 def _preset_rows() -> dict[str, list[str]]:
@@ -205,3 +253,14 @@ def test_examples_parse_with_the_commands_parser(page: str, command: str, argv: 
     except SystemExit:
         error = capsys.readouterr().err.strip().splitlines()[-1]  # argparse's last line says what is wrong
     assert error is None, f"{page}: `{command} {' '.join(argv)}` does not parse: {error}"
+
+
+def test_app_page_lists_the_api_endpoints() -> None:
+    """docs/app.md's endpoint list is the public API that tests/test_app_api.py checks the running app against."""
+    tree = ast.parse((ROOT / "tests" / "test_app_api.py").read_text(encoding="utf-8"))
+    tested = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                  and any(getattr(t, "id", None) == "ENDPOINTS" for t in node.targets))
+    text = (ROOT / "docs" / "app.md").read_text(encoding="utf-8")
+    section = text[text.index("## API"):]
+    listed = set(re.findall(r"`(/\w+)`", section[:section.index("```")]))
+    assert listed == set(tested)
