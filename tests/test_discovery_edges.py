@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.ndimage
 import torch
 from PIL import Image
 
@@ -132,16 +131,8 @@ def test_each_image_skips_only_files_that_cannot_be_read(tmp_path):
         list(each_image(paths, buggy, "test"))
 
 
-def _refined_as_tokencut(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """TokenCut's post-processing of the solver output, transcribed: > 0.5, fill holes, largest component."""
-    from dino_seg.refine import bilateral_solve
-
-    binary = scipy.ndimage.binary_fill_holes(bilateral_solve(image, mask) > 0.5)
-    labels, _ = scipy.ndimage.label(binary)
-    return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
-
-
 def test_refinement_disagreeing_with_the_coarse_mask_is_discarded():
+    from dino_seg.bilateral import bilateral_solver_output
     from dino_seg.refine import refine_mask
 
     yy, xx = np.mgrid[:64, :64]
@@ -149,12 +140,12 @@ def test_refinement_disagreeing_with_the_coarse_mask_is_discarded():
     image = np.where(square[..., None], np.uint8(230), np.uint8(20)).repeat(3, axis=2)
     # The object plus every third background pixel: the solver keeps the object only (IoU 400 / ~1600).
     scattered = square | ((yy * 64 + xx) % 3 == 0)
-    refined = _refined_as_tokencut(image, scattered)
+    refined = bilateral_solver_output(image, scattered).mask
     assert refined.any() and mask_iou(refined, scattered) < 0.5
     np.testing.assert_array_equal(refine_mask(image, scattered), scattered)  # discarded: the coarse mask stays
     # The object plus a few background pixels: IoU >= 0.5, the refinement is kept.
     sparse = square | ((yy >= 40) & ((yy * 64 + xx) % 9 == 0))
-    refined = _refined_as_tokencut(image, sparse)
+    refined = bilateral_solver_output(image, sparse).mask
     assert mask_iou(refined, sparse) >= 0.5 and not np.array_equal(refined, sparse)
     np.testing.assert_array_equal(refine_mask(image, sparse), refined)
 
