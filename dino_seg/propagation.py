@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from dino_seg.batching import prefetched
 from dino_seg.davis import DavisError, first_frame_labels, num_objects, read_frame
 from dino_seg.models import patch_features
 
@@ -330,7 +331,8 @@ def segment_sequence(
             sizes[idx] = (fh, fw)
             yield x
 
-    feats = frame_features(model, read_all(), bs=bs, device=device)
+    # Frames are decoded by a thread up to two batches ahead, while the backbone and propagation run.
+    feats = frame_features(model, prefetched(read_all(), depth=2 * bs), bs=bs, device=device)
     softs = propagate_sequence(feats, labels, n_last_frames=n_last_frames, topk=topk, radius=radius,
                                temperature=temperature)
     for idx, soft in enumerate(softs, start=1):
