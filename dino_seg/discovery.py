@@ -19,10 +19,12 @@ from torch import nn
 from torchvision import transforms
 
 from .attention import cls_row_attention, last_block_qkv, resized_size, threshold_masks
-from .images import IMAGENET_MEAN, IMAGENET_STD
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageError, to_rgb
 from .masks import mask_extent, mask_iou
 from .models import is_vit
 from .ncut import NormalisedCut, second_eigenvector
+from .objectness import AUTO_MAX_OBJECTS, auto_count, object_ncuts, score_from_ncut
+from .preprocess import check_preprocess, resize_to_patches
 
 METHODS = ("attention", "lost", "tokencut", "maskcut")
 FEATURES = ("k", "q", "v")
@@ -31,6 +33,7 @@ DEFAULT_TAU = {"tokencut": 0.2, "maskcut": 0.15}
 # backbone's attention stays tractable; larger inputs are downscaled to fit, with a note.
 MAX_PATCHES = 10_000
 RESNET_PAD = 16  # LOST pads ResNet inputs to its --patch_size default
+MIN_CUT_PATCHES = 3  # a normalised cut splits the patches in two; its eigenvector needs at least 3
 
 
 @dataclass
@@ -68,6 +71,8 @@ class DiscoveryResult:
     scores: np.ndarray  # (h, w) float32 per-patch score map
     seeds: list[int] = field(default_factory=list)  # flat patch index of each object's seed
     note: str = ""
+    object_scores: list[float] | None = None  # per object, 1 - Ncut on TokenCut's graph (objectness.py), if asked
+    stop_score: float | None = None  # --n_objects auto: the score of the first cut refused as no object
 
     @property
     def seed(self) -> int | None:
@@ -75,11 +80,14 @@ class DiscoveryResult:
 
 
 def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...] | None = None,
-               max_patches: int = MAX_PATCHES) -> tuple[torch.Tensor, tuple[int, int], str]:
-    """ToTensor, ImageNet normalisation, optional resize, zero padding to whole patches (as LOST and TokenCut).
+               max_patches: int = MAX_PATCHES, mode: str = "pad") -> tuple[torch.Tensor, tuple[int, int], str]:
+    """ToTensor, ImageNet normalisation, optional resize, zero padding to whole patches (as LOST and TokenCut);
+    mode "resize": instead a LANCZOS resize of each side to the nearest patch multiple (get_saliency.py).
 
+    Any image mode is read as 8-bit RGB first (grayscale, RGBA and 16-bit images too, as `load_image`).
     Returns the padded batch (1, 3, Hp, Wp), the unpadded processed size and a note when capped.
     """
+    image = to_rgb(image)
     if resize is not None and len([resize] if isinstance(resize, int) else list(resize)) not in (1, 2):
         raise ValueError(f"--resize: expected one or two sizes, got {list(resize)}")
     h, w = (image.height, image.width) if resize is None else resized_size(image.size, resize)
@@ -95,8 +103,11 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
         note = (f"{image.width}x{image.height} image has {n} patches, over the cap of {max_patches}: "
                 f"processed at {nw}x{nh}")
         h, w = nh, nw
+    if check_preprocess(mode) == "resize":
+        image = resize_to_patches(image, patch_size, (w, h))  # one LANCZOS resize from the original
+        w, h = image.size
     if min(h, w) < patch_size:
-        raise ValueError(f"image of {w}x{h} is smaller than one {patch_size}-pixel patch")
+        raise ImageError(f"image of {w}x{h} is smaller than one {patch_size}-pixel patch")
     if (h, w) != (image.height, image.width):
         image = transforms.Resize((h, w))(image)
     x = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(transforms.ToTensor()(image))  # (3, h, w)
@@ -108,13 +119,13 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
 
 @torch.no_grad()
 def extract_features(model: nn.Module, image: Image.Image, resize: int | tuple[int, ...] | None = None,
-                     max_patches: int = MAX_PATCHES) -> DiscoveryFeatures:
+                     max_patches: int = MAX_PATCHES, preprocess_mode: str = "pad") -> DiscoveryFeatures:
     """One forward pass: last-block q/k/v (heads concatenated, [CLS] dropped) and [CLS] attention, or,
     for ResNet-50, its last feature map layer-normalised over the whole (N, D) map as LOST does."""
     device = next(model.parameters()).device
     vit = is_vit(model)
     patch = model.patch_size if vit else RESNET_PAD
-    x, input_hw, note = preprocess(image, patch, resize, max_patches if vit else max_patches * 4)
+    x, input_hw, note = preprocess(image, patch, resize, max_patches if vit else max_patches * 4, preprocess_mode)
     x = x.to(device)
     original_hw = (image.height, image.width)
     if vit:
@@ -148,15 +159,18 @@ def _component_at(mask: np.ndarray, seed: int) -> np.ndarray:
 
 
 def attention_object(cls_attention: np.ndarray, head: int | None = 0, threshold: float = 0.6
-                     ) -> tuple[np.ndarray, int, np.ndarray]:
+                     ) -> tuple[np.ndarray, int | None, np.ndarray]:
     """DINO-seg as LOST and TokenCut run it: the 60% mass mask of one head (or of the heads' mean map when
-    head is None), its largest 4-connected component. Returns (mask (h, w), seed, score map)."""
+    head is None), its largest 4-connected component. Returns (mask (h, w), seed, score map); the mask is
+    empty and the seed None when the threshold keeps no patch (threshold 0)."""
     heads = cls_attention.shape[0]
     if head is not None and not -heads <= head < heads:
         raise ValueError(f"--dinoseg_head: expected a head in 0..{heads - 1} or 'mean', got {head}")
     amap = cls_attention.mean(axis=0) if head is None else cls_attention[head]
     keep = threshold_masks(torch.from_numpy(np.ascontiguousarray(amap)), threshold).numpy()
     labels, count = scipy.ndimage.label(keep)
+    if count == 0:
+        return np.zeros(keep.shape, dtype=bool), None, amap.astype(np.float32)
     # LOST's dino_seg sizes only labels 0..max-1, missing the last component; we take the true largest.
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     obj = labels == (int(np.argmax(sizes)) + 1)
@@ -227,7 +241,8 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
     CutLER where round-off decides, never join the partition; the eigenvector's sign is fixed (argmax |x|
     positive) where CutLER keeps LAPACK's; the partition is flipped when it covers 2+
     corners, else when the seed argmax |x| is outside; the seed is then argmax of the oriented vector; a mask is dropped when its IoU with the previous cut's mask exceeds 0.5 or it
-    covers at most 1% of the patches; kept masks lose the patches of earlier objects.
+    covers at most 1% of the patches; kept masks lose the patches of earlier objects. The cuts stop early
+    once every patch is in an object (a small image with a large n_objects).
     Returns (masks, seeds, the first cut's oriented eigenvector (h, w)).
     """
     _check_tau(tau)
@@ -239,6 +254,8 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
     masks, seeds, scores = [], [], None
     for i in range(n_objects):
         gone = removed.ravel()
+        if gone.all():  # every patch is in an object: nothing is left to cut
+            break
         x = cut.second_eigenvector(gone)
         top = _first_max(np.abs(x))  # the same index after any sign flip
         # The corner rule makes CutLER's outcome depend on the solver's arbitrary sign (both sides may hold
@@ -274,6 +291,8 @@ def patch_box(mask: np.ndarray, scale: tuple[float, float], clip_hw: tuple[int, 
 
 def patches_to_pixels(patches: np.ndarray, features: DiscoveryFeatures) -> np.ndarray:
     """Patch masks or maps (k, h, w) to the original image size (k, H, W) by nearest neighbour."""
+    if len(patches) == 0:  # no object found (threshold 0): F.interpolate refuses an empty batch
+        return np.zeros((0, *features.original_hw), dtype=np.float32)
     gh, gw = features.grid
     padded_hw = (round(gh * features.scale[0]), round(gw * features.scale[1]))
     t = torch.from_numpy(np.ascontiguousarray(patches)).float()[None]  # (1, k, h, w)
@@ -291,18 +310,27 @@ def _to_original(box: list[float], features: DiscoveryFeatures) -> list[float]:
 
 
 def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: float | None = None,
-             eps: float = 1e-5, k_patches: int = 100, n_objects: int = 3, which_features: str = "k",
-             dinoseg_head: int | None = 0, threshold: float = 0.6, solver: str = "auto") -> DiscoveryResult:
-    """Run one discovery method on the features of one forward pass (`threshold`: the attention method's mass)."""
+             eps: float = 1e-5, k_patches: int = 100, n_objects: int | str = 3, which_features: str = "k",
+             dinoseg_head: int | None = 0, threshold: float = 0.6, solver: str = "auto",
+             score_objects: bool = False) -> DiscoveryResult:
+    """Run one discovery method on the features of one forward pass (`threshold`: the attention method's mass).
+
+    MaskCut's `n_objects` may be "auto" (objectness.py's rule). `score_objects` fills `object_scores`
+    (1 - Ncut on TokenCut's graph at this tau; MaskCut's objects each on the graph without the earlier ones)."""
     if method not in METHODS:
         raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if not features.is_vit and method != "lost":
         raise ValueError(f"--method {method} needs a ViT's attention keys; ResNet-50 weights only run --method lost")
     if tau is None:
         tau = DEFAULT_TAU.get(method, 0.2)
+    n_patches = features.grid[0] * features.grid[1]
+    if method in ("tokencut", "maskcut") and n_patches < MIN_CUT_PATCHES:
+        h, w = features.original_hw
+        raise ImageError(f"image of {w}x{h} gives {n_patches} patch(es): --method {method} cuts a graph of at least "
+                         f"{MIN_CUT_PATCHES}; use a larger image or --resize")
     if method == "attention":
         mask, seed, scores = attention_object(features.cls_attention, dinoseg_head, threshold)
-        masks, seeds = [mask], [seed]
+        masks, seeds = ([mask], [seed]) if seed is not None else ([], [])
     elif method == "lost":
         if k_patches < 1:
             raise ValueError(f"--k_patches: expected at least 1, got {k_patches}")
@@ -312,9 +340,20 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
         mask, seed, scores = tokencut_object(features.features(which_features), features.grid, tau, eps, solver)
         masks, seeds = [mask], [seed]
     else:
-        masks, seeds, scores = maskcut_objects(features.features(which_features), features.grid, n_objects,
-                                               tau, eps, solver)
+        auto = n_objects == "auto"
+        if not auto and not isinstance(n_objects, int):
+            raise ValueError(f"--n_objects: expected a number or 'auto', got {n_objects!r}")
+        masks, seeds, scores = maskcut_objects(features.features(which_features), features.grid,
+                                               AUTO_MAX_OBJECTS if auto else n_objects, tau, eps, solver)
     patches = np.stack(masks) if masks else np.zeros((0, *features.grid), dtype=bool)
-    boxes = [_to_original(patch_box(m, features.scale, features.input_hw), features) for m in masks]
+    ncuts, stop_score = None, None
+    if method == "maskcut" and n_objects == "auto" or score_objects:
+        ncuts = object_ncuts(features.features(which_features), patches, tau, eps, sequential=method == "maskcut")
+    if method == "maskcut" and n_objects == "auto":
+        count = auto_count(ncuts)  # cutting stops at the first cut that is no object
+        patches, seeds, ncuts = patches[:count.kept], seeds[:count.kept], ncuts[:count.kept]
+        stop_score = count.stop_score
+    boxes = [_to_original(patch_box(m, features.scale, features.input_hw), features) for m in patches]
     pixels = patches_to_pixels(patches, features).astype(bool)
-    return DiscoveryResult(method, patches, pixels, boxes, scores.astype(np.float32), seeds, features.note)
+    return DiscoveryResult(method, patches, pixels, boxes, scores.astype(np.float32), seeds, features.note,
+                           None if ncuts is None else [score_from_ncut(v) for v in ncuts], stop_score)

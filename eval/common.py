@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dino_seg.discovery import METHODS
-from dino_seg.images import list_images
+from dino_seg.images import ImageError, list_images
 from dino_seg.image_folder import first_line
 from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, load_model
@@ -84,12 +84,13 @@ def collect_images(image_path: str) -> tuple[list[Path], Path]:
 
 
 def each_image(images: list[Path], work: Callable[[Path], T], desc: str) -> Iterator[tuple[Path, T]]:
-    """(path, work(path)) for each image under a progress bar. A file that fails with ValueError
-    (ImageError included) is skipped with a warning when there are several, re-raised when it is the only one."""
+    """(path, work(path)) for each image under a progress bar. A file that fails with ImageError (it
+    cannot be decoded, or is too small to process) is skipped with a warning when there are several,
+    re-raised when it is the only one; any other error is not the file's fault and stops the run."""
     for path in tqdm(images, desc=desc, unit="img", disable=len(images) == 1):
         try:
             value = work(path)
-        except ValueError as err:
+        except ImageError as err:
             if len(images) == 1:
                 raise
             tqdm.write(f"warning: skipped {path}: {err}")
@@ -110,7 +111,9 @@ def add_discovery_flags(parser: argparse.ArgumentParser) -> None:
                         help="Cosine threshold of the graph (TokenCut 0.2, MaskCut 0.15 when not given).")
     parser.add_argument("--eps", default=1e-5, type=float, help="Affinity of the pairs under tau.")
     parser.add_argument("--k_patches", default=100, type=int, help="LOST: lowest-degree patches that may expand the seed.")
-    parser.add_argument("--n_objects", default=3, type=int, help="MaskCut: most objects per image.")
+    parser.add_argument("--n_objects", default="3", type=str,
+                        help="MaskCut: most objects per image, or 'auto': cut until a cut is no object "
+                             "(its Ncut over 0.5; dino_seg/objectness.py).")
     parser.add_argument("--which_features", default="k", choices=("k", "q", "v"),
                         help="Last-block features the graph is built on.")
     parser.add_argument("--dinoseg_head", default="0", type=str,
@@ -123,9 +126,15 @@ def discovery_kwargs(args: argparse.Namespace) -> dict:
         head = _head(args.dinoseg_head)
     except ValueError:
         raise ValueError(f"--dinoseg_head: expected a head index or 'mean', got {args.dinoseg_head!r}") from None
+    n_objects = args.n_objects
+    if n_objects != "auto":
+        try:
+            n_objects = int(n_objects)
+        except ValueError:
+            raise ValueError(f"--n_objects: expected a number or 'auto', got {args.n_objects!r}") from None
     if args.tau is not None and not 0 < args.tau < 1:
         raise ValueError(f"--tau: expected a cosine threshold in (0, 1), got {args.tau}")
-    return dict(tau=args.tau, eps=args.eps, k_patches=args.k_patches, n_objects=args.n_objects,
+    return dict(tau=args.tau, eps=args.eps, k_patches=args.k_patches, n_objects=n_objects,
                 which_features=args.which_features, dinoseg_head=head)
 
 

@@ -15,7 +15,7 @@ from torchvision import transforms
 
 from dino_seg.discovery import (DiscoveryFeatures, discover, extract_features, maskcut_objects, preprocess,
                                 tokencut_object)
-from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD
+from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD, ImageError
 from dino_seg.groundtruth import read_voc_boxes
 from dino_seg.masks import box_iou
 from dino_seg.pairing import match_objects
@@ -289,7 +289,7 @@ def test_preprocess_zero_pads_after_normalisation():
     expected = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(transforms.ToTensor()(image))
     assert torch.equal(x[0, :, :37, :50], expected)
     assert not x[0, :, 37:].any() and not x[0, :, :, 50:].any()
-    with pytest.raises(ValueError, match="smaller than one 16-pixel patch"):
+    with pytest.raises(ImageError, match="smaller than one 16-pixel patch"):
         preprocess(Image.new("RGB", (10, 40)), PATCH)
 
 
@@ -410,10 +410,13 @@ def test_cli_outputs_and_scores(tmp_path, tiny_vit_weights, capsys):
     capsys.readouterr()
     assert cli.main(base + ["--output_dir", str(out), "--gt_dir", str(gt)]) == 0
     rows = (out / "scores.csv").read_text().splitlines()
-    assert rows[0] == "image,objects,jaccard,corloc"
-    assert rows[1] == "one.png,1,1.0000,1.0000"
-    assert rows[2] == "sub/two.jpg,1,,1.0000"
-    assert "CorLoc: 100.0% over 2 image(s)" in capsys.readouterr().out
+    assert rows[0] == "image,objects,jaccard,corloc,maxFbeta,IoU,Acc"
+    assert rows[1] == "one.png,1,1.0000,1.0000,1.0000,1.0000,1.0000"
+    assert rows[2] == "sub/two.jpg,1,,1.0000,,,"  # boxes only: no mask scores
+    assert "CorLoc 100.0, Jaccard 100.0 (%) over 2 image(s)" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["coarse"] == {"maxFbeta": 1.0, "IoU": 1.0, "Acc": 1.0, "CorLoc": 1.0, "Jaccard": 1.0}
+    assert "refined" not in summary and summary["images"] == 2
 
     # A box that misses: CorLoc 0 for that image; a disjoint mask: Jaccard 0.
     (gt / "Annotations" / "two.xml").write_text(
@@ -422,7 +425,7 @@ def test_cli_outputs_and_scores(tmp_path, tiny_vit_weights, capsys):
     Image.fromarray((~masks[0]).astype(np.uint8) * 255).save(gt / "one.png")
     assert cli.main(base + ["--output_dir", str(out), "--gt_dir", str(gt), "--method", "lost"]) == 0
     rows = (out / "scores.csv").read_text().splitlines()
-    assert rows[2] == "sub/two.jpg,1,,0.0000"
+    assert rows[2] == "sub/two.jpg,1,,0.0000,,,"
 
 
 def test_cli_errors(tmp_path, tiny_vit_weights, capsys):

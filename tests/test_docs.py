@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import re
 import shlex
@@ -60,7 +62,7 @@ def _anchors(page: Path) -> set[str]:
 
 def _links(page: Path) -> list[str]:
     text = _FENCE.sub("", page.read_text(encoding="utf-8"))
-    text = re.sub(r"`[^`\n]*`", "", text)  # code spans are not links
+    text = re.sub(r"`[^`]*`", "", text)  # code spans are not links
     return _LINK.findall(text)
 
 
@@ -103,6 +105,53 @@ def test_readme_is_short_and_names_pytest() -> None:
     assert any(re.search(r"(^|&& )pytest$", line.strip()) for body in blocks for line in body.splitlines())
 
 
+def _code_spans(page: Path) -> list[str]:
+    text = _FENCE.sub("", page.read_text(encoding="utf-8"))
+    return [span.replace("\n", " ") for span in re.findall(r"`([^`]+)`", text)]  # spans may wrap lines
+
+
+def _resolve(dotted: str) -> object:
+    """The object a dotted name like `dino_seg.weights.load_model` names (the longest importable module, then
+    attributes)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(dotted)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_named_code_exists(page: Path) -> None:
+    """Modules, functions and files the page names in code spans exist (`dino_seg.pairing.match_objects`,
+    `tests/test_models.py`): a rename must update the docs."""
+    missing = []
+    for span in _code_spans(page):
+        for dotted in re.findall(r"(?<![\w./])((?:dino_seg|train|eval)(?:\.[A-Za-z_]\w*)+)", span):
+            try:
+                _resolve(dotted)
+            except (ImportError, AttributeError):
+                missing.append(dotted)
+        for path in re.findall(r"(?<![\w./])((?:dino_seg|tests|benchmarks|train|eval|docs|assets|\.ci)/[\w./-]*)",
+                               span):
+            if "<" not in span and not (ROOT / path).exists():
+                missing.append(path)
+    for lang, body in _FENCE.findall(page.read_text(encoding="utf-8")):
+        if lang != "python":
+            continue
+        for module, names in re.findall(r"^from ((?:dino_seg|train|eval)[\w.]*) import (.+)$", body, re.M):
+            for name in names.split(","):
+                try:
+                    _resolve(f"{module}.{name.strip()}")
+                except (ImportError, AttributeError):
+                    missing.append(f"{module}.{name.strip()}")
+    assert not missing, f"{page.relative_to(ROOT)} names what does not exist: {missing}"
+
+
 def _preset_rows() -> dict[str, list[str]]:
     lines = README.read_text(encoding="utf-8").splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| preset |"))
@@ -134,16 +183,17 @@ def test_preset_table_equals_the_registry() -> None:
     assert list(rows) == list(weights.PRESETS), "README's preset table must list dino_seg.weights.PRESETS, in order"
     for name, preset in weights.PRESETS.items():
         _, model, filename, url, size, md5 = rows[name]
-        assert (filename, url) == (preset.filename, preset.url), name
+        assert (filename, url) == (preset.filename, preset.url or "–"), name  # no URL: never downloaded
         prefix, pinned_size = weights.PINNED.get(name, (None, None))
         assert md5 == (prefix or "not pinned"), name
-        known = preset.arch in ARCHS and (preset.arch not in VIT_WIDTHS or preset.patch_size in PATCH_SIZES)
+        arch, patch_size = getattr(preset, "arch", None), getattr(preset, "patch_size", None)
+        known = arch in ARCHS and (arch not in VIT_WIDTHS or patch_size in PATCH_SIZES)
         if known:
-            assert model == _model_name(preset.arch, preset.patch_size), name
+            assert model == _model_name(arch, patch_size), name
         if pinned_size is not None:
             assert size == f"{pinned_size:,} bytes", name
         elif known:
-            assert size == f"≈ {_float32_mb(preset.arch, preset.patch_size)} MB", name
+            assert size == f"≈ {_float32_mb(arch, patch_size)} MB", name
         else:
             assert re.fullmatch(r"≈ [\d,.]+ [MG]B|[\d,]+ bytes", size), name
 
@@ -205,3 +255,38 @@ def test_examples_parse_with_the_commands_parser(page: str, command: str, argv: 
     except SystemExit:
         error = capsys.readouterr().err.strip().splitlines()[-1]  # argparse's last line says what is wrong
     assert error is None, f"{page}: `{command} {' '.join(argv)}` does not parse: {error}"
+
+
+def test_app_page_lists_the_api_endpoints() -> None:
+    """docs/app.md's endpoint list is the public API that tests/test_app_api.py checks the running app against."""
+    tree = ast.parse((ROOT / "tests" / "test_app_api.py").read_text(encoding="utf-8"))
+    tested = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                  and any(getattr(t, "id", None) == "ENDPOINTS" for t in node.targets))
+    text = (ROOT / "docs" / "app.md").read_text(encoding="utf-8")
+    section = text[text.index("## API"):]
+    listed = set(re.findall(r"`(/\w+)`", section[:section.index("```")]))
+    assert listed == set(tested)
+
+
+# Flags of other programs the docs show: pip, torchrun and srun.
+OTHER_FLAGS = {"--index-url", "--nproc_per_node", "--nnodes", "--node_rank", "--master_addr", "--master_port", "--nodes",
+               "--ntasks-per-node", "--gpus-per-node"}
+
+
+@functools.cache
+def _known_flags() -> frozenset[str]:
+    flags = set(OTHER_FLAGS)
+    for module in PARSERS.values():
+        for action in importlib.import_module(module).get_args_parser()._actions:
+            flags.update(action.option_strings)
+    for script in (ROOT / "benchmarks").glob("*.py"):
+        flags.update(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", script.read_text(encoding="utf-8")))
+    return frozenset(flags)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_flag_named_exists(page: Path) -> None:
+    """A flag the docs name anywhere (prose, tables, examples) is one a command or benchmark script accepts."""
+    named = set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", page.read_text(encoding="utf-8")))
+    unknown = sorted(named - _known_flags())
+    assert not unknown, f"{page.relative_to(ROOT)} names flags that no command accepts: {unknown}"
