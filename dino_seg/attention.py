@@ -155,15 +155,6 @@ def compute_attention(
     return AttentionResult(maps=maps, image=shown, patch_size=model.patch_size)
 
 
-def jaccard(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
-    """Intersection over union of two boolean masks, ignoring `void` pixels; 1 when both are empty."""
-    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
-    if void is not None:
-        pred, gt = pred & ~void, gt & ~void
-    union = np.logical_or(pred, gt).sum()
-    return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
-
-
 def masks_to_image_size(masks: np.ndarray, resized_hw: tuple[int, int], original_hw: tuple[int, int]) -> np.ndarray:
     """Map masks of the cropped, resized image (maps, Hc, Wc) back onto the original image (maps, H0, W0).
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import scipy.ndimage
@@ -21,8 +20,11 @@ from torchvision import transforms
 
 from .attention import cls_row_attention, last_block_qkv, resized_size, threshold_masks
 from .images import IMAGENET_MEAN, IMAGENET_STD
+from .masks import mask_extent, mask_iou
 from .models import is_vit
 from .ncut import NormalisedCut, second_eigenvector
+from .objectness import AUTO_MAX_OBJECTS, auto_count, object_ncuts, score_from_ncut
+from .preprocess import check_preprocess, resize_to_patches
 
 METHODS = ("attention", "lost", "tokencut", "maskcut")
 FEATURES = ("k", "q", "v")
@@ -68,6 +70,8 @@ class DiscoveryResult:
     scores: np.ndarray  # (h, w) float32 per-patch score map
     seeds: list[int] = field(default_factory=list)  # flat patch index of each object's seed
     note: str = ""
+    object_scores: list[float] | None = None  # per object, 1 - Ncut on TokenCut's graph (objectness.py), if asked
+    stop_score: float | None = None  # --n_objects auto: the score of the first cut refused as no object
 
     @property
     def seed(self) -> int | None:
@@ -75,8 +79,9 @@ class DiscoveryResult:
 
 
 def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...] | None = None,
-               max_patches: int = MAX_PATCHES) -> tuple[torch.Tensor, tuple[int, int], str]:
-    """ToTensor, ImageNet normalisation, optional resize, zero padding to whole patches (as LOST and TokenCut).
+               max_patches: int = MAX_PATCHES, mode: str = "pad") -> tuple[torch.Tensor, tuple[int, int], str]:
+    """ToTensor, ImageNet normalisation, optional resize, zero padding to whole patches (as LOST and TokenCut);
+    mode "resize": instead a LANCZOS resize of each side to the nearest patch multiple (get_saliency.py).
 
     Returns the padded batch (1, 3, Hp, Wp), the unpadded processed size and a note when capped.
     """
@@ -95,6 +100,9 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
         note = (f"{image.width}x{image.height} image has {n} patches, over the cap of {max_patches}: "
                 f"processed at {nw}x{nh}")
         h, w = nh, nw
+    if check_preprocess(mode) == "resize":
+        image = resize_to_patches(image, patch_size, (w, h))  # one LANCZOS resize from the original
+        w, h = image.size
     if min(h, w) < patch_size:
         raise ValueError(f"image of {w}x{h} is smaller than one {patch_size}-pixel patch")
     if (h, w) != (image.height, image.width):
@@ -108,13 +116,13 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
 
 @torch.no_grad()
 def extract_features(model: nn.Module, image: Image.Image, resize: int | tuple[int, ...] | None = None,
-                     max_patches: int = MAX_PATCHES) -> DiscoveryFeatures:
+                     max_patches: int = MAX_PATCHES, preprocess_mode: str = "pad") -> DiscoveryFeatures:
     """One forward pass: last-block q/k/v (heads concatenated, [CLS] dropped) and [CLS] attention, or,
     for ResNet-50, its last feature map layer-normalised over the whole (N, D) map as LOST does."""
     device = next(model.parameters()).device
     vit = is_vit(model)
     patch = model.patch_size if vit else RESNET_PAD
-    x, input_hw, note = preprocess(image, patch, resize, max_patches if vit else max_patches * 4)
+    x, input_hw, note = preprocess(image, patch, resize, max_patches if vit else max_patches * 4, preprocess_mode)
     x = x.to(device)
     original_hw = (image.height, image.width)
     if vit:
@@ -219,12 +227,6 @@ def _corners(mask: np.ndarray) -> int:
     return int(mask[0, 0]) + int(mask[0, -1]) + int(mask[-1, 0]) + int(mask[-1, -1])
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks (0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
 def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int = 3, tau: float = 0.15,
                     eps: float = 1e-5, solver: str = "auto") -> tuple[list[np.ndarray], list[int], np.ndarray]:
     """MaskCut (CutLER): up to n_objects cuts, each on the graph with earlier objects' patches removed.
@@ -273,8 +275,7 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
 
 def patch_box(mask: np.ndarray, scale: tuple[float, float], clip_hw: tuple[int, int]) -> list[float]:
     """[x0, y0, x1, y1]: the mask's patch extent times the patch scale, clipped to the unpadded image."""
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    x0, y0, x1, y1 = mask_extent(mask)
     return [float(x0 * scale[1]), float(y0 * scale[0]),
             float(min(x1 * scale[1], clip_hw[1])), float(min(y1 * scale[0], clip_hw[0]))]
 
@@ -298,9 +299,13 @@ def _to_original(box: list[float], features: DiscoveryFeatures) -> list[float]:
 
 
 def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: float | None = None,
-             eps: float = 1e-5, k_patches: int = 100, n_objects: int = 3, which_features: str = "k",
-             dinoseg_head: int | None = 0, threshold: float = 0.6, solver: str = "auto") -> DiscoveryResult:
-    """Run one discovery method on the features of one forward pass (`threshold`: the attention method's mass)."""
+             eps: float = 1e-5, k_patches: int = 100, n_objects: int | str = 3, which_features: str = "k",
+             dinoseg_head: int | None = 0, threshold: float = 0.6, solver: str = "auto",
+             score_objects: bool = False) -> DiscoveryResult:
+    """Run one discovery method on the features of one forward pass (`threshold`: the attention method's mass).
+
+    MaskCut's `n_objects` may be "auto" (objectness.py's rule). `score_objects` fills `object_scores`
+    (1 - Ncut on TokenCut's graph at this tau; MaskCut's objects each on the graph without the earlier ones)."""
     if method not in METHODS:
         raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if not features.is_vit and method != "lost":
@@ -319,57 +324,20 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
         mask, seed, scores = tokencut_object(features.features(which_features), features.grid, tau, eps, solver)
         masks, seeds = [mask], [seed]
     else:
-        masks, seeds, scores = maskcut_objects(features.features(which_features), features.grid, n_objects,
-                                               tau, eps, solver)
+        auto = n_objects == "auto"
+        if not auto and not isinstance(n_objects, int):
+            raise ValueError(f"--n_objects: expected a number or 'auto', got {n_objects!r}")
+        masks, seeds, scores = maskcut_objects(features.features(which_features), features.grid,
+                                               AUTO_MAX_OBJECTS if auto else n_objects, tau, eps, solver)
     patches = np.stack(masks) if masks else np.zeros((0, *features.grid), dtype=bool)
-    boxes = [_to_original(patch_box(m, features.scale, features.input_hw), features) for m in masks]
+    ncuts, stop_score = None, None
+    if method == "maskcut" and n_objects == "auto" or score_objects:
+        ncuts = object_ncuts(features.features(which_features), patches, tau, eps, sequential=method == "maskcut")
+    if method == "maskcut" and n_objects == "auto":
+        count = auto_count(ncuts)  # cutting stops at the first cut that is no object
+        patches, seeds, ncuts = patches[:count.kept], seeds[:count.kept], ncuts[:count.kept]
+        stop_score = count.stop_score
+    boxes = [_to_original(patch_box(m, features.scale, features.input_hw), features) for m in patches]
     pixels = patches_to_pixels(patches, features).astype(bool)
-    return DiscoveryResult(method, patches, pixels, boxes, scores.astype(np.float32), seeds, features.note)
-
-
-def discovered_labels(model: nn.Module, image: Image.Image, annotation: np.ndarray | None = None,
-                      method: str = "tokencut", resize: int | tuple[int, ...] | None = None,
-                      **kwargs) -> np.ndarray:
-    """A first-frame label map (H, W) uint8 found by discovery instead of drawn: object i gets label i + 1.
-
-    With an `annotation` (H, W ids, 0 background, 255 void), used only for matching so that J&F can be
-    scored: discovered objects are paired one-to-one with the annotated ones maximising the summed IoU
-    (Hungarian), each pair with IoU > 0 takes the annotated id, and unpaired discovered objects are dropped.
-    """
-    from .localization import match_objects
-
-    result = discover(extract_features(model, image, resize), method, **kwargs)
-    labels = np.zeros(result.masks.shape[1:], dtype=np.uint8)
-    if annotation is None:
-        for i, mask in enumerate(result.masks):
-            labels[mask & (labels == 0)] = i + 1
-        return labels
-    if annotation.shape != labels.shape:
-        raise ValueError(f"annotation of {annotation.shape[::-1]} pixels, the frame is {labels.shape[::-1]}")
-    ids = [int(i) for i in np.unique(annotation) if i not in (0, 255)]
-    pairs = match_objects(result.masks, [annotation == i for i in ids])
-    for k, j in pairs.items():
-        labels[result.masks[k] & (labels == 0)] = ids[j]
-    return labels
-
-
-def write_discovery(out_dir: Path, image: np.ndarray, features: DiscoveryFeatures,
-                    result: DiscoveryResult) -> list[Path]:
-    """Write patches.npy, masks.npy, scores.npy, boxes.json, objects.png and scores.png for one image (RGB uint8)."""
-    import json
-
-    from .files import save_npy, save_png, save_text
-    from .viz import discovery_panels
-
-    out_dir = Path(out_dir)
-    paths = {name: out_dir / name for name in ("patches.npy", "masks.npy", "scores.npy", "boxes.json",
-                                                "objects.png", "scores.png")}
-    save_npy(paths["patches.npy"], result.patches.astype(bool))
-    save_npy(paths["masks.npy"], result.masks.astype(bool))
-    save_npy(paths["scores.npy"], result.scores.astype(np.float32))
-    save_text(paths["boxes.json"], json.dumps([[round(v, 2) for v in b] for b in result.boxes]) + "\n")
-    pixel_scores = patches_to_pixels(result.scores[None], features)[0]
-    objects, heat = discovery_panels(image, result.masks, result.boxes, pixel_scores)
-    save_png(paths["objects.png"], objects)
-    save_png(paths["scores.png"], heat)
-    return list(paths.values())
+    return DiscoveryResult(method, patches, pixels, boxes, scores.astype(np.float32), seeds, features.note,
+                           None if ncuts is None else [score_from_ncut(v) for v in ncuts], stop_score)

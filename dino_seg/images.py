@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dino_seg.labels import read_label_png
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -109,13 +107,3 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
     folder = Path(folder)
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def load_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A ground-truth mask as (foreground, void) boolean arrays (H, W).
-
-    Palette PNGs (PASCAL VOC, DAVIS 2017): every index but 0 is foreground, 255 is void.
-    Grayscale or RGB masks (DAVIS 2016 0/255, 0/1 binaries): any non-zero value is foreground.
-    """
-    mask = read_label_png(path, what="mask", error=ImageError, binary_255="object", accept="any")
-    return (mask.labels > 0) & ~mask.void, mask.void

@@ -15,6 +15,7 @@ from skimage.morphology import disk
 
 from dino_seg.files import save_text
 from dino_seg.labels import read_label_png
+from dino_seg.masks import mask_iou
 from dino_seg.davis import DavisError, VOID_LABEL, annotation_paths, list_sequences, read_annotation
 
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
@@ -25,12 +26,7 @@ def db_eval_iou(annotation: np.ndarray, segmentation: np.ndarray) -> float:
     """Jaccard index of two binary masks; 1 when both are empty (davis2017-evaluation)."""
     if annotation.shape != segmentation.shape:
         raise ValueError(f"annotation {annotation.shape} and segmentation {segmentation.shape} differ in shape")
-    gt = annotation.astype(bool)
-    pred = segmentation.astype(bool)
-    union = np.sum(gt | pred)
-    if union == 0:
-        return 1.0
-    return float(np.sum(gt & pred) / union)
+    return mask_iou(annotation, segmentation, empty=1.0)
 
 
 def seg2bmap(seg: np.ndarray) -> np.ndarray:

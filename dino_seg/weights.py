@@ -269,29 +269,36 @@ def load_model(
         model = build_backbone(arch or "vit_small", patch_size or 16)
     else:
         sd = load_state_dict(pretrained_weights, checkpoint_key)
-        found_arch, found_patch = infer_arch(sd, source=pretrained_weights)
-        if arch and arch not in ARCHS:
-            raise WeightsError(f"--arch: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
-        if (arch and arch != found_arch) or (patch_size and found_patch and patch_size != found_patch):
-            asked = " ".join(f"--{flag} {value}" for flag, value in (("arch", arch), ("patch_size", patch_size))
-                             if value)
-            raise WeightsError(f"{pretrained_weights}: the weights are {found_arch}"
-                               f"{'/' + str(found_patch) if found_patch else ''}, but {asked} "
-                               "was asked for (leave --arch and --patch_size out to take them from the weights)")
-        grid = 224
-        if found_patch:  # keep the checkpoint's positional grid: the reference interpolates from it
-            grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) * found_patch
-        model = build_backbone(found_arch, found_patch or 16, img_size=grid)
-        missing, unexpected = _diff_keys(model.state_dict(), sd)
-        if missing or unexpected:
-            raise WeightsError(f"{pretrained_weights}: weights do not fit {found_arch}: missing keys "
-                               f"{_few(missing)}; unexpected keys {_few(unexpected)}")
-        try:
-            model.load_state_dict(sd, strict=True)
-        except RuntimeError as err:
-            raise WeightsError(f"{pretrained_weights}: weights do not fit {found_arch}: "
-                               f"{_reason(err).strip()}") from None
+        model = build_from_state_dict(sd, pretrained_weights, arch, patch_size)
     return model.to(device).eval().requires_grad_(False)
+
+
+def build_from_state_dict(sd: dict[str, torch.Tensor], source: str | Path, arch: str | None = None,
+                          patch_size: int | None = None) -> nn.Module:
+    """A DINO v1 backbone (ViT or ResNet-50) holding a clean state dict; `arch` / `patch_size`, when given,
+    must agree with the weights."""
+    found_arch, found_patch = infer_arch(sd, source=source)
+    if arch and arch not in ARCHS:
+        raise WeightsError(f"--arch: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
+    if (arch and arch != found_arch) or (patch_size and found_patch and patch_size != found_patch):
+        asked = " ".join(f"--{flag} {value}" for flag, value in (("arch", arch), ("patch_size", patch_size))
+                         if value)
+        raise WeightsError(f"{source}: the weights are {found_arch}"
+                           f"{'/' + str(found_patch) if found_patch else ''}, but {asked} "
+                           "was asked for (leave --arch and --patch_size out to take them from the weights)")
+    grid = 224
+    if found_patch:  # keep the checkpoint's positional grid: the reference interpolates from it
+        grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) * found_patch
+    model = build_backbone(found_arch, found_patch or 16, img_size=grid)
+    missing, unexpected = _diff_keys(model.state_dict(), sd)
+    if missing or unexpected:
+        raise WeightsError(f"{source}: weights do not fit {found_arch}: missing keys "
+                           f"{_few(missing)}; unexpected keys {_few(unexpected)}")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as err:
+        raise WeightsError(f"{source}: weights do not fit {found_arch}: {_reason(err).strip()}") from None
+    return model
 
 
 def _diff_keys(expected: dict, given: dict) -> tuple[list[str], list[str]]:

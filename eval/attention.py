@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dino_seg.attention import compute_attention, jaccard, masks_to_image_size, resized_size
+from dino_seg.attention import compute_attention, masks_to_image_size, resized_size
 from dino_seg.device import pick_device
 from dino_seg.files import remove_stale_temp, save_npy, save_png, save_text
-from dino_seg.images import ImageError, list_images, load_image, load_mask
+from dino_seg.groundtruth import ground_truth_files, load_mask
+from dino_seg.images import ImageError, list_images, load_image
+from dino_seg.masks import mask_iou
 from dino_seg.models import is_vit
 from dino_seg.viz import attention_panels
 from dino_seg.weights import WeightsError
@@ -64,12 +66,6 @@ def write_outputs(out_dir: Path, result, threshold: float) -> np.ndarray:
         name = "mean" if j == len(overlays) - 1 else f"head{j}"
         save_png(out_dir / f"mask_th{threshold}_{name}.png", image)
     return masks
-
-
-def find_gt(gt_dir: Path, stem: str) -> Path | None:
-    """The ground-truth file of an image, by stem (PNG preferred)."""
-    candidates = sorted(gt_dir.glob(f"{stem}.*"), key=lambda p: p.suffix.lower() != ".png")
-    return candidates[0] if candidates else None
 
 
 def score_table(rows: list[dict[str, float | str]], heads: int) -> str:
@@ -124,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     if gt_dir is not None and not gt_dir.is_dir():
         print(f"error: --gt_dir {gt_dir}: no such folder", file=sys.stderr)
         return 2
+    root = image_path if image_path.is_dir() else image_path.parent
+    gt_files = ground_truth_files(gt_dir, images, root) if gt_dir is not None else {}
     if not 0 <= args.threshold <= 1:
         print(f"error: --threshold: expected a share of the mass in [0, 1], got {args.threshold}", file=sys.stderr)
         return 2
@@ -161,9 +159,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         if gt_dir is None:
             continue
-        rel = folders[path]
-        gt_path = find_gt(gt_dir / rel.parent, path.stem) if rel.parent != Path(".") else None
-        gt_path = gt_path or find_gt(gt_dir, path.stem)
+        gt_path = gt_files[path]
         if gt_path is None:
             tqdm.write(f"warning: no ground truth for {path.name} in {gt_dir}; not scored")
             continue
@@ -175,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         # Score at the ground truth's own resolution: the masks go back through the crop and resize.
         resized = resized_size(image.size, args.image_size)
         full = masks_to_image_size(masks, resized, fg.shape)
-        scores = [jaccard(m, fg, void) for m in full]
+        scores = [mask_iou(m, fg, void, empty=1.0) for m in full]
         name = path.name if image_path == path else path.relative_to(image_path).as_posix()
         rows.append({"image": name, **{f"head{j}": s for j, s in enumerate(scores[:-1])},
                      "best_head": max(scores[:-1]), "mean_map": scores[-1]})

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from dino_seg.davis import DavisError, RESOLUTIONS, VOID_LABEL, annotation_dir, frame_paths, image_size, \
     list_sequences, read_annotation, write_indexed_png
 from dino_seg.device import pick_device
-from dino_seg.discovery import discovered_labels
+from dino_seg.pairing import discovered_labels
 from dino_seg.files import remove_stale_temp, save_text
 from dino_seg.images import ImageError, load_image
 from dino_seg.metrics import DavisScores, csv_paths, format_table, score_sequence, summarise, write_csvs

@@ -19,8 +19,9 @@ from dino_seg.app import attention as attention_tab
 from dino_seg.app import model_cache
 from dino_seg.app import video as video_tab
 from dino_seg.attention import compute_attention
-from dino_seg.discovery import discover, discovered_labels, extract_features
+from dino_seg.discovery import discover, extract_features
 from dino_seg.images import load_image
+from dino_seg.pairing import discovered_labels
 from dino_seg.viz import overlay_labels
 from dino_seg.weights import load_model
 

@@ -10,9 +10,11 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from dino_seg.attention import (cls_attention, compute_attention, jaccard, last_selfattention,
+from dino_seg.attention import (cls_attention, compute_attention, last_selfattention,
                                 masks_to_image_size, preprocess, resized_size, threshold_masks)
-from dino_seg.images import ImageError, load_image, load_mask, to_rgb
+from dino_seg.groundtruth import load_mask
+from dino_seg.images import ImageError, load_image, to_rgb
+from dino_seg.masks import mask_iou
 from dino_seg.models import build_backbone
 from dino_seg.viz import davis_palette, overlay_labels, overlay_mask
 from eval import attention as cli
@@ -99,18 +101,6 @@ def test_masks_go_back_to_the_original_image_size():
     full = masks_to_image_size(masks, (5, 6), (10, 12))
     assert full.shape == (1, 10, 12)
     assert full[0, :2, :2].all() and full.sum() == 4
-
-
-def test_jaccard_by_hand():
-    a = np.zeros((4, 4), bool)
-    b = np.zeros((4, 4), bool)
-    assert jaccard(a, b) == 1.0  # both empty
-    a[:2, :2] = True  # 4 pixels
-    b[1:3, 1:3] = True  # 4 pixels, 1 shared
-    assert jaccard(a, b) == pytest.approx(1 / 7)
-    void = np.zeros((4, 4), bool)
-    void[2, 2] = True  # a void pixel leaves the union
-    assert jaccard(a, b, void) == pytest.approx(1 / 6)
 
 
 def test_image_modes_are_read_as_8bit_rgb(tmp_path):
@@ -217,7 +207,7 @@ def test_cli_writes_maps_masks_and_scores(tmp_path, tiny_vit_weights, capsys):
     assert rows[0] == "image,head0,head1,head2,best_head,mean_map"
     a_row = dict(zip(rows[0].split(","), rows[1].split(",")))
     assert a_row["image"] == "a.png" and a_row["head1"] == "1.0000" and a_row["best_head"] == "1.0000"
-    expected_h0 = jaccard(masks[0], masks[1])
+    expected_h0 = mask_iou(masks[0], masks[1], empty=1.0)
     assert float(a_row["head0"]) == pytest.approx(expected_h0, abs=1e-4)
     assert rows[-1].startswith("mean,")
 

@@ -16,7 +16,9 @@ from torchvision import transforms
 from dino_seg.discovery import (DiscoveryFeatures, discover, extract_features, maskcut_objects, preprocess,
                                 tokencut_object)
 from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD
-from dino_seg.localization import box_iou, match_objects, read_voc_boxes
+from dino_seg.groundtruth import read_voc_boxes
+from dino_seg.masks import box_iou
+from dino_seg.pairing import match_objects
 from dino_seg.models import build_backbone
 from dino_seg.ncut import CosineGraph, second_eigenvector_dense, second_eigenvector_iterative
 from dino_seg.viz import davis_palette
@@ -408,10 +410,13 @@ def test_cli_outputs_and_scores(tmp_path, tiny_vit_weights, capsys):
     capsys.readouterr()
     assert cli.main(base + ["--output_dir", str(out), "--gt_dir", str(gt)]) == 0
     rows = (out / "scores.csv").read_text().splitlines()
-    assert rows[0] == "image,objects,jaccard,corloc"
-    assert rows[1] == "one.png,1,1.0000,1.0000"
-    assert rows[2] == "sub/two.jpg,1,,1.0000"
-    assert "CorLoc: 100.0% over 2 image(s)" in capsys.readouterr().out
+    assert rows[0] == "image,objects,jaccard,corloc,maxFbeta,IoU,Acc"
+    assert rows[1] == "one.png,1,1.0000,1.0000,1.0000,1.0000,1.0000"
+    assert rows[2] == "sub/two.jpg,1,,1.0000,,,"  # boxes only: no mask scores
+    assert "CorLoc 100.0, Jaccard 100.0 (%) over 2 image(s)" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["coarse"] == {"maxFbeta": 1.0, "IoU": 1.0, "Acc": 1.0, "CorLoc": 1.0, "Jaccard": 1.0}
+    assert "refined" not in summary and summary["images"] == 2
 
     # A box that misses: CorLoc 0 for that image; a disjoint mask: Jaccard 0.
     (gt / "Annotations" / "two.xml").write_text(
@@ -420,7 +425,7 @@ def test_cli_outputs_and_scores(tmp_path, tiny_vit_weights, capsys):
     Image.fromarray((~masks[0]).astype(np.uint8) * 255).save(gt / "one.png")
     assert cli.main(base + ["--output_dir", str(out), "--gt_dir", str(gt), "--method", "lost"]) == 0
     rows = (out / "scores.csv").read_text().splitlines()
-    assert rows[2] == "sub/two.jpg,1,,0.0000"
+    assert rows[2] == "sub/two.jpg,1,,0.0000,,,"
 
 
 def test_cli_errors(tmp_path, tiny_vit_weights, capsys):
@@ -462,7 +467,7 @@ def test_refine_snaps_a_patch_mask_to_the_object_edges():
 # ---- zero-annotation video ----
 
 def test_discovered_labels_take_the_ids_of_the_annotated_objects_they_match(tiny_model):
-    from dino_seg.discovery import discovered_labels
+    from dino_seg.pairing import discovered_labels
 
     image = Image.fromarray(np.random.default_rng(4).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     found = discover(extract_features(tiny_model, image), "tokencut").masks[0]
@@ -488,7 +493,7 @@ def test_davis_first_frame_discover(tmp_path, tiny_vit_weights, capsys):
                            str(out), "--short_side", "64", "--device", "cpu", "--first_frame", "discover",
                            "--method", "maskcut", "--n_objects", "2"])
     assert code == 0, capsys.readouterr().err
-    from dino_seg.discovery import discovered_labels
+    from dino_seg.pairing import discovered_labels
     from dino_seg.images import load_image
     from dino_seg.weights import load_model
 

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from dino_seg.davis import DavisError, read_annotation
-from dino_seg.images import ImageError, load_mask
+from dino_seg.groundtruth import load_mask
+from dino_seg.images import ImageError
 from dino_seg.labels import read_label_png
 from dino_seg.metrics import _read_result
 from dino_seg.viz import davis_palette

@@ -20,7 +20,8 @@ from torchvision import transforms
 
 from dino_seg.attention import AttentionResult, resized_size
 from dino_seg.discovery import (DEFAULT_TAU, MAX_PATCHES, DiscoveryFeatures, DiscoveryResult, discover,
-                                extract_features, patches_to_pixels, write_discovery)
+                                extract_features, patches_to_pixels)
+from dino_seg.discovery_io import write_discovery
 from dino_seg.files import file_digest, save_npy, save_png
 from dino_seg.images import ImageError, load_image
 from dino_seg.viz import attention_panels, discovery_panels

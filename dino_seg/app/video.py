@@ -14,8 +14,9 @@ from PIL import Image
 from torch import nn
 
 from dino_seg import davis, metrics
-from dino_seg.discovery import discovered_labels
-from dino_seg.images import load_image, load_mask
+from dino_seg.groundtruth import load_mask
+from dino_seg.images import load_image
+from dino_seg.pairing import discovered_labels
 from dino_seg.propagation import segment_sequence
 from dino_seg.video import DEFAULT_FPS, read_video_frames, video_info, write_video
 from dino_seg.video_attention import MASK_MODES, folder_frames, make_attention_video, video_frames

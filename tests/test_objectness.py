@@ -1,0 +1,82 @@
+"""Object confidence (1 - Ncut on TokenCut's graph) and MaskCut's automatic object count."""
+
+import numpy as np
+import pytest
+import torch
+
+from dino_seg.discovery import maskcut_objects
+from dino_seg.ncut import CosineGraph
+from dino_seg.objectness import MAX_NCUT, auto_count, ncut_value, object_ncuts, score_from_ncut
+
+
+def _dense_ncut(feats, mask, keep, tau=0.2, eps=1e-5):
+    f = torch.nn.functional.normalize(feats.double(), dim=-1).numpy()
+    a = np.where(f @ f.T > tau, 1.0, eps)[np.ix_(keep, keep)]
+    m = mask[keep]
+    cut = a[m][:, ~m].sum()
+    return cut / a[m].sum() + cut / a[~m].sum()
+
+
+def _scene(grid=(6, 8), seed=0):
+    """Features of a grid: a 2 x 3 object (one direction) on a background (another), with noise."""
+    g = torch.Generator().manual_seed(seed)
+    n = grid[0] * grid[1]
+    obj = np.zeros(grid, dtype=bool)
+    obj[1:3, 2:5] = True
+    base = torch.zeros(n, 16)
+    base[:, 0] = 1.0
+    base[torch.from_numpy(obj.ravel()), 0] = 0.0
+    base[torch.from_numpy(obj.ravel()), 1] = 1.0
+    return base + 0.02 * torch.randn(n, 16, generator=g), obj
+
+
+def test_ncut_matches_dense_definition():
+    feats, obj = _scene()
+    rng = np.random.default_rng(0)
+    graph = CosineGraph(feats, 0.2, 1e-5)
+    for _ in range(3):
+        mask = rng.random(feats.shape[0]) < 0.3
+        removed = rng.random(feats.shape[0]) < 0.2
+        keep = ~removed
+        assert ncut_value(graph, mask, removed) == pytest.approx(_dense_ncut(feats, mask & keep, keep), rel=1e-5)
+    assert ncut_value(graph, obj.ravel()) == pytest.approx(_dense_ncut(feats, obj.ravel(), np.ones(48, bool)))
+    assert ncut_value(graph, obj.ravel()) < 1e-3  # joined to nothing outside it
+    assert ncut_value(graph, np.ones(48, bool)) == 1.0  # nothing left to split from
+
+
+def test_featureless_graph_scores_about_zero():
+    feats = torch.zeros(48, 4)
+    feats[:, 0] = 1.0  # every patch alike: any split costs its share
+    mask = np.zeros(48, dtype=bool)
+    mask[:12] = True
+    assert object_ncuts(feats, mask.reshape(1, 6, 8), 0.2) == [pytest.approx(1.0)]
+    assert score_from_ncut(1.0) == 0.0 and score_from_ncut(0.1) == pytest.approx(0.9)
+    assert score_from_ncut(1.7) == 0.0
+
+
+def _two_objects(seed=0):
+    """Two objects (their own directions) on a textured background with no object in it: an 8 x 10 grid."""
+    g = torch.Generator().manual_seed(seed)
+    grid = (8, 10)
+    feats = torch.zeros(80, 16)
+    feats[:, 0] = 1.0
+    objects = np.zeros((2, *grid), dtype=bool)
+    objects[0, 1:4, 1:4] = True
+    objects[1, 5:7, 5:9] = True
+    for k, obj in enumerate(objects):
+        feats[torch.from_numpy(obj.ravel())] = torch.eye(16)[k + 1]
+    bg = torch.from_numpy(~objects.any(axis=0).ravel())
+    feats[bg, 3:] = 0.6 * torch.randn(int(bg.sum()), 13, generator=g)
+    return feats + 0.02 * torch.randn(80, 16, generator=g), grid, objects
+
+
+def test_auto_count_keeps_the_objects_and_stops_on_background():
+    feats, grid, objects = _two_objects()
+    masks, _, _ = maskcut_objects(feats, grid, n_objects=4, tau=0.15)
+    assert len(masks) == 4  # a fixed N forces two background cuts
+    ncuts = object_ncuts(feats, np.stack(masks), 0.15, sequential=True)
+    count = auto_count(ncuts)
+    assert count.kept == 2 and np.array_equal(np.stack(masks[:2]), objects)
+    assert max(ncuts[:2]) < 1e-3 and count.stop_ncut == ncuts[2] > 0.9 and count.stop_score < 0.1
+    assert auto_count([0.9]).kept == 0 and auto_count([0.9]).stop_score == pytest.approx(0.1)  # no object
+    assert auto_count([0.1, 0.2]).stop_ncut is None and MAX_NCUT == 0.5
