@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-from .images import IMAGENET_MEAN, IMAGENET_STD
+from .images import IMAGENET_MEAN, IMAGENET_STD, to_rgb
 from .models import DinoVisionTransformer, is_vit
 
 
@@ -18,7 +18,9 @@ def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480
     """Resize and normalise as visualize_attention.py does, then crop to whole patches: (1, 3, H, W).
 
     A single size resizes the short side and keeps the aspect ratio; two sizes give (height, width).
+    Any image mode is read as 8-bit RGB first (grayscale, RGBA and 16-bit images too, as `load_image`).
     """
+    image = to_rgb(image)
     size = [image_size] if isinstance(image_size, int) else list(image_size)
     if len(size) not in (1, 2) or min(size) < patch_size:
         raise ValueError(f"--image_size: expected one or two sizes of at least the patch size {patch_size}, got {size}")
@@ -145,7 +147,7 @@ def compute_attention(
     image: Image.Image,
     image_size: int | tuple[int, ...] = (480, 480),
 ) -> AttentionResult:
-    """Preprocess one RGB image and return its per-head [CLS] attention."""
+    """Preprocess one image (any mode, read as RGB) and return its per-head [CLS] attention."""
     device = next(model.parameters()).device
     x = preprocess(image, image_size, model.patch_size)
     maps = cls_attention(model, x.to(device))[0].float().cpu().numpy()  # (heads, h, w)

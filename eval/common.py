@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dino_seg.discovery import METHODS
-from dino_seg.images import list_images
+from dino_seg.images import ImageError, list_images
 from dino_seg.image_folder import first_line
 from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, load_model
@@ -84,12 +84,13 @@ def collect_images(image_path: str) -> tuple[list[Path], Path]:
 
 
 def each_image(images: list[Path], work: Callable[[Path], T], desc: str) -> Iterator[tuple[Path, T]]:
-    """(path, work(path)) for each image under a progress bar. A file that fails with ValueError
-    (ImageError included) is skipped with a warning when there are several, re-raised when it is the only one."""
+    """(path, work(path)) for each image under a progress bar. A file that fails with ImageError (it
+    cannot be decoded, or is too small to process) is skipped with a warning when there are several,
+    re-raised when it is the only one; any other error is not the file's fault and stops the run."""
     for path in tqdm(images, desc=desc, unit="img", disable=len(images) == 1):
         try:
             value = work(path)
-        except ValueError as err:
+        except ImageError as err:
             if len(images) == 1:
                 raise
             tqdm.write(f"warning: skipped {path}: {err}")
