@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dino_seg.files import file_digest, save_text
+from dino_seg.files import cached_file_digest, save_text
 
 PROVENANCE_FILE = "provenance.json"
 
@@ -17,7 +17,7 @@ def weights_identity(source: str, presets: dict | tuple = ()) -> str:
         return "random"
     if source in presets:
         return f"preset {source}"
-    return f"sha256 {file_digest(Path(source).expanduser())}"
+    return f"sha256 {cached_file_digest(Path(source).expanduser())}"
 
 
 def read_provenance(folder: str | Path) -> dict | None:

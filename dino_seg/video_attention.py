@@ -204,10 +204,11 @@ def make_attention_video(model: nn.Module, frames: Iterable[Frame], out_stem: st
     out_stem = Path(out_stem)
     attention_dir = Path(attention_dir) if attention_dir is not None else None
     masks_writer = None
-    with VideoWriter(out_stem, fps, codecs) as writer:
-        if masks is not None:
-            masks_writer = VideoWriter(Path(masks_stem) if masks_stem else out_stem.with_name("masks"), fps, codecs)
-        try:
+    try:
+        with VideoWriter(out_stem, fps, codecs) as writer:
+            if masks is not None:
+                masks_writer = VideoWriter(Path(masks_stem) if masks_stem else out_stem.with_name("masks"), fps,
+                                           codecs)
             for result in attention_frames(model, frames, resize, batch_size):
                 rgba = result.attention_rgba()
                 if attention_dir is not None:
@@ -217,13 +218,15 @@ def make_attention_video(model: nn.Module, frames: Iterable[Frame], out_stem: st
                     masks_writer.write(result.mask_overlay(threshold, masks))
                 if on_frame is not None:
                     on_frame(result)
-        except BaseException:
-            if masks_writer is not None:
-                masks_writer.discard()
-            raise
-        if writer.count == 0:
-            raise VideoError(f"{out_stem.name}: no frames to write")
-    masks_path = masks_writer.close() if masks_writer is not None else None
+            if writer.count == 0:
+                raise VideoError(f"{out_stem.name}: no frames to write")
+        masks_path = masks_writer.close() if masks_writer is not None else None
+    except BaseException:
+        # Whatever failed, the frames, the main video's close (a full disk) or the masks video's own: the
+        # masks writer is released and its temporary file removed (discard after close is harmless).
+        if masks_writer is not None:
+            masks_writer.discard()
+        raise
     return AttentionVideo(writer.path, writer.fourcc, writer.count, masks_path)
 
 

@@ -22,13 +22,12 @@ from tqdm import tqdm
 from dino_seg.device import pick_device
 from dino_seg.images import ImageError, load_image
 from dino_seg.models import is_vit
-from dino_seg.video import VideoError, format_codecs, plays_in_browser, video_info, write_video
+from dino_seg.video import DEFAULT_FPS, VideoError, format_codecs, plays_in_browser, video_info, write_video
 from dino_seg.video_attention import (MASK_MODES, Frame, check_resize, folder_frames, jpeg_frames,
                                       make_attention_video, save_frame, video_frames)
 from dino_seg.weights import WeightsError
 from eval.common import add_weight_flags, load_from_args
 
-DEFAULT_FPS = 30.0  # video_generation.py's --fps for folders of frames
 DEFAULT_PRESET = "dino_vits8_300ep"  # video_generation.py's ViT-S/8: "the model used for visualizations in our paper"
 
 
