@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
+from .errors import UserError
 from .images import IMAGENET_MEAN, IMAGENET_STD, to_rgb
 from .models import DinoVisionTransformer, is_vit
 
@@ -23,7 +24,7 @@ def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480
     image = to_rgb(image)
     size = [image_size] if isinstance(image_size, int) else list(image_size)
     if len(size) not in (1, 2) or min(size) < patch_size:
-        raise ValueError(f"--image_size: expected one or two sizes of at least the patch size {patch_size}, got {size}")
+        raise UserError(f"--image_size: expected one or two sizes of at least the patch size {patch_size}, got {size}")
     tensor = transforms.Compose([
         transforms.Resize(size if len(size) == 2 else size[0]),
         transforms.ToTensor(),
@@ -31,7 +32,7 @@ def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480
     ])(image)
     h, w = tensor.shape[1] - tensor.shape[1] % patch_size, tensor.shape[2] - tensor.shape[2] % patch_size
     if h == 0 or w == 0:
-        raise ValueError(f"image of {image.width}x{image.height} is smaller than one {patch_size}-pixel patch after resizing")
+        raise UserError(f"image of {image.width}x{image.height} is smaller than one {patch_size}-pixel patch after resizing")
     return tensor[:, :h, :w].unsqueeze(0)
 
 
@@ -53,7 +54,7 @@ def last_block_qkv(model: DinoVisionTransformer, x: torch.Tensor) -> tuple[torch
     # Run every block but the last, then recompute the last block's projections: timm's fused
     # attention never materialises the probabilities the reference's get_last_selfattention returns.
     if not is_vit(model):
-        raise ValueError("self-attention maps need a ViT backbone; ResNet-50 has no attention")
+        raise UserError("self-attention maps need a ViT backbone; ResNet-50 has no attention")
     tokens = model.prepare_tokens(x)
     for blk in model.blocks[:-1]:
         tokens = blk(tokens)
@@ -102,7 +103,7 @@ def threshold_masks(attn: torch.Tensor, threshold: float) -> torch.Tensor:
     1 - threshold, undo the sort. Leading dims are maps (heads); the last two are the patch grid.
     """
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"--threshold: expected a share of the attention mass in [0, 1], got {threshold}")
+        raise UserError(f"--threshold: expected a share of the attention mass in [0, 1], got {threshold}")
     shape = attn.shape
     flat = attn.reshape(-1, shape[-2] * shape[-1]).double()  # (maps, N)
     values, order = torch.sort(flat, dim=1, stable=True)

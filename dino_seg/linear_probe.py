@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import UserError
 from .models import is_vit
 
 
@@ -18,7 +19,7 @@ def intermediate_layers(model: nn.Module, images: torch.Tensor, n: int) -> list[
     """The tokens (B, 1 + h*w, D) after each of the last `n` blocks, each through the final norm,
     as the reference's `get_intermediate_layers`."""
     if not 1 <= n <= len(model.blocks):
-        raise ValueError(f"--n_last_blocks: expected 1 to {len(model.blocks)}, got {n}")
+        raise UserError(f"--n_last_blocks: expected 1 to {len(model.blocks)}, got {n}")
     x = model.prepare_tokens(images)
     first = len(model.blocks) - n
     outputs = []
@@ -40,10 +41,10 @@ def check_probe_flags(model: nn.Module, n_last_blocks: int, avgpool_patchtokens:
     """Raise ValueError for flag combinations the reference cannot compute."""
     if is_vit(model) and avgpool_patchtokens and n_last_blocks != 1:
         # The reference stacks [CLS] and the average as (B, D, 2): defined for one block only.
-        raise ValueError(f"--avgpool_patchtokens true needs --n_last_blocks 1 (got {n_last_blocks}), as in "
+        raise UserError(f"--avgpool_patchtokens true needs --n_last_blocks 1 (got {n_last_blocks}), as in "
                          "the reference, whose concatenation is defined for one block")
     if is_vit(model) and not 1 <= n_last_blocks <= len(model.blocks):
-        raise ValueError(f"--n_last_blocks: expected 1 to {len(model.blocks)}, got {n_last_blocks}")
+        raise UserError(f"--n_last_blocks: expected 1 to {len(model.blocks)}, got {n_last_blocks}")
 
 
 @torch.no_grad()

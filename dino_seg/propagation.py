@@ -19,6 +19,7 @@ from torch import nn
 
 from dino_seg.batching import prefetched
 from dino_seg.davis import DavisError, first_frame_labels, num_objects, read_frame
+from dino_seg.errors import UserError
 from dino_seg.models import patch_features
 
 # Queries x sources handled at once in the global (no-window) case; bounds its memory.
@@ -37,7 +38,7 @@ def _check_inputs(context_feats: torch.Tensor, context_labels: torch.Tensor, tar
     if context_labels.shape[0] != n or context_labels.shape[2:] != (h, w):
         raise ValueError(f"context_labels {tuple(context_labels.shape)} does not match context_feats {(n, h, w, d)}")
     if topk < 1:
-        raise ValueError(f"--topk: expected a positive number, got {topk}")
+        raise UserError(f"--topk: expected a positive number, got {topk}")
 
 
 def _keep_topk(aff: torch.Tensor, topk: int) -> torch.Tensor:
@@ -53,14 +54,36 @@ def _keep_topk(aff: torch.Tensor, topk: int) -> torch.Tensor:
     return aff / aff.sum(dim=-1, keepdim=True)
 
 
+def _top_k_average(top_logits: torch.Tensor, top_labels: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's top-k weighting from each query's k + 1 largest logits, sorted descending (..., k+1),
+    and the labels of its first k sources (..., k, C): (soft labels (..., C), tied (...) bool).
+
+    exp is monotonic, so where exp of the (k+1)-th logit differs from exp of the k-th, the reference keeps
+    exactly these k sources and only their k exponentials are needed. `tied` marks the queries where they are
+    equal (equal features, or at most k sources in reach): the reference keeps more there, so the caller
+    recomputes those with `_keep_topk`. Shared by the windowed and the unrestricted paths."""
+    aff = top_logits.exp()  # (..., k+1)
+    keep = aff.shape[-1]
+    weights = aff[..., :topk]  # (..., k)
+    out = torch.einsum("...k,...kc->...c", weights, top_labels) / weights.sum(-1, keepdim=True)
+    if keep <= topk:  # fewer than k + 1 sources: every one is kept, the reference's rule decides
+        return out, torch.ones(aff.shape[:-1], dtype=torch.bool, device=aff.device)
+    return out, aff[..., -1] >= aff[..., topk - 1]
+
+
 def _propagate_global(q: torch.Tensor, s: torch.Tensor, labels: torch.Tensor, topk: int,
                       temperature: float) -> torch.Tensor:
     # q (HW, D), s (N*HW, D), labels (N*HW, C) -> (HW, C)
     chunk = max(1, _GLOBAL_CHUNK_ELEMENTS // max(1, s.shape[0]))
+    keep = min(topk + 1, s.shape[0])
     out = []
     for start in range(0, q.shape[0], chunk):
-        aff = torch.exp(q[start:start + chunk] @ s.T / temperature)  # (Qc, N*HW)
-        out.append(_keep_topk(aff, topk) @ labels)  # (Qc, C)
+        logits = q[start:start + chunk] @ s.T / temperature  # (Qc, N*HW)
+        vals, idx = torch.topk(logits, keep, dim=-1)  # (Qc, k+1)
+        soft, tied = _top_k_average(vals, labels[idx[:, :topk]], topk)  # (Qc, C)
+        if tied.any():
+            soft[tied] = _keep_topk(torch.exp(logits[tied]), topk) @ labels
+        out.append(soft)
     return torch.cat(out)
 
 
@@ -155,15 +178,10 @@ def propagate_labels(
             # Region cell (u, context, v) -> its place in `lab` (row y0 + u, column x0 + v).
             u, rest = idx // (n * big), idx % (n * big)
             top_flat[i] = ((y0 + u) * n + rest // big) * wp + x0 + rest % big
-    aff = top_vals.exp()  # (tiles, T*T, k+1)
-    kth = aff[..., topk - 1:topk] if topk <= keep else aff[..., -1:]
-    weights = aff[..., :topk]  # (tiles, T*T, k)
     lab_flat = lab.reshape(-1, c)  # (Hp*N*Wp, C)
-    out = torch.einsum("tqk,tqkc->tqc", weights, lab_flat[top_flat[..., :topk]]) / weights.sum(-1, keepdim=True)
+    out, tied = _top_k_average(top_vals, lab_flat[top_flat[..., :topk]], topk)  # (tiles, T*T, C), (tiles, T*T)
     out = out.view(n_ty, n_tx, t, t, c).permute(0, 2, 1, 3, 4).reshape(n_ty * t, n_tx * t, c)[:h, :w]
-    # Where the (k+1)-th exponential equals the k-th (a tie, or fewer than k sources in reach), the reference
-    # keeps more than k sources: those queries go through its rule.
-    tied = (aff[..., -1:] >= kth).squeeze(-1) if keep > topk else torch.ones_like(kth.squeeze(-1), dtype=torch.bool)
+    # Tied queries (see _top_k_average) go through the reference's rule.
     tied = tied.view(n_ty, n_tx, t, t).permute(0, 2, 1, 3).reshape(n_ty * t, n_tx * t)[:h, :w]
     if tied.any():
         ys, xs = tied.nonzero(as_tuple=True)
@@ -249,7 +267,7 @@ def frame_features(model: nn.Module, frames: Iterable[torch.Tensor], *, bs: int 
                    device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
     """Patch features (h, w, D) of each frame (3, H, W), the backbone run on batches of `bs` frames."""
     if bs < 1:
-        raise ValueError(f"--bs: expected a positive batch size, got {bs}")
+        raise UserError(f"--bs: expected a positive batch size, got {bs}")
     batch: list[torch.Tensor] = []
 
     def run(items: list[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -281,7 +299,7 @@ def propagate_sequence(
     (soft, not argmaxed), as the reference's queue.
     """
     if n_last_frames < 0:
-        raise ValueError(f"--n_last_frames: expected 0 or more, got {n_last_frames}")
+        raise UserError(f"--n_last_frames: expected 0 or more, got {n_last_frames}")
     it = iter(feats)
     try:
         first = next(it)

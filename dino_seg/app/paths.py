@@ -10,10 +10,11 @@ from pathlib import Path
 
 from dino_seg import davis
 
+from ..errors import UserError
 from .config import ASSETS, AppConfig
 
 
-class PathNotAllowed(ValueError):
+class PathNotAllowed(UserError):
     """A path input outside the folders a publicly served page shares."""
 
 
