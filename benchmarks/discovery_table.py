@@ -19,6 +19,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -48,6 +49,13 @@ PUBLISHED = {
 }
 SALIENCY_METRICS = ("maxFbeta", "IoU", "Acc")
 COLUMNS = ("benchmark", "method", "backbone", "stage", "images", "metric", "measured", "published")
+
+
+def default_backbones() -> list[str]:
+    """DINO ViT-S/16 (the papers' backbone) and every ViT-S preset of the later families the product registers."""
+    from dino_seg.weights import PRESETS
+
+    return ["dino_vits16"] + [name for name in PRESETS if re.match(r"dinov[23]\w*_vits", name)]
 
 
 def backbone_label(backbone: str) -> str:
@@ -144,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_path", required=True, help="Root of the benchmarks (eval.discover --data_path).")
     parser.add_argument("--output_dir", default="output/discovery_table")
     parser.add_argument("--methods", nargs="+", default=["attention", "lost", "tokencut", "maskcut"], choices=METHODS)
-    parser.add_argument("--backbones", nargs="+", default=["dino_vits16"],
-                        help="Anything --pretrained_weights takes: presets or files.")
+    parser.add_argument("--backbones", nargs="+", default=default_backbones(),
+                        help="Anything --pretrained_weights takes: presets or files. Default: DINO ViT-S/16 and the "
+                             "ViT-S presets of the other families (DINOv2, with and without registers, DINOv3).")
     parser.add_argument("--benchmarks", nargs="+", default=None, choices=list(BENCHMARKS),
                         help="Default: every benchmark complete under --data_path.")
     parser.add_argument("--device", default="auto")
