@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +23,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-from .backbones import Backbone
-from .images import IMAGENET_MEAN, IMAGENET_STD
+from .backbones import Backbone, as_backbone
+from .davis import VOID_LABEL, DavisError, num_objects
+from .images import IMAGENET_MEAN, IMAGENET_STD, load_image
 
 # Query rows x context patches compared at once: bounds memory (the notebook holds them all on a GPU).
 _CHUNK_ELEMENTS = 1 << 24
@@ -167,6 +169,7 @@ def track(backbone: Backbone, frames: Iterable[Image.Image], first_mask: np.ndar
     `first_mask` holds labels 0 (background) to M - 1; `num_masks` defaults to its largest label + 1.
     """
     config.check()
+    backbone = as_backbone(backbone)
     device = next(backbone.parameters()).device
     first_mask = np.asarray(first_mask)
     m = int(first_mask.max()) + 1 if num_masks is None else num_masks
@@ -181,3 +184,23 @@ def track(backbone: Backbone, frames: Iterable[Image.Image], first_mask: np.ndar
             continue
         probs = upsample_probs(tracker.step(feats), size_hw)  # (M, H', W')
         yield probs.argmax(dim=0).to(torch.uint8).cpu().numpy()
+
+
+def segment_sequence_v3(backbone: Backbone, frames: Sequence[str | Path], first_annotation: np.ndarray,
+                        config: TrackingConfig = TrackingConfig()) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, (H, W) uint8 object indices) for frames 1.. of a DAVIS sequence under this protocol, given
+    the first frame's annotation (H, W) uint8 (255 = void, taken as background). Outputs have the annotation's
+    size, which is the frames' own."""
+    labels = np.where(first_annotation == VOID_LABEL, 0, first_annotation).astype(np.uint8)
+
+    def read_all() -> Iterator[Image.Image]:
+        for path in frames:
+            image = load_image(path)
+            if (image.height, image.width) != labels.shape:
+                raise DavisError(f"frame {path} is {image.width}x{image.height}, unlike the first frame's "
+                                 f"annotation {labels.shape[1]}x{labels.shape[0]}")
+            yield image
+
+    masks = track(backbone, read_all(), labels, config, num_masks=num_objects(first_annotation) + 1)
+    next(masks)  # the first frame: its annotation
+    yield from enumerate(masks, start=1)
