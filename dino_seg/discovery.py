@@ -24,6 +24,8 @@ from .images import IMAGENET_MEAN, IMAGENET_STD
 from .masks import mask_extent, mask_iou
 from .models import is_vit
 from .ncut import NormalisedCut, second_eigenvector
+from .objectness import AUTO_MAX_OBJECTS, auto_count, object_ncuts, score_from_ncut
+from .preprocess import check_preprocess, resize_to_patches
 
 METHODS = ("attention", "lost", "tokencut", "maskcut")
 FEATURES = ("k", "q", "v")
@@ -69,6 +71,8 @@ class DiscoveryResult:
     scores: np.ndarray  # (h, w) float32 per-patch score map
     seeds: list[int] = field(default_factory=list)  # flat patch index of each object's seed
     note: str = ""
+    object_scores: list[float] | None = None  # per object, 1 - Ncut on TokenCut's graph (objectness.py), if asked
+    stop_score: float | None = None  # --n_objects auto: the score of the first cut refused as no object
 
     @property
     def seed(self) -> int | None:
@@ -76,8 +80,9 @@ class DiscoveryResult:
 
 
 def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...] | None = None,
-               max_patches: int = MAX_PATCHES) -> tuple[torch.Tensor, tuple[int, int], str]:
-    """ToTensor, ImageNet normalisation, optional resize, zero padding to whole patches (as LOST and TokenCut).
+               max_patches: int = MAX_PATCHES, mode: str = "pad") -> tuple[torch.Tensor, tuple[int, int], str]:
+    """ToTensor, ImageNet normalisation, optional resize, zero padding to whole patches (as LOST and TokenCut);
+    mode "resize": instead a LANCZOS resize of each side to the nearest patch multiple (get_saliency.py).
 
     Returns the padded batch (1, 3, Hp, Wp), the unpadded processed size and a note when capped.
     """
@@ -96,6 +101,9 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
         note = (f"{image.width}x{image.height} image has {n} patches, over the cap of {max_patches}: "
                 f"processed at {nw}x{nh}")
         h, w = nh, nw
+    if check_preprocess(mode) == "resize":
+        image = resize_to_patches(image, patch_size, (w, h))  # one LANCZOS resize from the original
+        w, h = image.size
     if min(h, w) < patch_size:
         raise ValueError(f"image of {w}x{h} is smaller than one {patch_size}-pixel patch")
     if (h, w) != (image.height, image.width):
@@ -109,7 +117,7 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
 
 @torch.no_grad()
 def extract_features(model: nn.Module, image: Image.Image, resize: int | tuple[int, ...] | None = None,
-                     max_patches: int = MAX_PATCHES) -> DiscoveryFeatures:
+                     max_patches: int = MAX_PATCHES, preprocess_mode: str = "pad") -> DiscoveryFeatures:
     """One forward pass: last-block q/k/v (heads concatenated, [CLS] and registers dropped; DINOv3's before
     RoPE) and [CLS] attention, or, for ResNet-50, its last feature map layer-normalised over the whole (N, D)
     map as LOST does."""
@@ -118,7 +126,7 @@ def extract_features(model: nn.Module, image: Image.Image, resize: int | tuple[i
     if not vit and hasattr(model, "family"):  # a ResNetBackbone: its layers are those of the model it wraps
         model = model.model
     patch = model.patch_size if vit else RESNET_PAD
-    x, input_hw, note = preprocess(image, patch, resize, max_patches if vit else max_patches * 4)
+    x, input_hw, note = preprocess(image, patch, resize, max_patches if vit else max_patches * 4, preprocess_mode)
     x = x.to(device)
     original_hw = (image.height, image.width)
     if vit:
@@ -296,9 +304,13 @@ def _to_original(box: list[float], features: DiscoveryFeatures) -> list[float]:
 
 
 def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: float | None = None,
-             eps: float = 1e-5, k_patches: int = 100, n_objects: int = 3, which_features: str = "k",
-             dinoseg_head: int | None = 0, threshold: float = 0.6, solver: str = "auto") -> DiscoveryResult:
-    """Run one discovery method on the features of one forward pass (`threshold`: the attention method's mass)."""
+             eps: float = 1e-5, k_patches: int = 100, n_objects: int | str = 3, which_features: str = "k",
+             dinoseg_head: int | None = 0, threshold: float = 0.6, solver: str = "auto",
+             score_objects: bool = False) -> DiscoveryResult:
+    """Run one discovery method on the features of one forward pass (`threshold`: the attention method's mass).
+
+    MaskCut's `n_objects` may be "auto" (objectness.py's rule). `score_objects` fills `object_scores`
+    (1 - Ncut on TokenCut's graph at this tau; MaskCut's objects each on the graph without the earlier ones)."""
     if method not in METHODS:
         raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if not features.is_vit and method != "lost":
@@ -317,9 +329,20 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
         mask, seed, scores = tokencut_object(features.features(which_features), features.grid, tau, eps, solver)
         masks, seeds = [mask], [seed]
     else:
-        masks, seeds, scores = maskcut_objects(features.features(which_features), features.grid, n_objects,
-                                               tau, eps, solver)
+        auto = n_objects == "auto"
+        if not auto and not isinstance(n_objects, int):
+            raise ValueError(f"--n_objects: expected a number or 'auto', got {n_objects!r}")
+        masks, seeds, scores = maskcut_objects(features.features(which_features), features.grid,
+                                               AUTO_MAX_OBJECTS if auto else n_objects, tau, eps, solver)
     patches = np.stack(masks) if masks else np.zeros((0, *features.grid), dtype=bool)
-    boxes = [_to_original(patch_box(m, features.scale, features.input_hw), features) for m in masks]
+    ncuts, stop_score = None, None
+    if method == "maskcut" and n_objects == "auto" or score_objects:
+        ncuts = object_ncuts(features.features(which_features), patches, tau, eps, sequential=method == "maskcut")
+    if method == "maskcut" and n_objects == "auto":
+        count = auto_count(ncuts)  # cutting stops at the first cut that is no object
+        patches, seeds, ncuts = patches[:count.kept], seeds[:count.kept], ncuts[:count.kept]
+        stop_score = count.stop_score
+    boxes = [_to_original(patch_box(m, features.scale, features.input_hw), features) for m in patches]
     pixels = patches_to_pixels(patches, features).astype(bool)
-    return DiscoveryResult(method, patches, pixels, boxes, scores.astype(np.float32), seeds, features.note)
+    return DiscoveryResult(method, patches, pixels, boxes, scores.astype(np.float32), seeds, features.note,
+                           None if ncuts is None else [score_from_ncut(v) for v in ncuts], stop_score)

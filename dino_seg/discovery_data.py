@@ -8,13 +8,13 @@ of LOST's datasets/coco_20k_filenames.txt with boxes from instances_train2014.js
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from .groundtruth import read_voc_boxes
 from .images import ImageError
 
 
@@ -96,29 +96,6 @@ def read_saliency_gt(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot read the mask ({err})") from None
 
 
-def read_voc_objects(path: str | Path, no_hard: bool = False) -> list[list[float]]:
-    """Boxes of a VOC annotation as LOST's extract_gt_VOC reads them: [xmin - 1, ymin - 1, xmax, ymax]
-    (1-based inclusive corners to a [0, W) extent); with `no_hard` (LOST's --no_hard) objects marked
-    truncated or difficult are left out."""
-    try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError) as err:
-        raise ImageError(f"{path}: cannot read VOC annotation ({err})") from None
-    boxes = []
-    for obj in root.iter("object"):
-        if no_hard and (obj.findtext("truncated", "0").strip() == "1" or
-                        obj.findtext("difficult", "0").strip() == "1"):
-            continue
-        bb = obj.find("bndbox")
-        try:
-            # LOST int()s the strings; through float so the odd "273.5" does not stop a run
-            x0, y0, x1, y1 = (int(float(bb.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
-        except (AttributeError, TypeError, ValueError):
-            raise ImageError(f"{path}: an object's bndbox lacks numeric xmin/ymin/xmax/ymax") from None
-        boxes.append([float(x0 - 1), float(y0 - 1), float(x1), float(y1)])
-    return boxes
-
-
 def _voc_items(bench: Benchmark, root: Path, no_hard: bool) -> list[BenchmarkItem]:
     year = "2007" if bench.name == "voc07" else "2012"
     candidates = [root / bench.folder / "VOCdevkit" / f"VOC{year}", root / "VOCdevkit" / f"VOC{year}"]
@@ -133,7 +110,7 @@ def _voc_items(bench: Benchmark, root: Path, no_hard: bool) -> list[BenchmarkIte
         if not image.is_file() or not xml.is_file():
             lacking.append(i)
             continue
-        boxes = read_voc_objects(xml, no_hard)
+        boxes = read_voc_boxes(xml, no_hard)
         if no_hard and not boxes:
             continue  # LOST --no_hard: images left without objects are not counted
         items.append(BenchmarkItem(image, i, gt_boxes=boxes))

@@ -22,9 +22,44 @@ def write_discovery(out_dir: str | Path, image: np.ndarray, features: DiscoveryF
     save_npy(paths["patches.npy"], result.patches.astype(bool))
     save_npy(paths["masks.npy"], result.masks.astype(bool))
     save_npy(paths["scores.npy"], result.scores.astype(np.float32))
-    save_text(paths["boxes.json"], json.dumps([[round(v, 2) for v in b] for b in result.boxes]) + "\n")
+    save_text(paths["boxes.json"], json.dumps(rounded_boxes(result.boxes)) + "\n")
     pixel_scores = patches_to_pixels(result.scores[None], features)[0]  # (H, W)
     objects, heat = discovery_panels(image, result.masks, result.boxes, pixel_scores)
     save_png(paths["objects.png"], objects)
     save_png(paths["scores.png"], heat)
     return list(paths.values())
+
+
+def rounded_boxes(boxes: list[list[float]]) -> list[list[float]]:
+    """Boxes as boxes.json stores them (2 decimals), so other outputs can match it exactly."""
+    return [[round(v, 2) for v in b] for b in boxes]
+
+
+def write_objects(out_dir: str | Path, result: DiscoveryResult, refined=None) -> Path:
+    """objects.json beside boxes.json: {"objects": [...] in boxes.json's order, "stop_score": ...}.
+
+    Each object has its box (as boxes.json), `score` (1 - Ncut, objectness.py; null when not computed) and
+    pixel `area`; with a refinement (refine.RefinedObjects) also `refined_box`, `refined_area`, `refine_iou`
+    and `refined` (false where get_saliency.py marks the refinement, which then keeps the coarse mask).
+    `stop_score`: with --n_objects auto, the score of the first cut refused as no object (null otherwise)."""
+    scores = result.object_scores or [None] * len(result.boxes)
+    objects = []
+    for i, (box, score) in enumerate(zip(rounded_boxes(result.boxes), scores)):
+        obj = {"box": box, "score": None if score is None else round(score, 4), "area": int(result.masks[i].sum())}
+        if refined is not None:
+            obj.update({"refined_box": rounded_boxes([refined.boxes[i]])[0],
+                        "refined_area": int(refined.masks[i].sum()), "refine_iou": round(refined.ious[i], 4), "refined": bool(refined.accepted[i])})
+        objects.append(obj)
+    stop = None if result.stop_score is None else round(result.stop_score, 4)
+    path = Path(out_dir) / "objects.json"
+    save_text(path, json.dumps({"objects": objects, "stop_score": stop}) + "\n")
+    return path
+
+
+def write_refinement(out_dir: str | Path, refined) -> list[Path]:
+    """refined.npy (float32 (H, W), the solver's soft output) and refined.png (0/255, the refined objects)."""
+    out_dir = Path(out_dir)
+    save_npy(out_dir / "refined.npy", refined.soft.astype(np.float32))
+    union = refined.masks.any(axis=0) if len(refined.masks) else np.zeros(refined.soft.shape, dtype=bool)
+    save_png(out_dir / "refined.png", union.astype(np.uint8) * 255)
+    return [out_dir / "refined.npy", out_dir / "refined.png"]

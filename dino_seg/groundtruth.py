@@ -70,11 +70,12 @@ def read_gt_objects(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
     return ([fg] if fg.any() else []), mask.void
 
 
-def read_voc_boxes(path: str | Path) -> list[list[float]]:
+def read_voc_boxes(path: str | Path, no_hard: bool = False) -> list[list[float]]:
     """Object boxes of a PASCAL VOC annotation XML, [x0, y0, x1, y1] in pixel coordinates.
 
     VOC corners are 1-based inclusive pixel indices: as LOST does, xmin and ymin lose 1, so
-    (1, W) covers the whole width [0, W). Difficult and truncated objects are kept (LOST's default).
+    (1, W) covers the whole width [0, W). Difficult and truncated objects are kept (LOST's default),
+    or left out with `no_hard` (LOST's --no_hard).
     """
     path = Path(path)
     try:
@@ -83,6 +84,8 @@ def read_voc_boxes(path: str | Path) -> list[list[float]]:
         raise ImageError(f"{path}: cannot read VOC annotation ({err})") from None
     boxes = []
     for obj in root.iter("object"):
+        if no_hard and any(obj.findtext(flag, "0").strip() == "1" for flag in ("truncated", "difficult")):
+            continue
         bb = obj.find("bndbox")
         if bb is None:
             continue

@@ -52,6 +52,8 @@ def object_ncuts(feats: torch.Tensor, patches: np.ndarray, tau: float, eps: floa
     """Ncut of each object's patches (objects, h, w) on TokenCut's graph of the features (N, D).
 
     `sequential`: as MaskCut found them, each on the graph without the earlier objects' patches."""
+    if len(patches) == 0:
+        return []
     graph = CosineGraph(feats, tau, eps)
     removed = np.zeros(graph.n, dtype=bool)
     values = []

@@ -113,7 +113,9 @@ def add_discovery_flags(parser: argparse.ArgumentParser) -> None:
                         help="Cosine threshold of the graph (TokenCut 0.2, MaskCut 0.15 when not given).")
     parser.add_argument("--eps", default=1e-5, type=float, help="Affinity of the pairs under tau.")
     parser.add_argument("--k_patches", default=100, type=int, help="LOST: lowest-degree patches that may expand the seed.")
-    parser.add_argument("--n_objects", default=3, type=int, help="MaskCut: most objects per image.")
+    parser.add_argument("--n_objects", default="3", type=str,
+                        help="MaskCut: most objects per image, or 'auto': cut until a cut is no object "
+                             "(its Ncut over 0.5; dino_seg/objectness.py).")
     parser.add_argument("--which_features", default="k", choices=("k", "q", "v"),
                         help="Last-block features the graph is built on.")
     parser.add_argument("--dinoseg_head", default="0", type=str,
@@ -126,9 +128,15 @@ def discovery_kwargs(args: argparse.Namespace) -> dict:
         head = _head(args.dinoseg_head)
     except ValueError:
         raise ValueError(f"--dinoseg_head: expected a head index or 'mean', got {args.dinoseg_head!r}") from None
+    n_objects = args.n_objects
+    if n_objects != "auto":
+        try:
+            n_objects = int(n_objects)
+        except ValueError:
+            raise ValueError(f"--n_objects: expected a number or 'auto', got {args.n_objects!r}") from None
     if args.tau is not None and not 0 < args.tau < 1:
         raise ValueError(f"--tau: expected a cosine threshold in (0, 1), got {args.tau}")
-    return dict(tau=args.tau, eps=args.eps, k_patches=args.k_patches, n_objects=args.n_objects,
+    return dict(tau=args.tau, eps=args.eps, k_patches=args.k_patches, n_objects=n_objects,
                 which_features=args.which_features, dinoseg_head=head)
 
 

@@ -1,39 +1,47 @@
-"""Unsupervised object discovery (attention threshold, LOST, TokenCut, MaskCut) on an image or a folder.
+"""Unsupervised object discovery (attention threshold, LOST, TokenCut, MaskCut) on an image, a folder or a benchmark.
 
     python -m eval.discover --pretrained_weights dino_deitsmall16_pretrain.pth --image_path photo.jpg
     python -m eval.discover --method lost --image_path VOC2007/JPEGImages --gt_dir VOC2007/Annotations
+    python -m eval.discover --benchmark ecssd --data_path datasets --refine --output_dir out/ecssd
 
 For each image, OUTPUT_DIR/<image path relative to --image_path, without suffix>/ (as eval.attention) gets patches.npy
 (bool, objects x h x w), masks.npy (bool, objects x H x W at the original size), scores.npy (float32,
-h x w), boxes.json ([x0, y0, x1, y1] per object, original-image pixels), objects.png (masks and boxes)
-and scores.png (the score map). With --gt_dir (mask PNGs or VOC XML, in the image's subfolder first), scores.csv gets
-each image's best-object Jaccard and CorLoc hit.
+h x w), boxes.json ([x0, y0, x1, y1] per object, original-image pixels), objects.json (the same objects in the same
+order with their score, 1 - Ncut), objects.png (masks and boxes) and scores.png (the score map); with --refine also
+refined.npy (float32 H x W, the bilateral solver's soft output) and refined.png. With --gt_dir (mask PNGs or VOC XML,
+in the image's subfolder first) or --benchmark, scores.csv gets one row per image and summary.json a `coarse` and
+(with --refine) a `refined` block: maxFbeta, IoU, Acc (TokenCut's metric.py), CorLoc and Jaccard, as fractions.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
+import json
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from dino_seg.device import pick_device
-from dino_seg.discovery import DiscoveryResult, discover, extract_features
-from dino_seg.discovery_io import write_discovery
+from dino_seg.coco_export import CocoExport
+from dino_seg.discovery import discover, extract_features
+from dino_seg.discovery_data import BENCHMARKS, load_benchmark
+from dino_seg.discovery_io import rounded_boxes, write_discovery, write_objects, write_refinement
+from dino_seg.discovery_scores import STAGES, DiscoveryScores, GroundTruth, ground_truth
 from dino_seg.files import save_text
-from dino_seg.groundtruth import ground_truth_files, read_gt_objects, read_voc_boxes
+from dino_seg.groundtruth import ground_truth_files
 from dino_seg.images import ImageError, load_image
-from dino_seg.localization import best_jaccard, corloc_hit
-from dino_seg.masks import mask_extent
+from dino_seg.preprocess import PREPROCESS
+from dino_seg.refine import refine_objects
 from dino_seg.weights import WeightsError
 from eval.common import (add_discovery_flags, add_weight_flags, collect_images, discovery_kwargs, each_image,
                          load_from_args, output_folders)
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "blackswan.jpg"
+COCO_FILE = "coco.json"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -44,8 +52,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image_path", default=str(DEFAULT_IMAGE), type=str, help="An image file or a folder of images.")
     parser.add_argument("--output_dir", default=".", help="Where to write the results.")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    parser.add_argument("--preprocess", default=None, choices=PREPROCESS,
+                        help="pad: zero padding to whole patches (LOST, main_tokencut.py); resize: LANCZOS resize "
+                             "of each side to the nearest patch multiple (TokenCut's get_saliency.py). Default: "
+                             "the benchmark's, else pad.")
     parser.add_argument("--refine", action="store_true",
-                        help="Refine masks at pixel level with TokenCut's bilateral solver (OpenCV contrib).")
+                        help="Also refine each mask at pixel level as TokenCut's get_saliency.py does (bilateral "
+                             "solver): refined.npy (soft), refined.png, refined boxes in objects.json.")
+    parser.add_argument("--benchmark", default=None, choices=list(BENCHMARKS),
+                        help="Run a discovery benchmark under --data_path: its images, ground truth, "
+                             "preprocessing and metrics (docs/discovery-benchmarks.md).")
+    parser.add_argument("--data_path", default=None, type=str,
+                        help="--benchmark: the root holding ECSSD/, DUTS_Test/, DUT_OMRON/, VOC2007/, VOC2012/, "
+                             "COCO/ and coco_20k_filenames.txt.")
+    parser.add_argument("--no_hard", action="store_true",
+                        help="VOC ground truth: leave out truncated and difficult objects, and the images left "
+                             "without any (LOST's --no_hard).")
+    parser.add_argument("--export", default=None, choices=("coco",),
+                        help="coco: also write OUTPUT_DIR/coco.json, the run's objects as COCO pseudo-labels "
+                             "(RLE masks = masks.npy, boxes = boxes.json, score).")
     parser.add_argument("--gt_dir", default=None, type=str,
                         help="Ground truth: mask PNGs (binary, or palette with one object per index, 255 void) or "
                              "PASCAL VOC XML (also under Annotations/), found as eval.attention finds masks: "
@@ -54,49 +79,43 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def write_image_results(out_dir: Path, image, features, result: DiscoveryResult, refine: bool = False) -> None:
-    """Write one image's outputs, the masks first refined at pixel level if asked."""
-    pixels = np.asarray(image)
-    if refine:
-        from dino_seg.refine import refine_masks  # imported only when asked
-
-        result.masks = refine_masks(pixels, result.masks)
-    write_discovery(out_dir, pixels, features, result)
-
-
-def score_image(result: DiscoveryResult, gt_path: Path) -> dict[str, float | str]:
-    """Best-object Jaccard (mask ground truth only) and CorLoc hit of one image."""
-    if gt_path.suffix.lower() == ".xml":
-        return {"jaccard": "", "corloc": float(corloc_hit(result.boxes, read_voc_boxes(gt_path)))}
-    objects, void = read_gt_objects(gt_path)
-    if objects and objects[0].shape != result.masks.shape[1:]:
-        raise ImageError(f"{gt_path}: mask of {objects[0].shape[::-1]} pixels, the image is "
-                         f"{result.masks.shape[2:0:-1]}")
-    fg = np.logical_or.reduce(objects) if objects else np.zeros(result.masks.shape[1:], dtype=bool)
-    return {"jaccard": best_jaccard(result.masks, fg, void),
-            "corloc": float(corloc_hit(result.boxes, [mask_extent(o) for o in objects]))}
+def _ground_truth(args: argparse.Namespace, images: list[Path], root: Path
+                  ) -> tuple[dict[Path, Callable[[], GroundTruth]], str | None]:
+    """Each image's ground truth (read when scored) from --benchmark or --gt_dir, and the benchmark's
+    preprocessing; ValueError names the flag and the expected layout."""
+    if args.benchmark:
+        bench, items = load_benchmark(args.benchmark, args.data_path, args.no_hard)
+        if bench.kind == "saliency":
+            return {it.image: partial(ground_truth, it.gt_mask) for it in items}, bench.preprocess
+        return {it.image: partial(GroundTruth, it.gt_boxes) for it in items}, bench.preprocess
+    if args.gt_dir is None:
+        return {}, None
+    gt_dir = Path(args.gt_dir)
+    if not gt_dir.is_dir():
+        raise ValueError(f"--gt_dir {gt_dir}: no such folder")
+    files = ground_truth_files(gt_dir, images, root, xml=True)
+    if not any(files.values()):
+        raise ValueError(f"--gt_dir {gt_dir}: no mask PNG or VOC XML named like any of the {len(images)} image(s)")
+    return {p: partial(ground_truth, f, args.no_hard) for p, f in files.items() if f is not None}, None
 
 
-def score_table(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["image", "objects", "jaccard", "corloc"], lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
 
 
-def report_scores(rows: list[dict], gt_dir: Path, output_dir: Path) -> int:
-    """Write scores.csv and print CorLoc and the mean best-object Jaccard; 2 when nothing was scored."""
-    if not rows:
-        print(f"error: no image could be scored against {gt_dir}", file=sys.stderr)
+def report_scores(scores: DiscoveryScores, output_dir: Path, provenance: dict) -> int:
+    """Write scores.csv and summary.json and print the blocks; 2 when nothing was scored."""
+    if not len(scores):
+        print("error: no image could be scored against its ground truth", file=sys.stderr)
         return 2
-    save_text(output_dir / "scores.csv", score_table(rows))
-    jac = [r["jaccard"] for r in rows if r["jaccard"] != ""]
-    corloc = 100 * float(np.mean([r["corloc"] for r in rows]))
-    print(f"CorLoc: {corloc:.1f}% over {len(rows)} image(s)" +
-          (f"; mean best-object Jaccard: {np.mean(jac):.4f} over {len(jac)} mask(s)" if jac else ""))
-    print(f"scores written to {output_dir / 'scores.csv'}")
+    save_text(output_dir / "scores.csv", scores.table())
+    summary = {**provenance, **scores.summary()}
+    save_text(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    for stage in STAGES:
+        if stage in summary:
+            print(f"{stage}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in summary[stage].items()) +
+                  f" (%) over {summary['images']} image(s)")
+    print(f"scores written to {output_dir / 'scores.csv'} and {output_dir / 'summary.json'}")
     return 0
 
 
@@ -104,49 +123,55 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         kwargs = discovery_kwargs(args)
-        images, root = collect_images(args.image_path)
+        if args.benchmark and not args.data_path:
+            raise ValueError(f"--benchmark {args.benchmark}: give its root with --data_path ROOT")
+        if args.benchmark:
+            images, root = [], Path(args.data_path)
+            gt, bench_preprocess = _ground_truth(args, images, root)
+            images = list(gt)
+        else:
+            images, root = collect_images(args.image_path)
+            gt, bench_preprocess = _ground_truth(args, images, root)
+        preprocess = args.preprocess or bench_preprocess or "pad"
         device = pick_device(args.device)
         model, description = load_from_args(args, device)
     except (WeightsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    gt_dir = Path(args.gt_dir) if args.gt_dir else None
-    gt_files: dict[Path, Path | None] = {}
-    if gt_dir is not None:
-        if not gt_dir.is_dir():
-            print(f"error: --gt_dir {gt_dir}: no such folder", file=sys.stderr)
-            return 2
-        gt_files = ground_truth_files(gt_dir, images, root, xml=True)
-        if not any(gt_files.values()):
-            print(f"error: --gt_dir {gt_dir}: no mask PNG or VOC XML named like any of the {len(images)} "
-                  "image(s)", file=sys.stderr)
-            return 2
-    print(f"weights: {description}; method: {args.method}")
+    print(f"weights: {description}; method: {args.method}; preprocess: {preprocess}" +
+          (f"; benchmark: {args.benchmark} ({len(images)} images)" if args.benchmark else ""))
 
     def work(path: Path):
         image = load_image(path)
-        features = extract_features(model, image, tuple(args.resize) if args.resize else None)
-        return image, features, discover(features, args.method, **kwargs)
+        features = extract_features(model, image, tuple(args.resize) if args.resize else None,
+                                    preprocess_mode=preprocess)
+        return image, features, discover(features, args.method, score_objects=True, **kwargs)
 
     output_dir = Path(args.output_dir)
     folders = output_folders(images, root)
-    rows: list[dict] = []
+    scores = DiscoveryScores(refined=args.refine)
+    export = CocoExport() if args.export == "coco" else None
     done = 0
     try:
         for path, (image, features, result) in each_image(images, work, args.method):
             done += 1
-            write_image_results(output_dir / folders[path], image, features, result,
-                                args.refine)
+            out_dir, pixels = output_dir / folders[path], np.asarray(image)
+            write_discovery(out_dir, pixels, features, result)
+            refined = refine_objects(pixels, result.masks) if args.refine else None
+            if refined is not None:
+                write_refinement(out_dir, refined)
+            write_objects(out_dir, result, refined)
+            rel = path.relative_to(root).as_posix()
+            if export is not None:
+                export.add_image(rel, result.masks, rounded_boxes(result.boxes), result.object_scores)
             if features.note:
                 tqdm.write(f"note: {path.name}: {features.note}")
-            gt_path = gt_files.get(path)
-            if gt_path is None:
-                if gt_dir is not None:
-                    tqdm.write(f"warning: no ground truth for {path.name} in {gt_dir}; not scored")
+            if path not in gt:
+                if gt:
+                    tqdm.write(f"warning: no ground truth for {path.name}; not scored")
                 continue
             try:
-                rows.append({"image": str(path.relative_to(root)), "objects": len(result.boxes),
-                             **score_image(result, gt_path)})
+                scores.add(rel, gt[path](), result.masks, result.boxes, refined)
             except ImageError as err:
                 tqdm.write(f"warning: {err}; not scored")
     except ValueError as err:
@@ -155,7 +180,13 @@ def main(argv: list[str] | None = None) -> int:
 
     skipped = f" ({len(images) - done} unreadable file(s) skipped)" if done < len(images) else ""
     print(f"wrote the objects of {done} image(s) to {output_dir}{skipped}")
-    return 0 if gt_dir is None else report_scores(rows, gt_dir, output_dir)
+    if export is not None:
+        print(f"COCO pseudo-labels of {len(export.images)} image(s) written to "
+              f"{export.write(output_dir / COCO_FILE)}")
+    provenance = {"method": args.method, "weights": description, "benchmark": args.benchmark,
+                  "preprocess": preprocess, "refine": args.refine, "n_objects": args.n_objects}
+    return report_scores(scores, output_dir, provenance) if gt else 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -410,10 +410,13 @@ def test_cli_outputs_and_scores(tmp_path, tiny_vit_weights, capsys):
     capsys.readouterr()
     assert cli.main(base + ["--output_dir", str(out), "--gt_dir", str(gt)]) == 0
     rows = (out / "scores.csv").read_text().splitlines()
-    assert rows[0] == "image,objects,jaccard,corloc"
-    assert rows[1] == "one.png,1,1.0000,1.0000"
-    assert rows[2] == "sub/two.jpg,1,,1.0000"
-    assert "CorLoc: 100.0% over 2 image(s)" in capsys.readouterr().out
+    assert rows[0] == "image,objects,jaccard,corloc,maxFbeta,IoU,Acc"
+    assert rows[1] == "one.png,1,1.0000,1.0000,1.0000,1.0000,1.0000"
+    assert rows[2] == "sub/two.jpg,1,,1.0000,,,"  # boxes only: no mask scores
+    assert "CorLoc 100.0, Jaccard 100.0 (%) over 2 image(s)" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["coarse"] == {"maxFbeta": 1.0, "IoU": 1.0, "Acc": 1.0, "CorLoc": 1.0, "Jaccard": 1.0}
+    assert "refined" not in summary and summary["images"] == 2
 
     # A box that misses: CorLoc 0 for that image; a disjoint mask: Jaccard 0.
     (gt / "Annotations" / "two.xml").write_text(
@@ -422,7 +425,7 @@ def test_cli_outputs_and_scores(tmp_path, tiny_vit_weights, capsys):
     Image.fromarray((~masks[0]).astype(np.uint8) * 255).save(gt / "one.png")
     assert cli.main(base + ["--output_dir", str(out), "--gt_dir", str(gt), "--method", "lost"]) == 0
     rows = (out / "scores.csv").read_text().splitlines()
-    assert rows[2] == "sub/two.jpg,1,,0.0000"
+    assert rows[2] == "sub/two.jpg,1,,0.0000,,,"
 
 
 def test_cli_errors(tmp_path, tiny_vit_weights, capsys):

@@ -1,0 +1,76 @@
+"""Batches of images of equal size for `--batch_size`, decoded in DataLoader workers ahead of the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+T = TypeVar("T")
+
+
+def size_batches(keys: Sequence[Hashable], batch_size: int) -> list[list[int]]:
+    """Item indices grouped by equal key (e.g. the (H, W) an image is resized to) into batches of at most
+    `batch_size`, groups in the order of their first item, items in order within a group: deterministic."""
+    if batch_size < 1:
+        raise ValueError(f"--batch_size: expected at least 1, got {batch_size}")
+    groups: dict[Hashable, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    return [members[start:start + batch_size] for members in groups.values()
+            for start in range(0, len(members), batch_size)]
+
+
+@dataclass
+class Batch(Generic[T]):
+    """One batch: `tensor` (B, ...) stacks the items `indices` that loaded; `extras` holds what the loader
+    returned beside each tensor; `failed` maps the indices that did not load to their one-line error."""
+
+    indices: list[int]
+    tensor: torch.Tensor | None
+    extras: list[T] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+
+
+class _Loaded(Dataset):
+    """Item i: (i, load(items[i])) or (i, the error's message) when it raises ValueError (unreadable file)."""
+
+    def __init__(self, items: Sequence, load: Callable) -> None:
+        self.items = items
+        self.load = load
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, self.load(self.items[index]), None
+        except ValueError as err:  # ImageError and the like: reported per item, the run goes on
+            return index, None, (str(err).splitlines() or [type(err).__name__])[0]
+
+
+def _collate(rows: list) -> Batch:
+    ok = [(i, value) for i, value, error in rows if error is None]
+    tensors = [value[0] if isinstance(value, tuple) else value for _, value in ok]
+    extras = [value[1] if isinstance(value, tuple) else None for _, value in ok]
+    if len({tuple(t.shape) for t in tensors}) > 1:
+        raise ValueError("a batch mixes tensor shapes: the size keys do not match what `load` returns")
+    return Batch(indices=[i for i, _ in ok], tensor=torch.stack(tensors) if tensors else None, extras=extras,
+                 failed={i: error for i, _, error in rows if error is not None})
+
+
+def batched(items: Sequence, load: Callable[[object], torch.Tensor | tuple[torch.Tensor, object]],
+            keys: Sequence[Hashable], *, batch_size: int = 1, num_workers: int = 0,
+            prefetch_factor: int = 2) -> Iterator[Batch]:
+    """Batches of `load(item)` tensors (optionally `(tensor, extra)` pairs) grouped by `keys` (one per item,
+    equal keys meaning equal tensor shapes), loaded by `num_workers` worker processes while the caller works
+    on earlier batches (0: in this process). `load` must be picklable (a module-level function or a
+    functools.partial of one) when workers are used."""
+    loader = DataLoader(_Loaded(items, load), batch_sampler=size_batches(keys, batch_size),
+                        num_workers=num_workers, collate_fn=_collate,
+                        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+                        persistent_workers=False)
+    yield from loader
