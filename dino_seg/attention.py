@@ -13,17 +13,20 @@ from torchvision import transforms
 from torch import nn
 
 from .backbones import Backbone, as_backbone
-from .images import IMAGENET_MEAN, IMAGENET_STD
+from .errors import UserError
+from .images import IMAGENET_MEAN, IMAGENET_STD, to_rgb
 
 
 def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480), patch_size: int = 16) -> torch.Tensor:
     """Resize and normalise as visualize_attention.py does, then crop to whole patches: (1, 3, H, W).
 
     A single size resizes the short side and keeps the aspect ratio; two sizes give (height, width).
+    Any image mode is read as 8-bit RGB first (grayscale, RGBA and 16-bit images too, as `load_image`).
     """
+    image = to_rgb(image)
     size = [image_size] if isinstance(image_size, int) else list(image_size)
     if len(size) not in (1, 2) or min(size) < patch_size:
-        raise ValueError(f"--image_size: expected one or two sizes of at least the patch size {patch_size}, got {size}")
+        raise UserError(f"--image_size: expected one or two sizes of at least the patch size {patch_size}, got {size}")
     tensor = transforms.Compose([
         transforms.Resize(size if len(size) == 2 else size[0]),
         transforms.ToTensor(),
@@ -31,7 +34,7 @@ def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480
     ])(image)
     h, w = tensor.shape[1] - tensor.shape[1] % patch_size, tensor.shape[2] - tensor.shape[2] % patch_size
     if h == 0 or w == 0:
-        raise ValueError(f"image of {image.width}x{image.height} is smaller than one {patch_size}-pixel patch after resizing")
+        raise UserError(f"image of {image.width}x{image.height} is smaller than one {patch_size}-pixel patch after resizing")
     return tensor[:, :h, :w].unsqueeze(0)
 
 
@@ -51,7 +54,7 @@ def resized_size(size_wh: tuple[int, int], image_size: int | tuple[int, ...]) ->
 def _backbone(model: nn.Module) -> Backbone:
     backbone = as_backbone(model)
     if not backbone.is_vit:
-        raise ValueError("self-attention maps need a ViT backbone; ResNet-50 has no attention")
+        raise UserError("self-attention maps need a ViT backbone; ResNet-50 has no attention")
     return backbone
 
 
@@ -95,7 +98,7 @@ def threshold_masks(attn: torch.Tensor, threshold: float) -> torch.Tensor:
     1 - threshold, undo the sort. Leading dims are maps (heads); the last two are the patch grid.
     """
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"--threshold: expected a share of the attention mass in [0, 1], got {threshold}")
+        raise UserError(f"--threshold: expected a share of the attention mass in [0, 1], got {threshold}")
     shape = attn.shape
     flat = attn.reshape(-1, shape[-2] * shape[-1]).double()  # (maps, N)
     values, order = torch.sort(flat, dim=1, stable=True)
@@ -141,7 +144,7 @@ def compute_attention(
     image: Image.Image,
     image_size: int | tuple[int, ...] = (480, 480),
 ) -> AttentionResult:
-    """Preprocess one RGB image and return its per-head [CLS] attention (and the registers' share, if any)."""
+    """Preprocess one image (any mode, read as RGB) and return its per-head [CLS] attention (and the registers' share, if any)."""
     backbone = _backbone(model)
     device = next(backbone.parameters()).device
     x = preprocess(image, image_size, backbone.patch_size)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
 from .models import DinoVisionTransformer
 
 FAMILIES = ("dino", "dinov2", "dinov2_reg", "dinov3", "resnet")
@@ -17,7 +18,7 @@ DINOV3_LICENCE = ("DINOv3 weights are under the DINOv3 License "
                   "(https://ai.meta.com/resources/models-and-libraries/dinov3-license/)")
 
 
-class PatchSizeError(ValueError):
+class PatchSizeError(UserError):
     """An input image smaller than one patch."""
 
 
@@ -173,7 +174,7 @@ class Backbone(nn.Module):
     def intermediate_layers(self, x: torch.Tensor, n: int) -> list[torch.Tensor]:
         """The tokens (B, P + h*w, D) after each of the last `n` blocks, each through the final norm."""
         if not 1 <= n <= self.depth:
-            raise ValueError(f"--n_last_blocks: expected 1 to {self.depth}, got {n}")
+            raise UserError(f"--n_last_blocks: expected 1 to {self.depth}, got {n}")
         tokens, _, context = self._prepare(x)
         first = self.depth - n
         outputs = []
@@ -352,16 +353,16 @@ class ResNetBackbone(Backbone):
 
     @property
     def num_heads(self) -> int:
-        raise ValueError("ResNet-50 has no attention heads")
+        raise UserError("ResNet-50 has no attention heads")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def _prepare(self, x):
-        raise ValueError("ResNet-50 has no tokens or attention: this needs a ViT backbone")
+        raise UserError("ResNet-50 has no tokens or attention: this needs a ViT backbone")
 
     def intermediate_layers(self, x, n):
-        raise ValueError("ResNet-50 has no transformer blocks: this needs a ViT backbone")
+        raise UserError("ResNet-50 has no transformer blocks: this needs a ViT backbone")
 
 
 def as_backbone(model: nn.Module, name: str = "") -> Backbone:

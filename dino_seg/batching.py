@@ -1,8 +1,11 @@
-"""Batches of images of equal size for `--batch_size`, decoded in DataLoader workers ahead of the model."""
+"""Inference input ahead of the model: images batched by size and decoded in DataLoader workers, a prefetch thread."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, Sequence
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -74,3 +77,49 @@ def batched(items: Sequence, load: Callable[[object], torch.Tensor | tuple[torch
                         prefetch_factor=prefetch_factor if num_workers > 0 else None,
                         persistent_workers=False)
     yield from loader
+
+
+_DONE = object()
+
+
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """The items of `items`, produced by a background thread up to `depth` ahead of the consumer: frame
+    decoding (I/O and OpenCV release the GIL) overlaps the backbone. An exception in the producer is raised
+    here, in order; stopping early (break, an error downstream) stops the producer at its next item."""
+    if depth < 1:
+        yield from items
+        return
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((_DONE, None))
+        except BaseException as err:  # handed to the consumer, raised there
+            slots.put((_DONE, err))
+
+    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, err = slots.get()
+            if item is _DONE:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish
+            with contextlib.suppress(queue.Empty):
+                slots.get_nowait()
+            worker.join(timeout=0.05)

@@ -17,6 +17,8 @@ import scipy.ndimage
 import scipy.sparse
 import scipy.sparse.linalg
 
+from .masks import mask_iou
+
 # get_saliency.py's defaults (its bilateral_solver_output defaults, 24 / 4 / 4, are overridden by these flags).
 SIGMA_SPATIAL, SIGMA_LUMA, SIGMA_CHROMA = 16.0, 16.0, 8.0
 # bilateral_solver_output's bs_params: smoothness λ, Jacobi diagonal clamp, CG tolerance and iterations.
@@ -165,6 +167,5 @@ def bilateral_solver_output(image: np.ndarray, coarse: np.ndarray, max_pixels: i
     coarse = np.asarray(coarse) > 0.5
     soft = solve_scaled(image, coarse, max_pixels, sigma_spatial, sigma_luma, sigma_chroma)
     mask = largest_component(scipy.ndimage.binary_fill_holes(soft > 0.5))
-    union = np.logical_or(mask, coarse).sum()
-    iou = float(np.logical_and(mask, coarse).sum() / union) if union else 0.0
+    iou = mask_iou(mask, coarse)
     return Refinement(soft, mask, iou, iou >= MIN_IOU)

@@ -20,7 +20,8 @@ from torchvision import transforms
 
 from .attention import resized_size, threshold_masks
 from .backbones import as_backbone, cls_attention_row
-from .images import IMAGENET_MEAN, IMAGENET_STD
+from .errors import UserError
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageError, to_rgb
 from .masks import mask_extent, mask_iou
 from .models import is_vit
 from .ncut import NormalisedCut, second_eigenvector
@@ -34,6 +35,7 @@ DEFAULT_TAU = {"tokencut": 0.2, "maskcut": 0.15}
 # backbone's attention stays tractable; larger inputs are downscaled to fit, with a note.
 MAX_PATCHES = 10_000
 RESNET_PAD = 16  # LOST pads ResNet inputs to its --patch_size default
+MIN_CUT_PATCHES = 3  # a normalised cut splits the patches in two; its eigenvector needs at least 3
 
 
 @dataclass
@@ -56,7 +58,7 @@ class DiscoveryFeatures:
         if not self.is_vit:
             return self.feats["resnet"]
         if which not in FEATURES:
-            raise ValueError(f"--which_features: expected one of k, q, v, got {which!r}")
+            raise UserError(f"--which_features: expected one of k, q, v, got {which!r}")
         return self.feats[which]
 
 
@@ -84,10 +86,12 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
     """ToTensor, ImageNet normalisation, optional resize, zero padding to whole patches (as LOST and TokenCut);
     mode "resize": instead a LANCZOS resize of each side to the nearest patch multiple (get_saliency.py).
 
+    Any image mode is read as 8-bit RGB first (grayscale, RGBA and 16-bit images too, as `load_image`).
     Returns the padded batch (1, 3, Hp, Wp), the unpadded processed size and a note when capped.
     """
+    image = to_rgb(image)
     if resize is not None and len([resize] if isinstance(resize, int) else list(resize)) not in (1, 2):
-        raise ValueError(f"--resize: expected one or two sizes, got {list(resize)}")
+        raise UserError(f"--resize: expected one or two sizes, got {list(resize)}")
     h, w = (image.height, image.width) if resize is None else resized_size(image.size, resize)
     note = ""
     n = math.ceil(h / patch_size) * math.ceil(w / patch_size)
@@ -105,7 +109,7 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
         image = resize_to_patches(image, patch_size, (w, h))  # one LANCZOS resize from the original
         w, h = image.size
     if min(h, w) < patch_size:
-        raise ValueError(f"image of {w}x{h} is smaller than one {patch_size}-pixel patch")
+        raise ImageError(f"image of {w}x{h} is smaller than one {patch_size}-pixel patch")
     if (h, w) != (image.height, image.width):
         image = transforms.Resize((h, w))(image)
     x = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(transforms.ToTensor()(image))  # (3, h, w)
@@ -161,15 +165,18 @@ def _component_at(mask: np.ndarray, seed: int) -> np.ndarray:
 
 
 def attention_object(cls_attention: np.ndarray, head: int | None = 0, threshold: float = 0.6
-                     ) -> tuple[np.ndarray, int, np.ndarray]:
+                     ) -> tuple[np.ndarray, int | None, np.ndarray]:
     """DINO-seg as LOST and TokenCut run it: the 60% mass mask of one head (or of the heads' mean map when
-    head is None), its largest 4-connected component. Returns (mask (h, w), seed, score map)."""
+    head is None), its largest 4-connected component. Returns (mask (h, w), seed, score map); the mask is
+    empty and the seed None when the threshold keeps no patch (threshold 0)."""
     heads = cls_attention.shape[0]
     if head is not None and not -heads <= head < heads:
-        raise ValueError(f"--dinoseg_head: expected a head in 0..{heads - 1} or 'mean', got {head}")
+        raise UserError(f"--dinoseg_head: expected a head in 0..{heads - 1} or 'mean', got {head}")
     amap = cls_attention.mean(axis=0) if head is None else cls_attention[head]
     keep = threshold_masks(torch.from_numpy(np.ascontiguousarray(amap)), threshold).numpy()
     labels, count = scipy.ndimage.label(keep)
+    if count == 0:
+        return np.zeros(keep.shape, dtype=bool), None, amap.astype(np.float32)
     # LOST's dino_seg sizes only labels 0..max-1, missing the last component; we take the true largest.
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     obj = labels == (int(np.argmax(sizes)) + 1)
@@ -214,7 +221,7 @@ def _oriented_cut(feats: torch.Tensor, tau: float, eps: float, solver: str) -> t
 
 def _check_tau(tau: float) -> None:
     if not 0 < tau < 1:
-        raise ValueError(f"--tau: expected a cosine threshold in (0, 1), got {tau}")
+        raise UserError(f"--tau: expected a cosine threshold in (0, 1), got {tau}")
 
 
 def tokencut_object(feats: torch.Tensor, grid: tuple[int, int], tau: float = 0.2, eps: float = 1e-5,
@@ -240,18 +247,21 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
     CutLER where round-off decides, never join the partition; the eigenvector's sign is fixed (argmax |x|
     positive) where CutLER keeps LAPACK's; the partition is flipped when it covers 2+
     corners, else when the seed argmax |x| is outside; the seed is then argmax of the oriented vector; a mask is dropped when its IoU with the previous cut's mask exceeds 0.5 or it
-    covers at most 1% of the patches; kept masks lose the patches of earlier objects.
+    covers at most 1% of the patches; kept masks lose the patches of earlier objects. The cuts stop early
+    once every patch is in an object (a small image with a large n_objects).
     Returns (masks, seeds, the first cut's oriented eigenvector (h, w)).
     """
     _check_tau(tau)
     if n_objects < 1:
-        raise ValueError(f"--n_objects: expected at least 1, got {n_objects}")
+        raise UserError(f"--n_objects: expected at least 1, got {n_objects}")
     cut = NormalisedCut(feats, tau, eps, solver)
     removed = np.zeros(grid, dtype=bool)
     previous = np.zeros(grid, dtype=bool)
     masks, seeds, scores = [], [], None
     for i in range(n_objects):
         gone = removed.ravel()
+        if gone.all():  # every patch is in an object: nothing is left to cut
+            break
         x = cut.second_eigenvector(gone)
         top = _first_max(np.abs(x))  # the same index after any sign flip
         # The corner rule makes CutLER's outcome depend on the solver's arbitrary sign (both sides may hold
@@ -287,6 +297,8 @@ def patch_box(mask: np.ndarray, scale: tuple[float, float], clip_hw: tuple[int, 
 
 def patches_to_pixels(patches: np.ndarray, features: DiscoveryFeatures) -> np.ndarray:
     """Patch masks or maps (k, h, w) to the original image size (k, H, W) by nearest neighbour."""
+    if len(patches) == 0:  # no object found (threshold 0): F.interpolate refuses an empty batch
+        return np.zeros((0, *features.original_hw), dtype=np.float32)
     gh, gw = features.grid
     padded_hw = (round(gh * features.scale[0]), round(gw * features.scale[1]))
     t = torch.from_numpy(np.ascontiguousarray(patches)).float()[None]  # (1, k, h, w)
@@ -312,17 +324,22 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
     MaskCut's `n_objects` may be "auto" (objectness.py's rule). `score_objects` fills `object_scores`
     (1 - Ncut on TokenCut's graph at this tau; MaskCut's objects each on the graph without the earlier ones)."""
     if method not in METHODS:
-        raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+        raise UserError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if not features.is_vit and method != "lost":
-        raise ValueError(f"--method {method} needs a ViT's attention keys; ResNet-50 weights only run --method lost")
+        raise UserError(f"--method {method} needs a ViT's attention keys; ResNet-50 weights only run --method lost")
     if tau is None:
         tau = DEFAULT_TAU.get(method, 0.2)
+    n_patches = features.grid[0] * features.grid[1]
+    if method in ("tokencut", "maskcut") and n_patches < MIN_CUT_PATCHES:
+        h, w = features.original_hw
+        raise ImageError(f"image of {w}x{h} gives {n_patches} patch(es): --method {method} cuts a graph of at least "
+                         f"{MIN_CUT_PATCHES}; use a larger image or --resize")
     if method == "attention":
         mask, seed, scores = attention_object(features.cls_attention, dinoseg_head, threshold)
-        masks, seeds = [mask], [seed]
+        masks, seeds = ([mask], [seed]) if seed is not None else ([], [])
     elif method == "lost":
         if k_patches < 1:
-            raise ValueError(f"--k_patches: expected at least 1, got {k_patches}")
+            raise UserError(f"--k_patches: expected at least 1, got {k_patches}")
         mask, seed, scores = lost_object(features.features(which_features), features.grid, k_patches)
         masks, seeds = [mask], [seed]
     elif method == "tokencut":

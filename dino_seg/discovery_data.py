@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import UserError
 from .groundtruth import read_voc_boxes
 from .images import ImageError
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A benchmark's files are missing or unreadable (one line naming what was expected)."""
 
 

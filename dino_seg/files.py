@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -186,3 +187,40 @@ def file_digest(path: str | Path, algorithm: str = "sha256", chunk: int = 1 << 2
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+DIGEST_CACHE_FILE = "digests.json"
+_DIGEST_CACHE_LIMIT = 1000  # entries kept (the most recent); a file's entry is a few hundred bytes
+
+
+def cache_dir() -> Path:
+    """Where dino-seg keeps small caches: $DINO_SEG_CACHE_DIR, else $XDG_CACHE_HOME/dino-seg, else ~/.cache/dino-seg."""
+    if os.environ.get("DINO_SEG_CACHE_DIR"):
+        return Path(os.environ["DINO_SEG_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dino-seg"
+
+
+def cached_file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """file_digest, remembered in cache_dir()/digests.json under the file's resolved path, size and mtime:
+    a checkpoint hashed once is not read again until it changes (hashing ViT-B takes seconds). A cache that
+    cannot be read or written is ignored (the digest is then computed each time)."""
+    path = Path(path).expanduser().resolve()
+    st = path.stat()
+    key = f"{algorithm} {st.st_size} {st.st_mtime_ns} {path}"
+    store = cache_dir() / DIGEST_CACHE_FILE
+    try:
+        entries = json.loads(store.read_text())
+        if not isinstance(entries, dict):
+            entries = {}
+    except (OSError, ValueError):
+        entries = {}
+    if isinstance(entries.get(key), str):
+        return entries[key]
+    digest = file_digest(path, algorithm)
+    entries.pop(key, None)
+    entries[key] = digest  # newest last: trimming drops the oldest
+    with contextlib.suppress(OSError):
+        store.parent.mkdir(parents=True, exist_ok=True)
+        save_text(store, json.dumps(dict(list(entries.items())[-_DIGEST_CACHE_LIMIT:]), indent=0) + "\n")
+    return digest

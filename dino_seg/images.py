@@ -2,18 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dino_seg.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
 
-class ImageError(ValueError):
+JPEG_REDUCTIONS = (8, 4, 2)  # libjpeg's DCT scalings (1/8, 1/4, 1/2), largest first
+DECODE_ERRORS = (OSError, SyntaxError, ValueError)  # what Pillow raises for a file it cannot decode
+
+
+class ImageError(UserError):
     """An image file that is missing or cannot be decoded."""
+
+
+@dataclass
+class DecodedImage:
+    """An image as decoded for cropping: possibly reduced by libjpeg's DCT scaling.
+
+    `image` is 8-bit RGB, EXIF-oriented, `scale` times smaller than the oriented full-resolution image
+    of size `full_size` (W, H); a point x of the full image is x / scale + offset in `image`
+    (`offset` is non-zero only on axes that EXIF orientation mirrors, where the partial last
+    block of the reduced decode lands on the image's start)."""
+
+    image: Image.Image
+    full_size: tuple[int, int]
+    scale: int = 1
+    offset: tuple[float, float] = (0.0, 0.0)
+
+
+# EXIF orientation -> (oriented x comes from stored axis 0=x/1=y, mirrored?), same for oriented y.
+_ORIENTATION_AXES = {
+    1: ((0, False), (1, False)), 2: ((0, True), (1, False)), 3: ((0, True), (1, True)),
+    4: ((0, False), (1, True)), 5: ((1, False), (0, False)), 6: ((1, True), (0, False)),
+    7: ((1, True), (0, True)), 8: ((1, False), (0, True)),
+}
 
 
 def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
@@ -73,33 +104,61 @@ def load_image(path: str | Path, min_size: tuple[int, int] | None = None) -> Ima
             img = ImageOps.exif_transpose(img) or img
             return to_rgb(img)
     except Image.DecompressionBombError as err:
-        reduced = _reduced_jpeg(path, min_size) if min_size else None
+        reduced = _covering_jpeg(path, min_size) if min_size else None
         if reduced is None:
             raise ImageError(f"{path}: too large to decode safely ({err})") from None
         return reduced
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (expected PNG, JPEG, BMP, TIFF or WebP)") from None
-    except (OSError, SyntaxError, ValueError) as err:
+    except DECODE_ERRORS as err:
         raise ImageError(f"{path}: cannot decode image ({err})") from None
 
 
-def _reduced_jpeg(path: Path, min_size: tuple[int, int]) -> Image.Image | None:
-    """A JPEG decoded at the smallest libjpeg scale still covering `min_size` (either orientation), or None
-    when the file is no JPEG or even that is above the decompression-bomb limit."""
+def _covering_jpeg(path: Path, min_size: tuple[int, int]) -> Image.Image | None:
+    """A JPEG at the largest libjpeg reduction still covering `min_size` (W, H) both ways (EXIF may
+    rotate it by 90 degrees), or None when it is no JPEG, cannot be decoded or is still too large."""
+    side = max(min_size)
+    try:
+        decoded = load_jpeg_reduced(path, lambda w, h: next((d for d in JPEG_REDUCTIONS if min(w, h) // side >= d), 1))
+    except DECODE_ERRORS:
+        return None
+    return decoded.image if decoded is not None else None
+
+
+def load_jpeg_reduced(path: str | Path, reduction: Callable[[int, int], int]) -> DecodedImage | None:
+    """A JPEG decoded at 1/`reduction(W, H)` of its size (1, 2, 4 or 8; W, H: the EXIF-oriented full size)
+    by libjpeg's DCT scaling (`Image.draft`), as 8-bit RGB, EXIF-oriented: the pixels of `load_image`
+    at full size.
+
+    None when `path` is no JPEG, or when even the reduced decode is above PIL's decompression-bomb
+    limit (Image.MAX_IMAGE_PIXELS). A file that claims to be a JPEG but cannot be decoded raises one of
+    DECODE_ERRORS, as Pillow does. A JPEG that is already RGB and upright is returned as decoded (no
+    copies for the transposition and the RGB conversion)."""
     from PIL import JpegImagePlugin
 
-    side = max(min_size)  # EXIF may rotate the image by 90 degrees: cover the need both ways
     try:
         img = JpegImagePlugin.JpegImageFile(str(path))  # the plugin itself runs no bomb check
-    except (OSError, SyntaxError, ValueError):
+    except SyntaxError:  # "not a JPEG file"
         return None
     with img:
-        img.draft("RGB", (side, side))  # libjpeg picks the largest reduction that stays >= the size asked
+        stored = img.size
+        axes = _ORIENTATION_AXES.get(img.getexif().get(0x0112, 1), _ORIENTATION_AXES[1])
+        full = (stored[axes[0][0]], stored[axes[1][0]])
+        d = reduction(*full)
+        scale, offset = 1, (0.0, 0.0)
+        if d > 1:
+            # Asking for stored // d makes libjpeg pick exactly the scale d (1/2, 1/4, 1/8).
+            drafted = img.draft("RGB", (max(stored[0] // d, 1), max(stored[1] // d, 1)))
+            if drafted is not None:
+                scale = round(stored[0] / drafted[1][2])
+                reduced = [-(-n // scale) for n in stored]  # libjpeg's ceil(n / scale)
+                offset = tuple(reduced[axis] - stored[axis] / scale if mirrored else 0.0 for axis, mirrored in axes)
         if Image.MAX_IMAGE_PIXELS is not None and img.width * img.height > Image.MAX_IMAGE_PIXELS:
             return None
         img.load()
-        img = ImageOps.exif_transpose(img) or img
-        return to_rgb(img)
+        if img.mode != "RGB" or axes != _ORIENTATION_AXES[1]:
+            img = to_rgb(ImageOps.exif_transpose(img) or img)
+        return DecodedImage(img, full, scale, offset)
 
 
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:

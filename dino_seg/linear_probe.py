@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .backbones import as_backbone
+from .errors import UserError
 from .models import is_vit
 
 
@@ -32,10 +33,10 @@ def check_probe_flags(model: nn.Module, n_last_blocks: int, avgpool_patchtokens:
     """Raise ValueError for flag combinations the reference cannot compute."""
     if is_vit(model) and avgpool_patchtokens and n_last_blocks != 1:
         # The reference stacks [CLS] and the average as (B, D, 2): defined for one block only.
-        raise ValueError(f"--avgpool_patchtokens true needs --n_last_blocks 1 (got {n_last_blocks}), as in "
+        raise UserError(f"--avgpool_patchtokens true needs --n_last_blocks 1 (got {n_last_blocks}), as in "
                          "the reference, whose concatenation is defined for one block")
     if is_vit(model) and not 1 <= n_last_blocks <= as_backbone(model).depth:
-        raise ValueError(f"--n_last_blocks: expected 1 to {as_backbone(model).depth}, got {n_last_blocks}")
+        raise UserError(f"--n_last_blocks: expected 1 to {as_backbone(model).depth}, got {n_last_blocks}")
 
 
 @torch.no_grad()

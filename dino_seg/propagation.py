@@ -6,6 +6,7 @@ HW x (T + 2r)^2, not HW^2. `dense_propagate_labels` is the plain dense formula, 
 """
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -16,7 +17,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from dino_seg.batching import prefetched
 from dino_seg.davis import DavisError, first_frame_labels, num_objects, read_frame
+from dino_seg.errors import UserError
 from dino_seg.models import patch_features
 
 # Queries x sources handled at once in the global (no-window) case; bounds its memory.
@@ -35,7 +38,7 @@ def _check_inputs(context_feats: torch.Tensor, context_labels: torch.Tensor, tar
     if context_labels.shape[0] != n or context_labels.shape[2:] != (h, w):
         raise ValueError(f"context_labels {tuple(context_labels.shape)} does not match context_feats {(n, h, w, d)}")
     if topk < 1:
-        raise ValueError(f"--topk: expected a positive number, got {topk}")
+        raise UserError(f"--topk: expected a positive number, got {topk}")
 
 
 def _keep_topk(aff: torch.Tensor, topk: int) -> torch.Tensor:
@@ -51,25 +54,58 @@ def _keep_topk(aff: torch.Tensor, topk: int) -> torch.Tensor:
     return aff / aff.sum(dim=-1, keepdim=True)
 
 
+def _top_k_average(top_logits: torch.Tensor, top_labels: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's top-k weighting from each query's k + 1 largest logits, sorted descending (..., k+1),
+    and the labels of its first k sources (..., k, C): (soft labels (..., C), tied (...) bool).
+
+    exp is monotonic, so where exp of the (k+1)-th logit differs from exp of the k-th, the reference keeps
+    exactly these k sources and only their k exponentials are needed. `tied` marks the queries where they are
+    equal (equal features, or at most k sources in reach): the reference keeps more there, so the caller
+    recomputes those with `_keep_topk`. Shared by the windowed and the unrestricted paths."""
+    aff = top_logits.exp()  # (..., k+1)
+    keep = aff.shape[-1]
+    weights = aff[..., :topk]  # (..., k)
+    out = torch.einsum("...k,...kc->...c", weights, top_labels) / weights.sum(-1, keepdim=True)
+    if keep <= topk:  # fewer than k + 1 sources: every one is kept, the reference's rule decides
+        return out, torch.ones(aff.shape[:-1], dtype=torch.bool, device=aff.device)
+    return out, aff[..., -1] >= aff[..., topk - 1]
+
+
 def _propagate_global(q: torch.Tensor, s: torch.Tensor, labels: torch.Tensor, topk: int,
                       temperature: float) -> torch.Tensor:
     # q (HW, D), s (N*HW, D), labels (N*HW, C) -> (HW, C)
     chunk = max(1, _GLOBAL_CHUNK_ELEMENTS // max(1, s.shape[0]))
+    keep = min(topk + 1, s.shape[0])
     out = []
     for start in range(0, q.shape[0], chunk):
-        aff = torch.exp(q[start:start + chunk] @ s.T / temperature)  # (Qc, N*HW)
-        out.append(_keep_topk(aff, topk) @ labels)  # (Qc, C)
+        logits = q[start:start + chunk] @ s.T / temperature  # (Qc, N*HW)
+        vals, idx = torch.topk(logits, keep, dim=-1)  # (Qc, k+1)
+        soft, tied = _top_k_average(vals, labels[idx[:, :topk]], topk)  # (Qc, C)
+        if tied.any():
+            soft[tied] = _keep_topk(torch.exp(logits[tied]), topk) @ labels
+        out.append(soft)
     return torch.cat(out)
 
 
-def _window_mask(tile: int, radius: int, device: torch.device) -> torch.Tensor:
-    """(T*T, R*R) bool: which region cells lie within +-radius of each query of a tile (R = T + 2r)."""
-    region = tile + 2 * radius
-    a = torch.arange(tile, device=device)
-    u = torch.arange(region, device=device)
-    # A query at tile offset a sits at region offset a + r; its window spans a .. a + 2r.
-    rows = (u[None, :] >= a[:, None]) & (u[None, :] <= a[:, None] + 2 * radius)  # (T, R)
-    return (rows[:, None, :, None] & rows[None, :, None, :]).reshape(tile * tile, region * region)
+@functools.lru_cache(maxsize=16)
+def _tile_biases(h: int, w: int, radius: int, tile: int, device: torch.device) -> torch.Tensor:
+    """(tiles, T*T, R, 1, R) additive biases, 0 where a region cell is a source of a tile's query and -inf where
+    it lies outside the query's +-radius window or outside the frame (R = T + 2r; tiles in row-major order).
+    Cached: every frame of a video has the same grid."""
+    t, r = tile, radius
+    big = t + 2 * r
+    n_ty, n_tx = -(-h // t), -(-w // t)
+    a = torch.arange(t, device=device)
+    u = torch.arange(big, device=device)
+    # A query at tile offset a sits at region offset a + r; its window spans region offsets a .. a + 2r.
+    near = (u[None, :] >= a[:, None]) & (u[None, :] <= a[:, None] + 2 * r)  # (T, R)
+    rows = torch.arange(n_ty, device=device)[:, None] * t + u[None, :] - r  # (n_ty, R) source row of each cell
+    cols = torch.arange(n_tx, device=device)[:, None] * t + u[None, :] - r  # (n_tx, R)
+    row_ok = near[None] & ((rows >= 0) & (rows < h))[:, None, :]  # (n_ty, T, R)
+    col_ok = near[None] & ((cols >= 0) & (cols < w))[:, None, :]  # (n_tx, T, R)
+    ok = row_ok[:, None, :, None, :, None] & col_ok[None, :, None, :, None, :]  # (n_ty, n_tx, T, T, R, R)
+    bias = torch.zeros(ok.shape, device=device).masked_fill_(~ok, float("-inf"))
+    return bias.reshape(n_ty * n_tx, t * t, big, 1, big)
 
 
 def propagate_labels(
@@ -81,25 +117,30 @@ def propagate_labels(
     radius: int = 12,
     temperature: float = 0.1,
     tile: int = 8,
-    region_budget: int = 1 << 23,
 ) -> torch.Tensor:
     """Soft labels (C, h, w) of a target frame from context frames, equal to the reference's formula.
 
     context_feats (N, h, w, D), context_labels (N, C, h, w), target_feats (h, w, D); features need not be
     normalised. Affinity exp(cos / temperature) restricted to a (2r+1)^2 window (r = `radius`; r <= 0 means
     no restriction, as in the reference), top-k over all context patches together, weights normalised to 1.
-    `tile` (query tile side) and `region_budget` (floats of unfolded source features per step) only trade
-    speed for memory. Runs on the inputs' device.
+    `tile` (query tile side) only trades speed for memory. Runs on the inputs' device.
+
+    Per tile of T x T queries, one batched matrix product compares them with the (T + 2r)^2 source patches
+    around the tile in every context, read in place from a (rows, contexts, columns, D) layout (no copies of
+    the sources); the top k + 1 logits per query then decide which sources the reference keeps: exp is
+    monotonic, so where exp of the (k+1)-th differs from exp of the k-th, exactly the top k are kept and only
+    their k exponentials are needed. Queries with a tie there (equal features, or fewer than k sources) are
+    recomputed with the reference's rule, keeping every source at or above the k-th value.
     """
     _check_inputs(context_feats, context_labels, target_feats, topk)
     n, h, w, d = context_feats.shape
     c = context_labels.shape[1]
     q = F.normalize(target_feats.float(), dim=-1)  # (h, w, D)
     s = F.normalize(context_feats.float(), dim=-1)  # (N, h, w, D)
-    labels = context_labels.float().permute(0, 2, 3, 1)  # (N, h, w, C)
 
     if radius <= 0 or radius >= max(h, w) - 1:
         # No restriction (reference: size_mask_neighborhood 0), or a window covering the whole frame.
+        labels = context_labels.float().permute(0, 2, 3, 1)  # (N, h, w, C)
         out = _propagate_global(q.reshape(h * w, d), s.reshape(n * h * w, d), labels.reshape(n * h * w, c),
                                 topk, temperature)
         return out.T.reshape(c, h, w)
@@ -107,40 +148,59 @@ def propagate_labels(
     t, r = max(1, int(tile)), int(radius)
     big = t + 2 * r  # region side R
     n_ty, n_tx = -(-h // t), -(-w // t)
-    pad = (0, 0, r, r + n_tx * t - w, r, r + n_ty * t - h)  # (D: none, w: left/right, h: top/bottom)
-    s_pad = F.pad(s, pad)  # (N, Hp, Wp, D), zero features outside the frame
-    l_pad = F.pad(labels, pad)  # (N, Hp, Wp, C)
-    inside = F.pad(torch.ones(h, w, 1, device=q.device), pad)[..., 0] > 0  # (Hp, Wp)
+    hp, wp = n_ty * t + 2 * r, n_tx * t + 2 * r
+    # Sources as (rows, contexts, columns, D), zero outside the frame: a tile's region in every context is then
+    # the view (R * N, R, D) of rows y0.. and columns x0.., whatever N is.
+    src = s.new_zeros(hp, n, wp, d)
+    src[r:r + h, :, r:r + w] = s.permute(1, 0, 2, 3)
+    lab = context_labels.new_zeros(hp, n, wp, c, dtype=torch.float32)  # (Hp, N, Wp, C)
+    lab[r:r + h, :, r:r + w] = context_labels.float().permute(2, 0, 3, 1)
     # Dividing the queries by the temperature once replaces dividing every affinity.
     q_pad = F.pad(q / temperature, (0, 0, 0, n_tx * t - w, 0, n_ty * t - h))  # (n_ty*T, n_tx*T, D)
-    outside = ~_window_mask(t, r, q.device)  # (T*T, R*R)
+    queries = q_pad.reshape(n_ty, t, n_tx, t, d).permute(0, 2, 1, 3, 4).reshape(n_ty * n_tx, t * t, d)
+    biases = _tile_biases(h, w, r, t, q.device)  # (tiles, T*T, R, 1, R)
 
-    # Tiles per step: their unfolded regions (tiles x N*R*R x D floats) stay within the budget.
-    step = max(1, min(n_tx, region_budget // (n * big * big * d)))
-    out = torch.empty(n_ty * t, n_tx * t, c, device=q.device)
+    keep = min(topk + 1, n * big * big)
+    logits = torch.empty(t * t, big, n, big, device=q.device)  # one tile's, reused
+    top_vals = torch.empty(n_ty * n_tx, t * t, keep, device=q.device)
+    top_flat = torch.empty(n_ty * n_tx, t * t, keep, dtype=torch.long, device=q.device)
+    cell = torch.arange(n * big * big, device=q.device).view(big, n, big)
     for ty in range(n_ty):
-        band = slice(ty * t, ty * t + big)
-        for tx in range(0, n_tx, step):
-            m = min(step, n_tx - tx)
-            cols = slice(tx * t, (tx + m - 1) * t + big)
-            queries = q_pad[ty * t:(ty + 1) * t, tx * t:(tx + m) * t]  # (T, m*T, D)
-            queries = queries.reshape(t, m, t, d).transpose(0, 1).reshape(m, t * t, d)  # (m, T*T, D)
-            # The R x R source patches around each tile, all contexts together: (m, N*R*R, D).
-            regions = s_pad[:, band, cols].unfold(2, big, t)  # (N, R, m, D, R)
-            regions = regions.permute(2, 0, 1, 4, 3).reshape(m, n * big * big, d)
-            logits = torch.bmm(queries, regions.transpose(1, 2)).view(m, t * t, n, big * big)  # (m, T*T, N, R*R)
-            invalid = ~inside[band, cols].unfold(1, big, t).permute(1, 0, 2).reshape(m, 1, big * big)
-            # exp(-inf) = 0 exactly: the reference's exp(aff) * mask, masked sources being 0 (not dropped).
-            logits.masked_fill_((outside[None] | invalid)[:, :, None, :], float("-inf"))
-            aff = logits.exp_().view(m, t * t, n * big * big)  # (m, T*T, N*R*R)
-            if topk <= aff.shape[-1]:
-                kth = torch.topk(aff, k=topk, dim=-1).values[..., -1:]  # (m, T*T, 1)
-                aff.masked_fill_(aff < kth, 0.0)
-            region_labels = l_pad[:, band, cols].unfold(2, big, t)  # (N, R, m, C, R)
-            region_labels = region_labels.permute(2, 0, 1, 4, 3).reshape(m, n * big * big, c)  # (m, N*R*R, C)
-            res = torch.bmm(aff, region_labels) / aff.sum(dim=-1, keepdim=True)  # (m, T*T, C)
-            out[ty * t:(ty + 1) * t, tx * t:(tx + m) * t] = res.view(m, t, t, c).transpose(0, 1).reshape(t, m * t, c)
-    return out[:h, :w].permute(2, 0, 1).contiguous()  # (C, h, w)
+        for tx in range(n_tx):
+            i = ty * n_tx + tx
+            y0, x0 = ty * t, tx * t
+            regions = src[y0:y0 + big, :, x0:x0 + big].reshape(big * n, big, d)  # a view: (R*N, R, D)
+            prods = torch.bmm(queries[i].expand(big * n, -1, -1), regions.transpose(1, 2))  # (R*N, T*T, R)
+            # Into (T*T, R, N, R) order with the window's -inf added, in one pass.
+            torch.add(prods.view(big, n, t * t, big).permute(2, 0, 1, 3), biases[i], out=logits)
+            vals, idx = torch.topk(logits.view(t * t, -1), keep, dim=-1)  # (T*T, k+1)
+            top_vals[i] = vals
+            # Region cell (u, context, v) -> its place in `lab` (row y0 + u, column x0 + v).
+            u, rest = idx // (n * big), idx % (n * big)
+            top_flat[i] = ((y0 + u) * n + rest // big) * wp + x0 + rest % big
+    lab_flat = lab.reshape(-1, c)  # (Hp*N*Wp, C)
+    out, tied = _top_k_average(top_vals, lab_flat[top_flat[..., :topk]], topk)  # (tiles, T*T, C), (tiles, T*T)
+    out = out.view(n_ty, n_tx, t, t, c).permute(0, 2, 1, 3, 4).reshape(n_ty * t, n_tx * t, c)[:h, :w]
+    # Tied queries (see _top_k_average) go through the reference's rule.
+    tied = tied.view(n_ty, n_tx, t, t).permute(0, 2, 1, 3).reshape(n_ty * t, n_tx * t)[:h, :w]
+    if tied.any():
+        ys, xs = tied.nonzero(as_tuple=True)
+        out[ys, xs] = _reference_rows(q[ys, xs], ys, xs, s, context_labels.float(), topk, r, temperature)
+    return out.permute(2, 0, 1).contiguous()  # (C, h, w)
+
+
+def _reference_rows(q: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, s: torch.Tensor, labels: torch.Tensor,
+                    topk: int, radius: int, temperature: float) -> torch.Tensor:
+    """The reference's rule for a few queries q (Q, D) at (ys, xs): exp affinities to every source of every
+    context (N, h, w, D), zero outside the window, every source at or above the k-th value kept. (Q, C)."""
+    n, h, w, d = s.shape
+    aff = torch.exp(q @ s.reshape(-1, d).T / temperature).view(-1, n, h, w)  # (Q, N, h, w)
+    gy, gx = torch.arange(h, device=q.device), torch.arange(w, device=q.device)
+    near = ((gy[None, :, None] - ys[:, None, None]).abs() <= radius) & \
+        ((gx[None, None, :] - xs[:, None, None]).abs() <= radius)  # (Q, h, w)
+    aff = (aff * near[:, None]).reshape(len(q), -1)  # (Q, N*h*w)
+    aff = _keep_topk(aff, topk)
+    return aff @ labels.permute(0, 2, 3, 1).reshape(-1, labels.shape[1])  # (Q, C)
 
 
 def neighborhood_mask(h: int, w: int, radius: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -207,7 +267,7 @@ def frame_features(model: nn.Module, frames: Iterable[torch.Tensor], *, bs: int 
                    device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
     """Patch features (h, w, D) of each frame (3, H, W), the backbone run on batches of `bs` frames."""
     if bs < 1:
-        raise ValueError(f"--bs: expected a positive batch size, got {bs}")
+        raise UserError(f"--bs: expected a positive batch size, got {bs}")
     batch: list[torch.Tensor] = []
 
     def run(items: list[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -239,7 +299,7 @@ def propagate_sequence(
     (soft, not argmaxed), as the reference's queue.
     """
     if n_last_frames < 0:
-        raise ValueError(f"--n_last_frames: expected 0 or more, got {n_last_frames}")
+        raise UserError(f"--n_last_frames: expected 0 or more, got {n_last_frames}")
     it = iter(feats)
     try:
         first = next(it)
@@ -289,7 +349,8 @@ def segment_sequence(
             sizes[idx] = (fh, fw)
             yield x
 
-    feats = frame_features(model, read_all(), bs=bs, device=device)
+    # Frames are decoded by a thread up to two batches ahead, while the backbone and propagation run.
+    feats = frame_features(model, prefetched(read_all(), depth=2 * bs), bs=bs, device=device)
     softs = propagate_sequence(feats, labels, n_last_frames=n_last_frames, topk=topk, radius=radius,
                                temperature=temperature)
     for idx, soft in enumerate(softs, start=1):

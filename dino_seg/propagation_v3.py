@@ -25,6 +25,7 @@ from torchvision import transforms
 
 from .backbones import Backbone, as_backbone
 from .davis import VOID_LABEL, DavisError, num_objects
+from .errors import UserError
 from .images import IMAGENET_MEAN, IMAGENET_STD, load_image
 
 # Query rows x context patches compared at once: bounds memory (the notebook holds them all on a GPU).
@@ -44,15 +45,15 @@ class TrackingConfig:
 
     def check(self) -> None:
         if self.short_side < 1:
-            raise ValueError(f"--short_side: expected a positive number of pixels, got {self.short_side}")
+            raise UserError(f"--short_side: expected a positive number of pixels, got {self.short_side}")
         if self.context < 0:
-            raise ValueError(f"--n_last_frames: expected 0 or more context frames, got {self.context}")
+            raise UserError(f"--n_last_frames: expected 0 or more context frames, got {self.context}")
         if self.topk < 1:
-            raise ValueError(f"--topk: expected a positive number, got {self.topk}")
+            raise UserError(f"--topk: expected a positive number, got {self.topk}")
         if self.temperature <= 0:
-            raise ValueError(f"--temperature: expected a positive number, got {self.temperature}")
+            raise UserError(f"--temperature: expected a positive number, got {self.temperature}")
         if self.shape not in ("circle", "square"):
-            raise ValueError(f"neighbourhood shape: expected circle or square, got {self.shape!r}")
+            raise UserError(f"neighbourhood shape: expected circle or square, got {self.shape!r}")
 
 
 def resized_size(width: int, height: int, short_side: int, multiple: int) -> tuple[int, int]:
@@ -149,7 +150,7 @@ class Tracker:
     def step(self, feats: torch.Tensor) -> torch.Tensor:
         """Raw probabilities (h, w, M) of the next frame from its features (h, w, D); it joins the context."""
         if feats.shape != self.first_feats.shape:
-            raise ValueError(f"frame features {tuple(feats.shape)} differ from the first frame's "
+            raise UserError(f"frame features {tuple(feats.shape)} differ from the first frame's "
                              f"{tuple(self.first_feats.shape)}: every frame of a video must have the same size")
         context_feats = torch.stack([self.first_feats, *self.feats_queue])  # (1 + t, h, w, D)
         context_probs = torch.stack([self.first_probs, *self.probs_queue])  # (1 + t, h, w, M)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .masks import mask_iou
+
 BETA_SQ = 0.3  # metric.py's betta_sq: precision weighted over recall, the saliency literature's choice
 PROB_BINS = 255
 # metric.py's thresholds: np.arange(0.0, 1.0, 1.0 / prob_bins), i.e. 0, 1/255, ..., 254/255; a pixel is
@@ -24,9 +26,7 @@ def image_iou(pred: np.ndarray, gt: np.ndarray) -> float:
     Both empty: metric.py divides 0 by 0 and the NaN spoils the dataset mean; here it counts 1 (nothing to find,
     nothing found), the DAVIS convention. The saliency benchmarks have no empty ground truth, so no score changes.
     """
-    p, g = _foreground(pred), _foreground(gt)
-    union = np.logical_or(p, g).sum()
-    return float(np.logical_and(p, g).sum() / union) if union else 1.0
+    return mask_iou(_foreground(pred), _foreground(gt), empty=1.0)
 
 
 def image_accuracy(pred: np.ndarray, gt: np.ndarray) -> float:

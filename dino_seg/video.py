@@ -12,13 +12,21 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .errors import UserError
 from .files import AtomicFile
 
 MAX_SHORT_SIDE = 480  # uploaded videos are downscaled to this before propagation (the reference's 480p)
-DEFAULT_FPS = 10.0  # when the container gives no frame rate, or one above 120 (a broken header)
+# video_generation.py's --fps default: the rate of videos made from folders of frames, and of a file whose
+# container gives no frame rate or one above 120 (a broken header).
+DEFAULT_FPS = 30.0
 
 
-class VideoError(ValueError):
+# The GIF fallback keeps every frame in memory until `close` (Pillow writes a GIF in one go): refused above this
+# many bytes of frames (PIL holds RGB at 4 bytes a pixel), about 650 frames at 854 x 480.
+GIF_MAX_BYTES = 1 << 30
+
+
+class VideoError(UserError):
     """A video file that cannot be opened or decoded, or frames that cannot be written; one line naming the file."""
 
 
@@ -104,12 +112,14 @@ class VideoWriter:
 
     The first frame fixes the size (later frames of another size are resized to it) and the codec: the
     first of `codecs` ((fourcc, suffix) pairs; default: the browser-playable ones this OpenCV build has)
-    that opens, else an animated GIF (the only case that keeps frames in memory until `close`)."""
+    that opens, else an animated GIF (the only case that keeps frames in memory until `close`: a clip above
+    `gif_max_bytes` of frames is refused with a VideoError as the frame that crosses it is written)."""
 
     def __init__(self, out_stem: str | Path, fps: float,
-                 codecs: tuple[tuple[str, str], ...] | None = None) -> None:
+                 codecs: tuple[tuple[str, str], ...] | None = None, gif_max_bytes: int = GIF_MAX_BYTES) -> None:
         self.out_stem = Path(out_stem)
         self.fps = float(fps)
+        self.gif_max_bytes = gif_max_bytes
         self.codecs = _video_codecs() if codecs is None else codecs
         self.fourcc: str | None = None  # the codec written, "GIF" for the fallback
         self.count = 0
@@ -143,6 +153,13 @@ class VideoWriter:
         if self._writer is not None:
             self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         else:
+            held = (len(self._gif) + 1) * self._size[0] * self._size[1] * 4
+            if held > self.gif_max_bytes:
+                raise VideoError(
+                    f"{self.out_stem.name}: this OpenCV build writes neither H.264 nor VP8, and the GIF fallback "
+                    f"holds every frame in memory: {len(self._gif) + 1} frames of {self._size[0]}x{self._size[1]} "
+                    f"pass its cap of {self.gif_max_bytes / 2**20:.0f} MB; use fewer or smaller frames, or an "
+                    "OpenCV with a video codec (opencv-python-headless from PyPI writes VP8)")
             self._gif.append(Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)))
         self.count += 1
 
@@ -208,7 +225,7 @@ def format_codecs(video_format: str | None) -> tuple[tuple[str, str], ...]:
         return (("XVID", ".avi"),)
     if video_format == "webm":
         return (("VP80", ".webm"),)
-    raise ValueError(f"--video_format: expected mp4, webm or avi, got {video_format!r}")
+    raise UserError(f"--video_format: expected mp4, webm or avi, got {video_format!r}")
 
 
 def plays_in_browser(fourcc: str | None) -> bool:

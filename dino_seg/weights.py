@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-import re
 import urllib.error
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointError, read_checkpoint
+from .errors import UserError
 from .files import AtomicFile, file_digest
 from .models import ARCHS, VIT_WIDTHS, build_backbone
 
@@ -81,7 +80,7 @@ PINNED: dict[str, tuple[str, int | None]] = {
 _VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of cached files already checked
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """Weights that cannot be read or do not fit the requested architecture."""
 
 
@@ -178,45 +177,11 @@ def _reason(err: BaseException) -> str:
     return str(reason).splitlines()[0][:120] or type(err).__name__
 
 
-def load_error_reason(path: str | Path, err: BaseException) -> str:
-    """Why torch.load(weights_only=True) refused `path`, in one line, without torch's advice to retry with
-    weights_only=False (that would run whatever code the file pickles)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch underlines its advice with terminal codes
-    found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
-    if found:
-        return (f"unsupported global {found.group(1)}: the file pickles code or objects other than tensors; "
-                "refused without running it")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError:
-        head = b""
-    if head and not head.startswith(b"PK") and head[0] != 0x80:
-        shown = head[:16].decode("ascii", "replace")
-        return f"not a PyTorch checkpoint: the file starts with {shown!r}, not a zip archive or a pickle"
-    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
-        return "truncated or corrupt checkpoint: its zip archive is incomplete"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    unpickler = [line.split("WeightsUnpickler error:", 1)[1].strip() for line in lines
-                 if "WeightsUnpickler error:" in line]
-    lines = unpickler or [line for line in lines if "weights_only" not in line and "torch.load" not in line
-                          and "Weights only load failed" not in line] or ["refused by torch.load(weights_only=True)"]
-    detail = lines[0]
-    return f"{type(err).__name__}: {detail}"
-
-
 def _read_checkpoint(path: Path) -> object:
     try:
-        # Official full checkpoints pickle an argparse.Namespace under "args": allow that one type,
-        # and never fall back to unpickling arbitrary code from a downloaded file.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise WeightsError(f"{path}: is a folder, expected a checkpoint file (.pth)") from None
-    except Exception as err:  # torch raises many types for non-checkpoints (pickle, zip, EOF, ...)
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({load_error_reason(path, err)})") from None
+        return read_checkpoint(path)
+    except CheckpointError as err:
+        raise WeightsError(str(err)) from None
 
 
 def _extract_backbone(checkpoint: object, checkpoint_key: str, source: Path | str) -> dict[str, torch.Tensor]:

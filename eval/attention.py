@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dino_seg.attention import compute_attention, masks_to_image_size, resized_size
+from dino_seg.cli import check_output_dir, run_command
 from dino_seg.device import pick_device
 from dino_seg.files import remove_stale_temp, save_npy, save_png, save_text
 from dino_seg.groundtruth import ground_truth_files, load_mask
@@ -36,7 +37,6 @@ from dino_seg.images import ImageError, list_images, load_image
 from dino_seg.masks import mask_iou
 from dino_seg.models import is_vit
 from dino_seg.viz import attention_panels
-from dino_seg.weights import WeightsError
 from eval.common import add_weight_flags, load_from_args, output_folders
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "blackswan.jpg"
@@ -104,24 +104,11 @@ def _mean_row(rows: list[dict], columns: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted: the outputs written so far are complete (files are written whole)", file=sys.stderr)
-        return 130
+    return run_command(lambda: run(args), interrupted="the outputs written so far are complete (files are written whole)")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        device = pick_device(args.device)
-        model, description = load_from_args(args, device)
-    except (WeightsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not is_vit(model):
-        print("error: --arch resnet50 has no self-attention; use a ViT", file=sys.stderr)
-        return 2
-    print(f"weights: {description}")
+    # The inputs are checked before the weights are loaded (or downloaded): a wrong path fails at once.
     image_path = Path(args.image_path)
     if image_path.is_dir():
         images = list_images(image_path, recursive=True)
@@ -146,9 +133,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     output_dir = Path(args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        print(f"error: --output_dir {output_dir}: is a file, expected a folder", file=sys.stderr)
+    check_output_dir(output_dir)
+    model, description = load_from_args(args, pick_device(args.device))
+    if not is_vit(model):
+        print("error: --arch resnet50 has no self-attention; use a ViT", file=sys.stderr)
         return 2
+    print(f"weights: {description}")
     # Temporary files of a run killed mid-write (kill -9) are never completed: remove them from the folders this
     # run writes (not the whole tree under OUTPUT_DIR, which defaults to the working directory).
     stale = remove_stale_temp(output_dir, recursive=False)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from dino_seg.davis import DavisError, RESOLUTIONS, VOID_LABEL, annotation_dir, frame_paths, image_size, \
     list_sequences, read_annotation, write_indexed_png
+from dino_seg.cli import run_command
 from dino_seg.device import pick_device
 from dino_seg.pairing import discovered_labels
 from dino_seg.files import remove_stale_temp, save_text
@@ -39,7 +40,7 @@ from dino_seg.models import is_vit
 from dino_seg.propagation import segment_sequence
 from dino_seg.propagation_v3 import TrackingConfig, segment_sequence_v3
 from dino_seg.provenance import differences, read_provenance, weights_identity, write_provenance
-from dino_seg.weights import PRESETS, WeightsError
+from dino_seg.weights import PRESETS
 from dino_seg.flags import bool_flag
 from eval.common import (add_discovery_flags, add_weight_flags, discovery_kwargs, load_from_args,
                          resolve_weights)
@@ -359,15 +360,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (DavisError, WeightsError, ImageError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: complete sequences are kept (files are written whole); run the same command "
-              "again to resume", file=sys.stderr)
-        return 130
+    return run_command(lambda: run(args), interrupted="complete sequences are kept (files are written whole); run "
+                       "the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -18,3 +18,11 @@ def tiny_vit_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "vit_tiny16.pth"
     torch.save(model.state_dict(), path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_dir(tmp_path_factory, monkeypatch) -> Path:
+    """Caches (the provenance digests) go to a temporary folder, never to the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("DINO_SEG_CACHE_DIR", str(folder))
+    return folder

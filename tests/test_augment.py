@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter, ImageOps, JpegImagePlugin
 from torchvision import transforms
 from torchvision.transforms import functional as F
 
-from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD, load_image
+from dino_seg import images
+from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD, ImageError, load_image
 from train import fast_augment as fa
 from train.augment import DataAugmentationDINO
 from train.data import ImageFilesDataset, build_loader, seeded_rng
@@ -291,6 +292,44 @@ def test_bad_files_are_skipped_and_modes_give_rgb_crops(tmp_path):
             small = np.asarray(full.resize(decoded.image.size, Image.BOX))
             assert psnr(np.asarray(decoded.image), small) > 25
     assert aug.load(tmp_path / "e_gray.jpg").scale == 4  # reduced, and RGB like today's
+
+
+def test_the_fast_jpeg_path_runs_and_falls_back_only_on_decoder_errors(tmp_path, monkeypatch):
+    photo("coffee", (480, 360)).save(tmp_path / "big.jpg", quality=90)
+    photo("coffee", (48, 36)).save(tmp_path / "small.png")
+    raw = (tmp_path / "big.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(raw[: len(raw) // 3])
+    plain, drafts = [], []
+    real_load_image, real_draft = fa.load_image, JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(fa, "load_image", lambda path: plain.append(Path(path).name) or real_load_image(path))
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, *a: drafts.append(a) or real_draft(self, *a))
+    decoded = fa.load_reduced(tmp_path / "big.jpg", lambda w, h: 4)
+    # The JPEG went through libjpeg's 1/4 scaling, never through the plain decoder.
+    assert plain == [] and drafts == [("RGB", (120, 90))] and decoded.scale == 4 and decoded.image.size == (120, 90)
+    assert fa.load_reduced(tmp_path / "small.png", lambda w, h: 4).scale == 1 and plain == ["small.png"]
+    with pytest.raises(ImageError, match="truncated.jpg"):  # the plain decoder names the broken file
+        fa.load_reduced(tmp_path / "truncated.jpg", lambda w, h: 4)
+    assert plain == ["small.png", "truncated.jpg"]
+
+    # A bug in the fast path (here: the reduction rule) is not hidden by the fallback.
+    def broken(w, h):
+        raise ZeroDivisionError("a bug")
+    with pytest.raises(ZeroDivisionError):
+        fa.load_reduced(tmp_path / "big.jpg", broken)
+
+
+def test_one_reduced_decoder_serves_training_and_huge_images(tmp_path, monkeypatch):
+    photo("chelsea", (256, 192)).save(tmp_path / "x.jpg", quality=90)
+    calls = []
+    real = images.load_jpeg_reduced
+    monkeypatch.setattr(images, "load_jpeg_reduced", lambda *a: calls.append(a[0]) or real(*a))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # 49152 px > 8000: a "bomb" for Image.open
+    image = images.load_image(tmp_path / "x.jpg", min_size=(40, 30))
+    # 1/4 (64 x 48) is the smallest scale covering 40 px both ways; 1/8 (32 x 24) would not.
+    assert image.size == (64, 48) and len(calls) == 1
+    assert images.load_jpeg_reduced(tmp_path / "x.jpg", lambda w, h: 4).image.tobytes() == image.tobytes()
+    assert images.load_jpeg_reduced(tmp_path / "x.jpg", lambda w, h: 2) is None  # 128 x 96 still above the cap
 
 
 # ---------------------------------------------------------------- resume: augmentations a function of (seed, epoch, index)

@@ -15,7 +15,7 @@ from torchvision import transforms
 
 from dino_seg.discovery import (DiscoveryFeatures, discover, extract_features, maskcut_objects, preprocess,
                                 tokencut_object)
-from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD
+from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD, ImageError
 from dino_seg.groundtruth import read_voc_boxes
 from dino_seg.masks import box_iou
 from dino_seg.pairing import match_objects
@@ -289,7 +289,7 @@ def test_preprocess_zero_pads_after_normalisation():
     expected = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(transforms.ToTensor()(image))
     assert torch.equal(x[0, :, :37, :50], expected)
     assert not x[0, :, 37:].any() and not x[0, :, :, 50:].any()
-    with pytest.raises(ValueError, match="smaller than one 16-pixel patch"):
+    with pytest.raises(ImageError, match="smaller than one 16-pixel patch"):
         preprocess(Image.new("RGB", (10, 40)), PATCH)
 
 

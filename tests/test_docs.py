@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import re
 import shlex
@@ -182,16 +183,17 @@ def test_preset_table_equals_the_registry() -> None:
     assert list(rows) == list(weights.PRESETS), "README's preset table must list dino_seg.weights.PRESETS, in order"
     for name, preset in weights.PRESETS.items():
         _, model, filename, url, size, md5 = rows[name]
-        assert (filename, url) == (preset.filename, preset.url), name
+        assert (filename, url) == (preset.filename, preset.url or "–"), name  # no URL: never downloaded
         prefix, pinned_size = weights.PINNED.get(name, (None, None))
         assert md5 == (prefix or "not pinned"), name
-        known = preset.arch in ARCHS and (preset.arch not in VIT_WIDTHS or preset.patch_size in PATCH_SIZES)
+        arch, patch_size = getattr(preset, "arch", None), getattr(preset, "patch_size", None)
+        known = arch in ARCHS and (arch not in VIT_WIDTHS or patch_size in PATCH_SIZES)
         if known:
-            assert model == _model_name(preset.arch, preset.patch_size), name
+            assert model == _model_name(arch, patch_size), name
         if pinned_size is not None:
             assert size == f"{pinned_size:,} bytes", name
         elif known:
-            assert size == f"≈ {_float32_mb(preset.arch, preset.patch_size)} MB", name
+            assert size == f"≈ {_float32_mb(arch, patch_size)} MB", name
         else:
             assert re.fullmatch(r"≈ [\d,.]+ [MG]B|[\d,]+ bytes", size), name
 
@@ -264,3 +266,27 @@ def test_app_page_lists_the_api_endpoints() -> None:
     section = text[text.index("## API"):]
     listed = set(re.findall(r"`(/\w+)`", section[:section.index("```")]))
     assert listed == set(tested)
+
+
+# Flags of other programs the docs show: pip, torchrun and srun.
+OTHER_FLAGS = {"--index-url", "--nproc_per_node", "--nnodes", "--node_rank", "--master_addr", "--master_port", "--nodes",
+               "--ntasks-per-node", "--gpus-per-node"}
+
+
+@functools.cache
+def _known_flags() -> frozenset[str]:
+    flags = set(OTHER_FLAGS)
+    for module in PARSERS.values():
+        for action in importlib.import_module(module).get_args_parser()._actions:
+            flags.update(action.option_strings)
+    for script in (ROOT / "benchmarks").glob("*.py"):
+        flags.update(re.findall(r"add_argument\(\s*\"(--[\w-]+)\"", script.read_text(encoding="utf-8")))
+    return frozenset(flags)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_flag_named_exists(page: Path) -> None:
+    """A flag the docs name anywhere (prose, tables, examples) is one a command or benchmark script accepts."""
+    named = set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", page.read_text(encoding="utf-8")))
+    unknown = sorted(named - _known_flags())
+    assert not unknown, f"{page.relative_to(ROOT)} names flags that no command accepts: {unknown}"

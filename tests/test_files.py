@@ -1,4 +1,4 @@
-"""Atomic writers (dino_seg.files, train.checkpoint, train.logs): permissions, stale temporary files, full disk."""
+"""Atomic writers (dino_seg.files, dino_seg.checkpoint, dino_seg.runs): permissions, stale temporary files, full disk."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from dino_seg import files
-from train.checkpoint import save_checkpoint
-from train.logs import append_record, trim_records
+from dino_seg.checkpoint import save_checkpoint
+from dino_seg.runs import append_record, trim_records
 
 
 def _mode(path: Path) -> int:
@@ -117,3 +117,31 @@ def test_full_disk_while_logging_names_the_log(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", FullDisk(room=0))
     with pytest.raises(files.NoSpaceError, match=f"^no space left on device while writing {log}$"):
         append_record(log, {"epoch": 0})
+
+
+def test_cached_file_digest_is_reused_until_the_file_changes(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from dino_seg import files
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DINO_SEG_CACHE_DIR", str(cache))
+    target = tmp_path / "w.pth"
+    target.write_bytes(b"abc")
+    want = files.file_digest(target)
+    assert files.cached_file_digest(target) == want
+    entries = json.loads((cache / "digests.json").read_text())
+    assert list(entries.values()) == [want]
+    calls = []
+    monkeypatch.setattr(files, "file_digest", lambda *a, **k: calls.append(a) or "recomputed")
+    assert files.cached_file_digest(target) == want and calls == []  # same path, size and mtime: cached
+    target.write_bytes(b"abcd")  # another size
+    assert files.cached_file_digest(target) == "recomputed"
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size, newer mtime
+    assert files.cached_file_digest(target) == "recomputed" and len(calls) == 2
+    (cache / "digests.json").write_text("not json")  # an unreadable cache is ignored and rewritten
+    monkeypatch.setattr(files, "file_digest", lambda *a, **k: "again")
+    assert files.cached_file_digest(target) == "again"
+    assert "again" in (cache / "digests.json").read_text()

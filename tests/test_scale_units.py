@@ -114,3 +114,38 @@ def test_precision_bf16_on_cpu_runs_in_bfloat16_or_is_refused():
         return
     with autocast("bf16", "cpu"):
         assert layer(torch.randn(4, 8)).dtype == torch.bfloat16
+
+
+def test_prefetched_keeps_order_raises_in_order_and_stops_early():
+    from dino_seg.batching import prefetched
+
+    assert list(prefetched(iter(range(7)), depth=2)) == list(range(7))
+    assert list(prefetched(range(3), depth=0)) == [0, 1, 2]
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("frame 3 unreadable")
+
+    got = []
+    with pytest.raises(ValueError, match="frame 3 unreadable"):
+        for item in prefetched(failing(), depth=1):
+            got.append(item)
+    assert got == [1, 2]
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    it = prefetched(endless(), depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # the consumer stops: the producer stops within a few items
+    count = len(produced)
+    import time
+    time.sleep(0.3)
+    assert len(produced) == count <= 3 + 2 + 2

@@ -69,6 +69,28 @@ def test_gif_fallback_without_a_codec(tmp_path):
         assert np.array_equal(np.asarray(gif.convert("RGB")), frames[2])
 
 
+def test_the_gif_fallback_refuses_a_clip_over_its_memory_cap(tmp_path):
+    cap = 3 * W * H * 4  # three frames as PIL holds them (4 bytes a pixel)
+    writer = VideoWriter(tmp_path / "clip", fps=5.0, codecs=(), gif_max_bytes=cap)
+    with pytest.raises(VideoError, match=r"clip: .* GIF fallback holds every frame in memory: 4 frames of 64x48 "
+                                         r"pass its cap of 0 MB"):
+        with writer:
+            for frame in two_tone_frames(6):
+                writer.write(frame)
+    # Refused at the fourth frame: never more than three held, then dropped; no file, no temporary file.
+    assert writer.count == 3 and writer._gif == [] and list(tmp_path.iterdir()) == []
+    with VideoWriter(tmp_path / "clip", fps=5.0, codecs=(), gif_max_bytes=cap) as writer:
+        for frame in two_tone_frames(3):  # exactly at the cap
+            writer.write(frame)
+    with Image.open(writer.path) as gif:
+        assert gif.n_frames == 3
+    # A codec streams frames to its file: no cap applies.
+    with VideoWriter(tmp_path / "streamed", fps=5.0, codecs=(("MJPG", ".avi"),), gif_max_bytes=cap) as writer:
+        for frame in two_tone_frames(6):
+            writer.write(frame)
+    assert writer.fourcc == "MJPG" and len(list(iter_video(writer.path))) == 6
+
+
 def test_probed_codecs_are_the_browser_playable_ones():
     codecs = _video_codecs()
     assert set(codecs) <= {("avc1", ".mp4"), ("VP80", ".webm")}
@@ -100,7 +122,7 @@ def test_implausible_frame_rate_becomes_the_default(tmp_path):
         writer.write(frame[:, :, ::-1])
     writer.release()
     paths, fps, _ = read_video_frames(path, tmp_path / "frames", max_frames=5)
-    assert len(paths) == 3 and fps == DEFAULT_FPS == 10.0
+    assert len(paths) == 3 and fps == DEFAULT_FPS == 30.0  # video_generation.py's --fps default
 
 
 @pytest.mark.parametrize("codecs", [None, ()], ids=["best-codec", "gif"])

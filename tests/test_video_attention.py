@@ -16,7 +16,7 @@ from torchvision import transforms as pth_transforms
 
 from dino_seg.images import ImageError
 from dino_seg.models import build_backbone
-from dino_seg.video import VideoError, iter_video, video_info
+from dino_seg.video import VideoError, VideoWriter, iter_video, video_info
 from dino_seg.video_attention import (Frame, attention_frames, colorize, folder_frames, jpeg_frames,
                                       make_attention_video, preprocess_frames, save_attention_image)
 from dino_seg.viz import label_color, overlay_mask
@@ -172,6 +172,24 @@ def test_an_unreadable_frame_mid_clip_leaves_no_video(model, tmp_path):
     # The frames before it have their images; no video, masks video or temporary file is left.
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["attention"]
     assert sorted(p.name for p in (tmp_path / "out" / "attention").iterdir()) == ["attn-00000.jpg", "attn-00001.jpg"]
+
+
+def test_a_failed_close_of_the_main_video_leaves_no_masks_video_behind(model, tmp_path, monkeypatch):
+    real_close = VideoWriter.close
+
+    def close(self):
+        if self.out_stem.name == "video":  # the main video's close hits a full disk
+            self.discard()
+            raise OSError(28, "No space left on device")
+        return real_close(self)
+
+    monkeypatch.setattr(VideoWriter, "close", close)
+    paths = write_jpegs(tmp_path / "frames", random_frames(2))
+    # Motion JPEG: OpenCV writes it itself, so the masks writer really holds an open temporary file.
+    with pytest.raises(OSError, match="No space left"):
+        make_attention_video(model, folder_frames(paths), tmp_path / "out" / "video", 5.0, masks="mean",
+                             codecs=(("MJPG", ".avi"),))
+    assert list((tmp_path / "out").iterdir()) == []  # the masks video's temporary file is gone too
 
 
 def run_cli(args: list[str], weights: Path) -> int:

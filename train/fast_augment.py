@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as TF
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision import transforms
 
-from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD, load_image, to_rgb
+from dino_seg.images import (DECODE_ERRORS, IMAGENET_MEAN, IMAGENET_STD, JPEG_REDUCTIONS, DecodedImage,
+                             load_image, load_jpeg_reduced)
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range, as the reference uses
-JPEG_REDUCTIONS = (8, 4, 2)  # libjpeg's DCT scalings (1/8, 1/4, 1/2), largest first
 
 # Pillow's RGB -> L weights (Convert.c's L24: 19595, 38470, 7471 / 65536). With this one-row matrix
 # cv2.transform rounds half to even where Pillow rounds half up: 136 of the 2^24 colours differ, by 1.
@@ -29,59 +29,19 @@ _GRAY1 = np.array([[19595.0, 38470.0, 7471.0]]) / 65536.0
 _LEVELS = np.arange(256, dtype=np.float32)
 
 
-@dataclass
-class DecodedImage:
-    """An image as decoded for cropping: possibly reduced by libjpeg's DCT scaling.
-
-    `image` is 8-bit RGB, EXIF-oriented, `scale` times smaller than the oriented full-resolution image
-    of size `full_size` (W, H); a point x of the full image is x / scale + offset in `image`
-    (`offset` is non-zero only on axes that EXIF orientation mirrors, where the partial last
-    block of the reduced decode lands on the image's start)."""
-
-    image: Image.Image
-    full_size: tuple[int, int]
-    scale: int = 1
-    offset: tuple[float, float] = (0.0, 0.0)
-
-
-# EXIF orientation -> (oriented x comes from stored axis 0=x/1=y, mirrored?), same for oriented y.
-_ORIENTATION_AXES = {
-    1: ((0, False), (1, False)), 2: ((0, True), (1, False)), 3: ((0, True), (1, True)),
-    4: ((0, False), (1, True)), 5: ((1, False), (0, False)), 6: ((1, True), (0, False)),
-    7: ((1, True), (0, True)), 8: ((1, False), (0, True)),
-}
-
-
 def load_reduced(path: str | Path, reduction: Callable[[int, int], int]) -> DecodedImage:
     """Decode `path` as 8-bit RGB like `dino_seg.images.load_image`, JPEGs at 1/`reduction(W, H)` of
-    their size (W, H: the EXIF-oriented full size) through libjpeg's DCT scaling (`Image.draft`).
+    their size through `load_jpeg_reduced`.
 
-    A JPEG that is already RGB and upright is used as decoded (`load_image` would copy it twice, for
-    the EXIF transposition and the RGB conversion, to the same pixels). Anything else that fails here
-    falls back to `load_image`, so unreadable files raise the same `ImageError` and other formats
-    decode exactly as there."""
+    Other formats, and a JPEG that libjpeg cannot decode (a decoder error only: a bug still raises),
+    go through `load_image`, so unreadable files raise the same `ImageError` and other formats decode
+    exactly as there."""
     try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                stored = img.size
-                orientation = img.getexif().get(0x0112, 1)
-                axes = _ORIENTATION_AXES.get(orientation, _ORIENTATION_AXES[1])
-                full = (stored[axes[0][0]], stored[axes[1][0]])
-                d = reduction(*full)
-                scale, offset = 1, (0.0, 0.0)
-                if d > 1:
-                    drafted = img.draft("RGB", (max(stored[0] // d, 1), max(stored[1] // d, 1)))
-                    if drafted is not None:
-                        scale = round(stored[0] / drafted[1][2])
-                        reduced = [-(-n // scale) for n in stored]  # libjpeg's ceil(n / scale)
-                        offset = tuple(reduced[axis] - stored[axis] / scale if mirrored else 0.0
-                                       for axis, mirrored in axes)
-                img.load()
-                if img.mode != "RGB" or axes != _ORIENTATION_AXES[1]:
-                    img = to_rgb(ImageOps.exif_transpose(img) or img)
-                return DecodedImage(img, full, scale, offset)
-    except Exception:  # noqa: BLE001 - whatever failed, the plain decoder decides (and names the error)
-        pass
+        decoded = load_jpeg_reduced(path, reduction)
+    except DECODE_ERRORS:  # the plain decoder decides, and names the error
+        decoded = None
+    if decoded is not None:
+        return decoded
     image = load_image(path)
     return DecodedImage(image, image.size)
 

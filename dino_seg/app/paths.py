@@ -8,10 +8,11 @@ from pathlib import Path
 
 from gradio.utils import get_upload_folder
 
+from ..errors import UserError
 from .config import ASSETS, AppConfig
 
 
-class PathNotAllowed(ValueError):
+class PathNotAllowed(UserError):
     """A path input outside the folders a publicly served page shares."""
 
 
