@@ -18,7 +18,8 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from .attention import cls_row_attention, last_block_qkv, resized_size, threshold_masks
+from .attention import resized_size, threshold_masks
+from .backbones import as_backbone, cls_attention_row
 from .errors import UserError
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageError, to_rgb
 from .masks import mask_extent, mask_iou
@@ -121,21 +122,25 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
 @torch.no_grad()
 def extract_features(model: nn.Module, image: Image.Image, resize: int | tuple[int, ...] | None = None,
                      max_patches: int = MAX_PATCHES, preprocess_mode: str = "pad") -> DiscoveryFeatures:
-    """One forward pass: last-block q/k/v (heads concatenated, [CLS] dropped) and [CLS] attention, or,
-    for ResNet-50, its last feature map layer-normalised over the whole (N, D) map as LOST does."""
+    """One forward pass: last-block q/k/v (heads concatenated, [CLS] and registers dropped; DINOv3's before
+    RoPE) and [CLS] attention, or, for ResNet-50, its last feature map layer-normalised over the whole (N, D)
+    map as LOST does."""
     device = next(model.parameters()).device
     vit = is_vit(model)
+    if not vit and hasattr(model, "family"):  # a ResNetBackbone: its layers are those of the model it wraps
+        model = model.model
     patch = model.patch_size if vit else RESNET_PAD
     x, input_hw, note = preprocess(image, patch, resize, max_patches if vit else max_patches * 4, preprocess_mode)
     x = x.to(device)
     original_hw = (image.height, image.width)
     if vit:
-        q, k, v = last_block_qkv(model, x)  # (1, heads, 1+N, hd)
-        grid = (x.shape[-2] // patch, x.shape[-1] // patch)
-        attn = cls_row_attention(q, k, model.blocks[-1].attn.scale)[0]  # (heads, N)
-        # (1, heads, 1+N, hd) -> (N, heads*hd): the references' transpose(1, 2).reshape, [CLS] dropped
-        flat = {name: t[0].transpose(0, 1).reshape(t.shape[2], -1)[1:].float().cpu()
-                for name, t in (("q", q), ("k", k), ("v", v))}
+        qkv = as_backbone(model).last_qkv(x)  # (1, heads, P + N, hd) each, P = [CLS] + registers
+        grid = qkv.grid
+        attn = cls_attention_row(qkv.q, qkv.k, qkv.scale)[0, :, qkv.num_prefix_tokens:]  # (heads, N)
+        # Similarities come from q/k before RoPE (DINOv3), so that they do not depend on position; the
+        # references' transpose(1, 2).reshape concatenates the heads; [CLS] and registers are dropped.
+        flat = {name: qkv.patch_part(t)[0].float().cpu()
+                for name, t in (("q", qkv.q_unrotated), ("k", qkv.k_unrotated), ("v", qkv.v))}
         return DiscoveryFeatures(flat, attn.reshape(-1, *grid).float().cpu().numpy(), grid,
                                  (float(patch), float(patch)), input_hw, original_hw, note)
     fmap = x

@@ -34,9 +34,11 @@ def add_weight_flags(parser: argparse.ArgumentParser, default_patch_size: int | 
     """
     parser.set_defaults(reference_patch_size=reference_patch_size, preferred_preset=preferred_preset)
     parser.add_argument("--pretrained_weights", default="", type=str,
-                        help="Preset name (" + ", ".join(PRESETS) + "), path to an official DINO file or to a "
-                             "checkpoint of `python -m train`, or 'random' (pipeline check only). Default: the "
-                             "official weights of --arch/--patch_size, as the reference scripts do.")
+                        help="Preset name (" + ", ".join(PRESETS) + "), path to an official DINO, DINOv2 or "
+                             "DINOv3 file (recognised from its keys) or to a checkpoint of `python -m train`, or "
+                             "'random' (pipeline check only). DINOv3 presets are never downloaded: they name the "
+                             "licence-gated file in the torch hub cache. Default: the official weights of "
+                             "--arch/--patch_size, as the reference scripts do.")
     parser.add_argument("--arch", default=None, choices=ARCHS,
                         help="Architecture; inferred from the weights when not given (vit_small otherwise).")
     parser.add_argument("--patch_size", default=default_patch_size, type=int,
@@ -67,7 +69,8 @@ def load_from_args(args: argparse.Namespace, device) -> tuple[nn.Module, str]:
     source, description = resolve_weights(args)
     model = load_model(source or None, arch=args.arch, patch_size=args.patch_size,
                        checkpoint_key=args.checkpoint_key, device=device)
-    return model, description
+    licence = getattr(model, "licence", None)  # DINOv3 weights: their licence is named wherever they are used
+    return model, f"{description} ({model.name}; {licence})" if licence else description
 
 
 def collect_images(image_path: str) -> tuple[list[Path], Path]:

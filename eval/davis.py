@@ -3,6 +3,14 @@
     python -m eval.davis --pretrained_weights dino_vits16 --data_path DAVIS --output_dir out
     python -m eval.davis --results_path out --data_path DAVIS        # score an existing results folder
     torchrun --nproc_per_node 4 -m eval.davis --pretrained_weights dino_vits16 --data_path DAVIS --output_dir out
+    python -m eval.davis --pretrained_weights dinov3_vits16 --protocol dinov3 --data_path DAVIS --output_dir out
+
+--protocol dino (any backbone) is the reference's eval_video_segmentation.py: frames resized to a short side of
+480 with the long side floored to a multiple of 64; with patch 14 (DINOv2) the ViT then drops the pixels past the
+last whole patch (under 14 on the bottom and right) and the masks of the covered area are resized back to the frame.
+--protocol dinov3 is DINOv3's segmentation_tracking notebook (dino_seg/propagation_v3.py): short side 960, both
+sides rounded up to multiples of the patch (bicubic), temperature 0.2, top-5 within a circle of radius 12, the first
+frame plus 7 previous frames as context. DINOv3's published J&F use this protocol: do not compare them with DINO's.
 
 Writes OUTPUT_DIR/<sequence>/<frame>.png (indexed PNGs, DAVIS palette, original size) for every frame, then
 global_results-<set>.csv, per-sequence_results-<set>.csv (davis2017-evaluation's columns) and summary.json.
@@ -32,6 +40,7 @@ from dino_seg.images import ImageError, load_image
 from dino_seg.metrics import DavisScores, csv_paths, format_table, score_sequence, summarise, write_csvs
 from dino_seg.models import is_vit
 from dino_seg.propagation import segment_sequence
+from dino_seg.propagation_v3 import TrackingConfig, segment_sequence_v3
 from dino_seg.provenance import (differences, rank_sequences, read_provenance, remove_rank_provenance,
                                  weights_identity, write_provenance, write_rank_provenance)
 from dino_seg.sharding import GlobalCounter, gather_to_main, shard_indices
@@ -58,9 +67,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sequences", default="", type=str,
                         help="Comma-separated sequence names; empty: every sequence of --set.")
     parser.add_argument("--resolution", default="480p", choices=RESOLUTIONS, help="DAVIS frames to read.")
-    parser.add_argument("--short_side", default=480, type=int,
-                        help="Frames are resized to this short side, the long side floored to a multiple of 64 "
-                             "(the reference's 480; smaller is faster but scores differ from the paper's).")
+    parser.add_argument("--protocol", default="dino", choices=("dino", "dinov3"),
+                        help="dino: the reference's propagation (any backbone); dinov3: DINOv3's segmentation_tracking "
+                             "notebook (see above).")
+    parser.add_argument("--short_side", default=None, type=int,
+                        help="Frames are resized to this short side: --protocol dino 480, the long side floored to a "
+                             "multiple of 64; --protocol dinov3 960, both sides rounded up to multiples of the patch "
+                             "(smaller is faster but scores differ from the published ones).")
     add_launch_flags(parser)
     parser.add_argument("--overwrite", default=False, type=bool_flag, nargs="?", const=True,
                         help="Redo sequences whose outputs are already complete.")
@@ -184,6 +197,7 @@ def run_settings(args: argparse.Namespace, model: torch.nn.Module) -> dict:
         "arch": model.arch,
         "patch_size": model.patch_size,
         "short_side": args.short_side,
+        **({"protocol": args.protocol} if args.protocol != "dino" else {}),  # folders of earlier runs stay valid
         "n_last_frames": args.n_last_frames,
         "topk": args.topk,
         "size_mask_neighborhood": args.size_mask_neighborhood,
@@ -238,6 +252,8 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise DavisError(f"--output_dir {args.output_dir}: is a file, expected a folder")
+    if args.short_side is None:
+        args.short_side = 960 if args.protocol == "dinov3" else 480
     for flag in ("n_last_frames", "topk", "bs", "short_side"):
         minimum = {"n_last_frames": 0, "short_side": 64}.get(flag, 1)
         if getattr(args, flag) < minimum:
@@ -302,9 +318,14 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
                 annotation = discovered_labels(model, load_image(frames[0]), annotation, args.method,
                                                tuple(args.resize) if args.resize else None, **discovery)
             start = time.perf_counter()
-            masks = segment_sequence(model, frames, annotation, n_last_frames=args.n_last_frames, topk=args.topk,
-                                     radius=args.size_mask_neighborhood, bs=args.bs, device=device,
-                                     short_side=args.short_side)
+            if args.protocol == "dinov3":
+                radius = args.size_mask_neighborhood or float("inf")  # 0: every patch, as for --protocol dino
+                masks = segment_sequence_v3(model, frames, annotation, TrackingConfig(
+                    short_side=args.short_side, context=args.n_last_frames, radius=radius, topk=args.topk))
+            else:
+                masks = segment_sequence(model, frames, annotation, n_last_frames=args.n_last_frames,
+                                         topk=args.topk, radius=args.size_mask_neighborhood, bs=args.bs,
+                                         device=device, short_side=args.short_side)
             write_indexed_png(seq_dir / f"{frames[0].stem}.png", np.where(annotation == VOID_LABEL, 0, annotation))
             for idx, mask in masks:
                 write_indexed_png(seq_dir / f"{frames[idx].stem}.png", mask)
