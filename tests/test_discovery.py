@@ -239,24 +239,24 @@ def test_attention_baseline_equals_reference(head):
     assert mask.ravel()[result.seed]
 
 
-@pytest.mark.parametrize("solver", ["dense", "iterative"])
-def test_maskcut_equals_cutler_up_to_the_documented_deviations(solver):
+def test_maskcut_equals_cutler_up_to_the_documented_deviations():
     compared = 0
-    for seed in range(12):
+    for seed in range(8):
         feats = blob_features(GRID, seed)
-        masks, seeds, _ = maskcut_objects(feats, GRID, n_objects=3, tau=0.15, solver=solver)
         theirs, their_seeds, deviates = cutler_maskcut(feats.T.clone(), GRID)
         # Up to the first cut that removed patches could decide (see the tests of each deviation below), the
         # objects, in order, and their seeds are CutLER's; CutLER's empty masks are not listed.
         agree = deviates.index(True) if True in deviates else len(deviates)
         kept = [(m, s) for m, s in zip(theirs[:agree], their_seeds[:agree]) if m.any()]
-        assert len(masks) >= len(kept)
-        for ours, our_seed, (mask, their_seed) in zip(masks, seeds, kept):
-            assert np.array_equal(ours, mask) and our_seed == their_seed
-        if agree == len(deviates):
-            assert len(masks) == len(kept)
+        for solver in ("dense", "iterative"):
+            masks, seeds, _ = maskcut_objects(feats, GRID, n_objects=3, tau=0.15, solver=solver)
+            assert len(masks) >= len(kept)
+            for ours, our_seed, (mask, their_seed) in zip(masks, seeds, kept):
+                assert np.array_equal(ours, mask) and our_seed == their_seed
+            if agree == len(deviates):
+                assert len(masks) == len(kept)
         compared += agree
-    assert compared >= 12 + 3  # every first cut, and the later ones no removed patch decides
+    assert compared >= 8 + 2  # every first cut, and the later ones no removed patch decides
 
 
 def test_maskcut_lists_found_objects_only():
