@@ -11,6 +11,7 @@ The tabs live in `dino_seg/app/` (one module per tab, each with module-level han
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 
 import gradio as gr
@@ -19,7 +20,7 @@ from dino_seg.app import attention, results, training, video
 from dino_seg.app.config import BUNDLED_DAVIS, AppConfig
 from dino_seg.app.errors import one_line
 from dino_seg.app.model_cache import RANDOM_WEIGHTS, get_model
-from dino_seg.app.paths import allowed_roots
+from dino_seg.app.paths import allowed_roots, private_upload_folder
 from dino_seg.app.serve import interrupted, serve
 from dino_seg.app.shared import Shared
 from dino_seg.app.weights_bar import build_weights_bar
@@ -30,9 +31,8 @@ from dino_seg.weights import PRESETS, WeightsError
 TABS = (attention, video, results, training)  # each module's build_tab adds one tab, in this order
 
 
-def build_demo(cfg: AppConfig | None = None) -> gr.Blocks:
+def build_demo(cfg: AppConfig) -> gr.Blocks:
     """The page: the weights bar above the four tabs, each built by its module and bound to `cfg`."""
-    cfg = cfg or AppConfig()
     with gr.Blocks(title="DINO: attention, video segmentation, results, training", analytics_enabled=False,
                    delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# DINO self-supervised ViTs\nSee what DINO learned: the self-attention of the last block, "
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     if shared is not None:
         print(f"public address: path inputs are limited to uploads and {', '.join(shared)}")
     cfg = AppConfig(weights=weights, arch=args.arch, patch_size=args.patch_size, davis_root=args.davis_root,
-                    results_dir=args.results_dir, train_dir=args.train_dir, device=str(device), allowed_roots=shared)
+                    results_dir=args.results_dir, train_dir=args.train_dir, device=str(device), allowed_roots=shared,
+                    upload_dir=private_upload_folder())
     try:
         try:  # load once at start-up so the first request is fast; a failure only shows in the banner
             print(f"weights: {get_model(weights, cfg)[1]} on {device}")
@@ -89,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {one_line(err)} (the page shows how to fix this)", file=sys.stderr)
         demo = build_demo(cfg)
     except KeyboardInterrupt:
+        shutil.rmtree(cfg.upload_dir, ignore_errors=True)
         return interrupted()
-    return serve(demo, args.host, args.port, args.share)
+    return serve(demo, args.host, args.port, args.share, cfg.upload_dir)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Peak memory and time of the bilateral-solver refinement (--refine) by photo size, full grid vs downscaled.
 
     python benchmarks/refine_memory.py              # 0.3, 1.5 and 3 MP at full resolution; 12 MP downscaled
-    python benchmarks/refine_memory.py --full_12mp  # also a 12-MP photo on the full grid (several GB)
+    python benchmarks/refine_memory.py --full_12mp  # also a 12-MP photo on the full grid (~1.1 GB)
+    python benchmarks/refine_memory.py --agreement  # also: refined-mask IoU, downscaled vs full grid, at 3 MP
 
 Each case runs in its own process; peak memory is the largest growth of the NumPy/SciPy allocations during the
 refinement (tracemalloc, which NumPy reports its buffers to), above what the synthetic photo holds (a gradient with coloured ellipses and sensor-like noise, so the bilateral grid
@@ -53,6 +54,8 @@ def child(w: int, h: int, full: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full_12mp", action="store_true", help="Also solve a 12-MP photo on the full grid.")
+    parser.add_argument("--agreement", action="store_true",
+                        help="Also compare the downscaled grid's refined mask with the full grid's on a 3-MP photo.")
     parser.add_argument("--child", nargs=3, metavar=("W", "H", "FULL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -69,6 +72,15 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {name} ({w}x{h}) | {'full' if full else 'downscaled'} | {r['seconds']:.1f} | {r['peak_mb']:.0f} |",
               flush=True)
+    if args.agreement:
+        from dino_seg.bilateral import bilateral_solver_output
+
+        img, mask = photo(*SIZES["3 MP"])
+        full = bilateral_solver_output(img, mask, max_pixels=None)
+        for cap in (1_500_000, 750_000):
+            small = bilateral_solver_output(img, mask, max_pixels=cap)
+            iou = (small.mask & full.mask).sum() / (small.mask | full.mask).sum()
+            print(f"3 MP, grid on {cap / 1e6:.2f} MP: refined-mask IoU with the full grid's {iou:.4f}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dino_seg.errors import UserError
 from dino_seg.files import save_png
 from dino_seg.labels import VOID_LABEL, read_label_png
 from dino_seg.viz import davis_palette
@@ -18,7 +19,7 @@ DAVIS_STD = (0.228, 0.224, 0.225)
 RESOLUTIONS = ("480p", "Full-Resolution")
 
 
-class DavisError(ValueError):
+class DavisError(UserError):
     """Bad DAVIS input; the message is one line naming the path or value at fault."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserError
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """Return the device called `name`, or the best available one for "auto"."""
@@ -17,9 +19,9 @@ def pick_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"--device: unknown device {name!r} (expected auto, cpu, cuda, cuda:N or mps)") from err
+        raise UserError(f"--device: unknown device {name!r} (expected auto, cpu, cuda, cuda:N or mps)") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device: {name!r} asked for, but CUDA is not available on this machine")
+        raise UserError(f"--device: {name!r} asked for, but CUDA is not available on this machine")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"--device: {name!r} asked for, but MPS is not available on this machine")
+        raise UserError(f"--device: {name!r} asked for, but MPS is not available on this machine")
     return device

@@ -18,7 +18,9 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from .attention import cls_row_attention, last_block_qkv, resized_size, threshold_masks
+from .attention import resized_size, threshold_masks
+from .backbones import as_backbone, cls_attention_row
+from .errors import UserError
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageError, to_rgb
 from .masks import mask_extent, mask_iou
 from .models import is_vit
@@ -57,7 +59,7 @@ class DiscoveryFeatures:
         if not self.is_vit:
             return self.feats["resnet"]
         if which not in FEATURES:
-            raise ValueError(f"--which_features: expected one of k, q, v, got {which!r}")
+            raise UserError(f"--which_features: expected one of k, q, v, got {which!r}")
         return self.feats[which]
 
 
@@ -90,7 +92,7 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
     """
     image = to_rgb(image)
     if resize is not None and len([resize] if isinstance(resize, int) else list(resize)) not in (1, 2):
-        raise ValueError(f"--resize: expected one or two sizes, got {list(resize)}")
+        raise UserError(f"--resize: expected one or two sizes, got {list(resize)}")
     h, w = (image.height, image.width) if resize is None else resized_size(image.size, resize)
     note = ""
     n = math.ceil(h / patch_size) * math.ceil(w / patch_size)
@@ -121,21 +123,25 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
 @torch.no_grad()
 def extract_features(model: nn.Module, image: Image.Image, resize: int | tuple[int, ...] | None = None,
                      max_patches: int = MAX_PATCHES, preprocess_mode: str = "pad") -> DiscoveryFeatures:
-    """One forward pass: last-block q/k/v (heads concatenated, [CLS] dropped) and [CLS] attention, or,
-    for ResNet-50, its last feature map layer-normalised over the whole (N, D) map as LOST does."""
+    """One forward pass: last-block q/k/v (heads concatenated, [CLS] and registers dropped; DINOv3's before
+    RoPE) and [CLS] attention, or, for ResNet-50, its last feature map layer-normalised over the whole (N, D)
+    map as LOST does."""
     device = next(model.parameters()).device
     vit = is_vit(model)
+    if not vit and hasattr(model, "family"):  # a ResNetBackbone: its layers are those of the model it wraps
+        model = model.model
     patch = model.patch_size if vit else RESNET_PAD
     x, input_hw, note = preprocess(image, patch, resize, max_patches if vit else max_patches * 4, preprocess_mode)
     x = x.to(device)
     original_hw = (image.height, image.width)
     if vit:
-        q, k, v = last_block_qkv(model, x)  # (1, heads, 1+N, hd)
-        grid = (x.shape[-2] // patch, x.shape[-1] // patch)
-        attn = cls_row_attention(q, k, model.blocks[-1].attn.scale)[0]  # (heads, N)
-        # (1, heads, 1+N, hd) -> (N, heads*hd): the references' transpose(1, 2).reshape, [CLS] dropped
-        flat = {name: t[0].transpose(0, 1).reshape(t.shape[2], -1)[1:].float().cpu()
-                for name, t in (("q", q), ("k", k), ("v", v))}
+        qkv = as_backbone(model).last_qkv(x)  # (1, heads, P + N, hd) each, P = [CLS] + registers
+        grid = qkv.grid
+        attn = cls_attention_row(qkv.q, qkv.k, qkv.scale)[0, :, qkv.num_prefix_tokens:]  # (heads, N)
+        # Similarities come from q/k before RoPE (DINOv3), so that they do not depend on position; the
+        # references' transpose(1, 2).reshape concatenates the heads; [CLS] and registers are dropped.
+        flat = {name: qkv.patch_part(t)[0].float().cpu()
+                for name, t in (("q", qkv.q_unrotated), ("k", qkv.k_unrotated), ("v", qkv.v))}
         return DiscoveryFeatures(flat, attn.reshape(-1, *grid).float().cpu().numpy(), grid,
                                  (float(patch), float(patch)), input_hw, original_hw, note)
     fmap = x
@@ -166,7 +172,7 @@ def attention_object(cls_attention: np.ndarray, head: int | None = 0, threshold:
     empty and the seed None when the threshold keeps no patch (threshold 0)."""
     heads = cls_attention.shape[0]
     if head is not None and not -heads <= head < heads:
-        raise ValueError(f"--dinoseg_head: expected a head in 0..{heads - 1} or 'mean', got {head}")
+        raise UserError(f"--dinoseg_head: expected a head in 0..{heads - 1} or 'mean', got {head}")
     amap = cls_attention.mean(axis=0) if head is None else cls_attention[head]
     keep = threshold_masks(torch.from_numpy(np.ascontiguousarray(amap)), threshold).numpy()
     labels, count = scipy.ndimage.label(keep)
@@ -216,7 +222,7 @@ def _oriented_cut(feats: torch.Tensor, tau: float, eps: float, solver: str) -> t
 
 def _check_tau(tau: float) -> None:
     if not 0 < tau < 1:
-        raise ValueError(f"--tau: expected a cosine threshold in (0, 1), got {tau}")
+        raise UserError(f"--tau: expected a cosine threshold in (0, 1), got {tau}")
 
 
 def tokencut_object(feats: torch.Tensor, grid: tuple[int, int], tau: float = 0.2, eps: float = 1e-5,
@@ -248,7 +254,7 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
     """
     _check_tau(tau)
     if n_objects < 1:
-        raise ValueError(f"--n_objects: expected at least 1, got {n_objects}")
+        raise UserError(f"--n_objects: expected at least 1, got {n_objects}")
     cut = NormalisedCut(feats, tau, eps, solver)
     removed = np.zeros(grid, dtype=bool)
     previous = np.zeros(grid, dtype=bool)
@@ -320,9 +326,9 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
     MaskCut's `n_objects` may be "auto" (objectness.py's rule). `score_objects` fills `object_scores`
     (1 - Ncut on TokenCut's graph at this tau; MaskCut's objects each on the graph without the earlier ones)."""
     if method not in METHODS:
-        raise ValueError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
+        raise UserError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if not features.is_vit and method != "lost":
-        raise ValueError(f"--method {method} needs a ViT's attention keys; ResNet-50 weights only run --method lost")
+        raise UserError(f"--method {method} needs a ViT's attention keys; ResNet-50 weights only run --method lost")
     if tau is None:
         tau = DEFAULT_TAU.get(method, 0.2)
     n_patches = features.grid[0] * features.grid[1]
@@ -335,7 +341,7 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
         masks, seeds = ([mask], [seed]) if seed is not None else ([], [])
     elif method == "lost":
         if k_patches < 1:
-            raise ValueError(f"--k_patches: expected at least 1, got {k_patches}")
+            raise UserError(f"--k_patches: expected at least 1, got {k_patches}")
         mask, seed, scores = lost_object(features.features(which_features), features.grid, k_patches)
         masks, seeds = [mask], [seed]
     elif method == "tokencut":

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import UserError
 from .groundtruth import read_voc_boxes
 from .images import ImageError
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A benchmark's files are missing or unreadable (one line naming what was expected)."""
 
 
@@ -166,9 +167,16 @@ def load_benchmark(name: str, root: str | Path, no_hard: bool = False) -> tuple[
 
 
 def available_benchmarks(root: str | Path) -> list[str]:
-    """The benchmark names whose files are complete under `root`."""
-    found = []
+    """The benchmark names found under `root`: complete for the saliency sets and VOC; for COCO20k its list,
+    annotation file and image folder present (parsing the 300-MB instances file is left to the run itself)."""
+    root, found = Path(root), []
     for name in BENCHMARKS:
+        if name == "coco20k":
+            if ((root / COCO20K_LIST).is_file() or (root / "datasets" / COCO20K_LIST).is_file()) and \
+                    (root / "COCO" / "annotations" / "instances_train2014.json").is_file() and \
+                    (root / "COCO" / "images" / "train2014").is_dir():
+                found.append(name)
+            continue
         try:
             load_benchmark(name, root)
         except (DatasetError, ImageError):

@@ -11,12 +11,13 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from .errors import UserError
 from .images import IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, load_image
 
 SPLITS = ("train", "val")
 
 
-class DataFolderError(ValueError):
+class DataFolderError(UserError):
     """An ImageFolder root that does not have the expected layout."""
 
 
@@ -118,15 +119,5 @@ class LabelledDataset(Dataset):
         return self.transform(load_image(path)), label
 
 
-def first_line(err: BaseException) -> str:
-    """A one-line message for an error, also when a DataLoader worker re-raised it with its traceback
-    appended (the original message is then the last line)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("Caught "):
-        last = lines[-1]
-        return last.split(": ", 1)[1] if ": " in last else last
-    return lines[0] if lines else type(err).__name__
-
-
 __all__ = ["DataFolderError", "LabelledDataset", "LabelledImages", "eval_transform", "find_splits",
-           "first_line", "train_transform"]
+           "train_transform"]

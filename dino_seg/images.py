@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dino_seg.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -18,7 +20,7 @@ JPEG_REDUCTIONS = (8, 4, 2)  # libjpeg's DCT scalings (1/8, 1/4, 1/2), largest f
 DECODE_ERRORS = (OSError, SyntaxError, ValueError)  # what Pillow raises for a file it cannot decode
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image file that is missing or cannot be decoded."""
 
 

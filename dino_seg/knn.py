@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .errors import UserError
+
 FEATURE_FILES = ("trainfeat.pth", "testfeat.pth", "trainlabels.pth", "testlabels.pth")
 # Memory the (chunk, N_train) similarity block may take: 1.28 M training features give chunks of 50
 # test images (the reference's 100 chunks of 500 ImageNet images would take 2.6 GB here).
@@ -19,7 +21,7 @@ DEFAULT_CHUNK_BYTES = 256 * 2**20
 REFERENCE_CLASSES = 1000
 
 
-class KnnError(ValueError):
+class KnnError(UserError):
     """Inputs the k-NN classifier cannot work with (k too large, features of different widths)."""
 
 

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from .errors import UserError
+
 ARCHS = ("vit_tiny", "vit_small", "vit_base", "resnet50")
 VIT_WIDTHS = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}  # embed_dim, heads
 PATCH_SIZES = (8, 16)
@@ -84,7 +86,7 @@ def build_backbone(arch: str = "vit_small", patch_size: int = 16, drop_path_rate
     """
     if arch in VIT_WIDTHS:
         if patch_size not in PATCH_SIZES:
-            raise ValueError(f"--patch_size: expected one of {PATCH_SIZES} for {arch}, got {patch_size}")
+            raise UserError(f"--patch_size: expected one of {PATCH_SIZES} for {arch}, got {patch_size}")
         embed_dim, heads = VIT_WIDTHS[arch]
         model = DinoVisionTransformer(embed_dim, heads, patch_size=patch_size, img_size=img_size,
                                       drop_path_rate=drop_path_rate)
@@ -98,23 +100,27 @@ def build_backbone(arch: str = "vit_small", patch_size: int = 16, drop_path_rate
         model.embed_dim = 2048
         model.arch = arch
         return model
-    raise ValueError(f"--arch: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
+    raise UserError(f"--arch: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
 
 
 def model_name(model: nn.Module) -> str:
-    """"vit_small/16"-style name of a backbone built by `build_backbone`."""
+    """"vit_small/16"-style name of a backbone built by `build_backbone`; a Backbone's own name."""
+    if hasattr(model, "family"):  # a dino_seg.backbones.Backbone
+        return model.name
     return f"{model.arch}/{model.patch_size}" if is_vit(model) else model.arch
 
 
 def is_vit(model: nn.Module) -> bool:
-    """Whether the backbone is a DINO ViT (has patch tokens and attention)."""
-    return isinstance(model, DinoVisionTransformer)
+    """Whether the backbone is a ViT of any DINO generation (has patch tokens and attention)."""
+    return isinstance(model, DinoVisionTransformer) or getattr(model, "is_vit", False) is True
 
 
 def patch_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Last layer's normalised patch tokens without [CLS]: (B, h, w, D)."""
     if not is_vit(model):
-        raise ValueError("patch features need a ViT backbone; ResNet-50 has no patch tokens")
+        raise UserError("patch features need a ViT backbone; ResNet-50 has no patch tokens")
+    if not isinstance(model, DinoVisionTransformer):  # a Backbone of a later generation: registers dropped
+        return model.patch_features(images)
     p = model.patch_size
     h, w = images.shape[-2] // p, images.shape[-1] // p
     tokens = model.forward_features(images)[:, 1:]  # (B, h*w, D)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from PIL import Image
 
+from .errors import UserError
+
 PREPROCESS = ("pad", "resize")
 
 
 def check_preprocess(preprocess: str) -> str:
     if preprocess not in PREPROCESS:
-        raise ValueError(f"--preprocess: expected one of {', '.join(PREPROCESS)}, got {preprocess!r}")
+        raise UserError(f"--preprocess: expected one of {', '.join(PREPROCESS)}, got {preprocess!r}")
     return preprocess
 
 

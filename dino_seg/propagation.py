@@ -19,6 +19,7 @@ from torch import nn
 
 from dino_seg.batching import prefetched
 from dino_seg.davis import DavisError, first_frame_labels, num_objects, read_frame
+from dino_seg.errors import UserError
 from dino_seg.models import patch_features
 
 # Queries x sources handled at once in the global (no-window) case; bounds its memory.
@@ -37,7 +38,7 @@ def _check_inputs(context_feats: torch.Tensor, context_labels: torch.Tensor, tar
     if context_labels.shape[0] != n or context_labels.shape[2:] != (h, w):
         raise ValueError(f"context_labels {tuple(context_labels.shape)} does not match context_feats {(n, h, w, d)}")
     if topk < 1:
-        raise ValueError(f"--topk: expected a positive number, got {topk}")
+        raise UserError(f"--topk: expected a positive number, got {topk}")
 
 
 def _keep_topk(aff: torch.Tensor, topk: int) -> torch.Tensor:
@@ -266,7 +267,7 @@ def frame_features(model: nn.Module, frames: Iterable[torch.Tensor], *, bs: int 
                    device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
     """Patch features (h, w, D) of each frame (3, H, W), the backbone run on batches of `bs` frames."""
     if bs < 1:
-        raise ValueError(f"--bs: expected a positive batch size, got {bs}")
+        raise UserError(f"--bs: expected a positive batch size, got {bs}")
     batch: list[torch.Tensor] = []
 
     def run(items: list[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -298,7 +299,7 @@ def propagate_sequence(
     (soft, not argmaxed), as the reference's queue.
     """
     if n_last_frames < 0:
-        raise ValueError(f"--n_last_frames: expected 0 or more, got {n_last_frames}")
+        raise UserError(f"--n_last_frames: expected 0 or more, got {n_last_frames}")
     it = iter(feats)
     try:
         first = next(it)

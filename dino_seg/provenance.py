@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dino_seg.errors import UserError
 from dino_seg.files import cached_file_digest, save_text
 
 PROVENANCE_FILE = "provenance.json"
@@ -28,9 +29,9 @@ def read_provenance(folder: str | Path) -> dict | None:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: unreadable ({err}); remove it or pass --overwrite") from None
+        raise UserError(f"{path}: unreadable ({err}); remove it or pass --overwrite") from None
     if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
-        raise ValueError(f"{path}: not a provenance record; remove it or pass --overwrite")
+        raise UserError(f"{path}: not a provenance record; remove it or pass --overwrite")
     return record
 
 

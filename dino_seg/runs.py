@@ -1,12 +1,21 @@
-"""Reading a `python -m train` output folder: epoch log, per-iteration metrics, checkpoints, and the
-feature evaluations (k-NN while training, eval.knn's knn.json, eval.linear's log) (torch-free)."""
+"""Run logs of `python -m train` and `eval.linear` (JSON lines, written and trimmed on resume) and reading a run
+folder: epoch log, per-iteration metrics, checkpoints, and the feature evaluations (k-NN while training,
+eval.knn's knn.json, eval.linear's log) (torch-free)."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
+
+from .errors import UserError
+from .files import NoSpaceError, atomic_path, is_no_space
 
 EPOCH_LOG = "log.txt"  # one JSON line per epoch: train_loss, train_lr, train_wd, ..., epoch
 METRICS_LOG = "metrics.jsonl"  # one JSON line per iteration: it, epoch, loss, lr, wd, momentum, ...
@@ -16,6 +25,57 @@ KNN_RESULTS = "knn.json"  # written by `python -m eval.knn --output_dir`
 LINEAR_CHECKPOINT = "checkpoint.pth.tar"  # written by `python -m eval.linear`
 LINEAR_KEYS = ("test_acc1", "test_acc5")  # eval.linear's log.txt fields of validated epochs
 _NUMBERED = re.compile(r"^checkpoint(\d{4,})\.pth$")
+
+
+def _clean(value: object) -> object:
+    # JSON has no NaN or infinity: write null rather than the non-standard tokens json.dumps emits.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_record(f: IO[str], record: dict) -> None:
+    """One JSON line, flushed so a reader (the app) sees it at once."""
+    try:
+        f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        f.flush()
+    except OSError as err:
+        if is_no_space(err):
+            raise NoSpaceError(getattr(f, "name", "a log file")) from None
+        raise
+
+
+def append_record(path: str | Path, record: dict) -> None:
+    """Append one JSON line to `path`."""
+    with open(path, "a", encoding="utf-8") as f:
+        write_record(f, record)
+
+
+def trim_records(path: str | Path, keep: Callable[[dict], bool]) -> int:
+    """Rewrite `path` (atomically) with only the records `keep` accepts, dropping lines a crash left
+    half-written; returns how many records were dropped. A missing file is left missing."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and keep(record):
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        mode = stat.S_IMODE(path.stat().st_mode)  # the rewritten log keeps the mode it had
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.chmod(tmp, mode)
+    return dropped
 
 
 @dataclass(frozen=True)
@@ -54,9 +114,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as err:
             if number == len(lines):
                 break
-            raise ValueError(f"{path}: line {number} is not JSON ({err.msg})") from None
+            raise UserError(f"{path}: line {number} is not JSON ({err.msg})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}: line {number} is not a JSON object")
+            raise UserError(f"{path}: line {number} is not a JSON object")
         records.append(record)
     return records
 
@@ -91,8 +151,8 @@ def list_checkpoints(output_dir: str | Path) -> list[CheckpointFile]:
     for path in folder.iterdir():
         match = _NUMBERED.match(path.name)
         if (match or path.name == LATEST_CHECKPOINT) and path.is_file():
-            stat = path.stat()
-            found.append(CheckpointFile(path, int(match.group(1)) if match else None, stat.st_size, stat.st_mtime))
+            st = path.stat()
+            found.append(CheckpointFile(path, int(match.group(1)) if match else None, st.st_size, st.st_mtime))
     return sorted(found, key=lambda c: (c.epoch is None, c.epoch or 0))
 
 
@@ -111,14 +171,14 @@ def read_knn_results(folder: str | Path) -> dict[int, dict[str, float]] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not JSON ({err.msg})") from None
+        raise UserError(f"{path}: not JSON ({err.msg})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise UserError(f"{path}: expected a JSON object")
     try:
         return {int(k): {m: float(v[m]) for m in ("top1", "top5")} for k, v in data.items()
                 if k.isdigit() and isinstance(v, dict)}
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"{path}: expected {{\"<k>\": {{\"top1\": %, \"top5\": %}}, ...}} as eval.knn writes it") from None
+        raise UserError(f"{path}: expected {{\"<k>\": {{\"top1\": %, \"top5\": %}}, ...}} as eval.knn writes it") from None
 
 
 def read_linear_log(folder: str | Path) -> list[dict]:

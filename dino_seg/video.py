@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .errors import UserError
 from .files import AtomicFile
 
 MAX_SHORT_SIDE = 480  # uploaded videos are downscaled to this before propagation (the reference's 480p)
@@ -25,7 +26,7 @@ DEFAULT_FPS = 30.0
 GIF_MAX_BYTES = 1 << 30
 
 
-class VideoError(ValueError):
+class VideoError(UserError):
     """A video file that cannot be opened or decoded, or frames that cannot be written; one line naming the file."""
 
 
@@ -224,7 +225,7 @@ def format_codecs(video_format: str | None) -> tuple[tuple[str, str], ...]:
         return (("XVID", ".avi"),)
     if video_format == "webm":
         return (("VP80", ".webm"),)
-    raise ValueError(f"--video_format: expected mp4, webm or avi, got {video_format!r}")
+    raise UserError(f"--video_format: expected mp4, webm or avi, got {video_format!r}")
 
 
 def plays_in_browser(fourcc: str | None) -> bool:

@@ -17,6 +17,7 @@ from torch import nn
 from torchvision import transforms
 
 from .attention import cls_attention, threshold_masks, upsample_masks
+from .errors import UserError
 from .files import atomic_path
 from .images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from .models import is_vit
@@ -66,7 +67,7 @@ def check_resize(resize: Sequence[int], patch_size: int) -> list[int]:
     """--resize as a list of one or two sizes, each at least one patch; ValueError otherwise."""
     size = [int(s) for s in resize]
     if len(size) not in (1, 2) or min(size) < patch_size:
-        raise ValueError(f"--resize: expected one or two sizes of at least the patch size {patch_size}, got {size}")
+        raise UserError(f"--resize: expected one or two sizes of at least the patch size {patch_size}, got {size}")
     return size
 
 
@@ -83,7 +84,7 @@ def preprocess_frames(frames: Sequence[np.ndarray], resize: Sequence[int] | None
         x = transforms.Resize(size if len(size) == 2 else size[0])(x)
     h, w = x.shape[-2] - x.shape[-2] % patch_size, x.shape[-1] - x.shape[-1] % patch_size
     if h == 0 or w == 0:
-        raise ValueError(f"frames of {frames[0].shape[1]}x{frames[0].shape[0]} are smaller than one "
+        raise UserError(f"frames of {frames[0].shape[1]}x{frames[0].shape[0]} are smaller than one "
                          f"{patch_size}-pixel patch")
     x = x[..., :h, :w]
     return transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(x), x
@@ -135,7 +136,7 @@ class AttentionFrame:
         """(H, W, 3) uint8: the masks keeping `threshold` of the attention mass (the reference's rule) over the
         frame with contours: of the mean map ("mean") or one per head in palette colours ("heads")."""
         if mode not in MASK_MODES:
-            raise ValueError(f"--masks: expected one of {', '.join(MASK_MODES)}, got {mode!r}")
+            raise UserError(f"--masks: expected one of {', '.join(MASK_MODES)}, got {mode!r}")
         maps = torch.from_numpy(self.mean[None] if mode == "mean" else self.maps)  # (maps, h, w)
         masks = upsample_masks(threshold_masks(maps, threshold), self.patch_size).bool().numpy()
         out = self.image
@@ -165,9 +166,9 @@ def attention_frames(model: nn.Module, frames: Iterable[Frame], resize: Sequence
     """The [CLS] attention of each frame, computed `batch_size` frames at a time as frames arrive: at most one
     batch is in memory, whatever the clip's length."""
     if not is_vit(model):
-        raise ValueError("attention videos need a ViT backbone; ResNet-50 has no attention")
+        raise UserError("attention videos need a ViT backbone; ResNet-50 has no attention")
     if batch_size < 1:
-        raise ValueError(f"--batch_size: expected at least 1, got {batch_size}")
+        raise UserError(f"--batch_size: expected at least 1, got {batch_size}")
     device = next(model.parameters()).device
     for batch in _same_size_batches(frames, batch_size):
         x, shown = preprocess_frames([f.rgb for f in batch], resize, model.patch_size, device)
@@ -198,9 +199,9 @@ def make_attention_video(model: nn.Module, frames: Iterable[Frame], out_stem: st
     ("mean" or "heads"), the mask overlays into `masks_stem` (default: out_stem's folder / "masks").
     Videos take their final names only when complete; `on_frame` is called after each frame (progress)."""
     if masks is not None and masks not in MASK_MODES:
-        raise ValueError(f"--masks: expected one of {', '.join(MASK_MODES)}, got {masks!r}")
+        raise UserError(f"--masks: expected one of {', '.join(MASK_MODES)}, got {masks!r}")
     if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"--threshold: expected a share of the attention mass in [0, 1], got {threshold}")
+        raise UserError(f"--threshold: expected a share of the attention mass in [0, 1], got {threshold}")
     out_stem = Path(out_stem)
     attention_dir = Path(attention_dir) if attention_dir is not None else None
     masks_writer = None

@@ -11,12 +11,13 @@ from typing import TypeVar
 from torch import nn
 from tqdm import tqdm
 
+from dino_seg.cli import run_command
 from dino_seg.discovery import METHODS
+from dino_seg.distributed import DistInfo, cleanup_distributed, init_distributed
+from dino_seg.errors import UserError
 from dino_seg.images import ImageError, list_images
-from dino_seg.image_folder import first_line
 from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, load_model
-from train.distributed import DistInfo, cleanup_distributed, init_distributed
 
 RANDOM = "random"
 T = TypeVar("T")
@@ -33,9 +34,11 @@ def add_weight_flags(parser: argparse.ArgumentParser, default_patch_size: int | 
     """
     parser.set_defaults(reference_patch_size=reference_patch_size, preferred_preset=preferred_preset)
     parser.add_argument("--pretrained_weights", default="", type=str,
-                        help="Preset name (" + ", ".join(PRESETS) + "), path to an official DINO file or to a "
-                             "checkpoint of `python -m train`, or 'random' (pipeline check only). Default: the "
-                             "official weights of --arch/--patch_size, as the reference scripts do.")
+                        help="Preset name (" + ", ".join(PRESETS) + "), path to an official DINO, DINOv2 or "
+                             "DINOv3 file (recognised from its keys) or to a checkpoint of `python -m train`, or "
+                             "'random' (pipeline check only). DINOv3 presets are never downloaded: they name the "
+                             "licence-gated file in the torch hub cache. Default: the official weights of "
+                             "--arch/--patch_size, as the reference scripts do.")
     parser.add_argument("--arch", default=None, choices=ARCHS,
                         help="Architecture; inferred from the weights when not given (vit_small otherwise).")
     parser.add_argument("--patch_size", default=default_patch_size, type=int,
@@ -66,21 +69,22 @@ def load_from_args(args: argparse.Namespace, device) -> tuple[nn.Module, str]:
     source, description = resolve_weights(args)
     model = load_model(source or None, arch=args.arch, patch_size=args.patch_size,
                        checkpoint_key=args.checkpoint_key, device=device)
-    return model, description
+    licence = getattr(model, "licence", None)  # DINOv3 weights: their licence is named wherever they are used
+    return model, f"{description} ({model.name}; {licence})" if licence else description
 
 
 def collect_images(image_path: str) -> tuple[list[Path], Path]:
     """The images of --image_path (a file, or a folder searched recursively) and the folder their
-    output paths are taken relative to; ValueError names the flag when there is nothing to read."""
+    output paths are taken relative to; UserError names the flag when there is nothing to read."""
     path = Path(image_path)
     if path.is_dir():
         images = list_images(path, recursive=True)
         if not images:
-            raise ValueError(f"--image_path {path}: no image files in this folder")
+            raise UserError(f"--image_path {path}: no image files in this folder")
         return images, path
     if path.exists():
         return [path], path.parent
-    raise ValueError(f"--image_path {path}: no such file or folder")
+    raise UserError(f"--image_path {path}: no such file or folder")
 
 
 def each_image(images: list[Path], work: Callable[[Path], T], desc: str) -> Iterator[tuple[Path, T]]:
@@ -121,19 +125,19 @@ def add_discovery_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def discovery_kwargs(args: argparse.Namespace) -> dict:
-    """Library keywords from the discovery flags; ValueError names the bad flag."""
+    """Library keywords from the discovery flags; UserError names the bad flag."""
     try:
         head = _head(args.dinoseg_head)
     except ValueError:
-        raise ValueError(f"--dinoseg_head: expected a head index or 'mean', got {args.dinoseg_head!r}") from None
+        raise UserError(f"--dinoseg_head: expected a head index or 'mean', got {args.dinoseg_head!r}") from None
     n_objects = args.n_objects
     if n_objects != "auto":
         try:
             n_objects = int(n_objects)
         except ValueError:
-            raise ValueError(f"--n_objects: expected a number or 'auto', got {args.n_objects!r}") from None
+            raise UserError(f"--n_objects: expected a number or 'auto', got {args.n_objects!r}") from None
     if args.tau is not None and not 0 < args.tau < 1:
-        raise ValueError(f"--tau: expected a cosine threshold in (0, 1), got {args.tau}")
+        raise UserError(f"--tau: expected a cosine threshold in (0, 1), got {args.tau}")
     return dict(tau=args.tau, eps=args.eps, k_patches=args.k_patches, n_objects=n_objects,
                 which_features=args.which_features, dinoseg_head=head)
 
@@ -158,27 +162,24 @@ def add_image_folder_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop_size", default=224, type=int, help="Side of the crops (the reference's 224).")
 
 
-def run_launched(args: argparse.Namespace, run: Callable[[DistInfo, Callable[[str], None]], int]) -> int:
-    """Join the process group when launched by torchrun or SLURM, call `run(info, say)` (`say` prints
-    on rank 0 only), and turn bad input (ValueError, OSError) into a one-line error and exit status 2."""
-    try:
+def run_launched(args: argparse.Namespace, run: Callable[[DistInfo, Callable[[str], None]], int], *,
+                 interrupted: str) -> int:
+    """Under the command runner (dino_seg.cli.run_command: one-line errors, Ctrl-C exits 130 with
+    `interrupted`), join the process group when launched by torchrun or SLURM and call `run(info, say)`
+    (`say` prints on rank 0 only)."""
+    def launched() -> int:
         info = init_distributed(args.device, args.dist_url, local_rank=args.local_rank)
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
 
-    def say(message: str) -> None:
-        if info.is_main:
-            print(message, flush=True)
+        def say(message: str) -> None:
+            if info.is_main:
+                print(message, flush=True)
 
-    try:
-        return run(info, say)
-    except (ValueError, OSError) as err:  # DataFolderError, KnnError, WeightsError, ImageError, ...
-        tag = f"[rank {info.rank}] " if info.distributed else ""
-        print(f"{tag}error: {first_line(err)}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        cleanup_distributed()
+        try:
+            return run(info, say)
+        finally:
+            cleanup_distributed()
+
+    return run_command(launched, interrupted=interrupted)
 
 
 def progress(iterable: Iterable, desc: str, *, enabled: bool, unit: str = "batch", leave: bool = True) -> tqdm:

@@ -2,6 +2,14 @@
 
     python -m eval.davis --pretrained_weights dino_vits16 --data_path DAVIS --output_dir out
     python -m eval.davis --results_path out --data_path DAVIS        # score an existing results folder
+    python -m eval.davis --pretrained_weights dinov3_vits16 --protocol dinov3 --data_path DAVIS --output_dir out
+
+--protocol dino (any backbone) is the reference's eval_video_segmentation.py: frames resized to a short side of
+480 with the long side floored to a multiple of 64; with patch 14 (DINOv2) the ViT then drops the pixels past the
+last whole patch (under 14 on the bottom and right) and the masks of the covered area are resized back to the frame.
+--protocol dinov3 is DINOv3's segmentation_tracking notebook (dino_seg/propagation_v3.py): short side 960, both
+sides rounded up to multiples of the patch (bicubic), temperature 0.2, top-5 within a circle of radius 12, the first
+frame plus 7 previous frames as context. DINOv3's published J&F use this protocol: do not compare them with DINO's.
 
 Writes OUTPUT_DIR/<sequence>/<frame>.png (indexed PNGs, DAVIS palette, original size) for every frame, then
 global_results-<set>.csv, per-sequence_results-<set>.csv (davis2017-evaluation's columns) and summary.json.
@@ -22,6 +30,7 @@ from tqdm import tqdm
 
 from dino_seg.davis import DavisError, RESOLUTIONS, VOID_LABEL, annotation_dir, frame_paths, image_size, \
     list_sequences, read_annotation, write_indexed_png
+from dino_seg.cli import run_command
 from dino_seg.device import pick_device
 from dino_seg.pairing import discovered_labels
 from dino_seg.files import remove_stale_temp, save_text
@@ -29,8 +38,9 @@ from dino_seg.images import ImageError, load_image
 from dino_seg.metrics import DavisScores, csv_paths, format_table, score_sequence, summarise, write_csvs
 from dino_seg.models import is_vit
 from dino_seg.propagation import segment_sequence
+from dino_seg.propagation_v3 import TrackingConfig, segment_sequence_v3
 from dino_seg.provenance import differences, read_provenance, weights_identity, write_provenance
-from dino_seg.weights import PRESETS, WeightsError
+from dino_seg.weights import PRESETS
 from dino_seg.flags import bool_flag
 from eval.common import (add_discovery_flags, add_weight_flags, discovery_kwargs, load_from_args,
                          resolve_weights)
@@ -53,9 +63,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sequences", default="", type=str,
                         help="Comma-separated sequence names; empty: every sequence of --set.")
     parser.add_argument("--resolution", default="480p", choices=RESOLUTIONS, help="DAVIS frames to read.")
-    parser.add_argument("--short_side", default=480, type=int,
-                        help="Frames are resized to this short side, the long side floored to a multiple of 64 "
-                             "(the reference's 480; smaller is faster but scores differ from the paper's).")
+    parser.add_argument("--protocol", default="dino", choices=("dino", "dinov3"),
+                        help="dino: the reference's propagation (any backbone); dinov3: DINOv3's segmentation_tracking "
+                             "notebook (see above).")
+    parser.add_argument("--short_side", default=None, type=int,
+                        help="Frames are resized to this short side: --protocol dino 480, the long side floored to a "
+                             "multiple of 64; --protocol dinov3 960, both sides rounded up to multiples of the patch "
+                             "(smaller is faster but scores differ from the published ones).")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
     parser.add_argument("--overwrite", default=False, type=bool_flag, nargs="?", const=True,
                         help="Redo sequences whose outputs are already complete.")
@@ -179,6 +193,7 @@ def run_settings(args: argparse.Namespace, model: torch.nn.Module) -> dict:
         "arch": model.arch,
         "patch_size": model.patch_size,
         "short_side": args.short_side,
+        **({"protocol": args.protocol} if args.protocol != "dino" else {}),  # folders of earlier runs stay valid
         "n_last_frames": args.n_last_frames,
         "topk": args.topk,
         "size_mask_neighborhood": args.size_mask_neighborhood,
@@ -228,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise DavisError(f"--output_dir {args.output_dir}: is a file, expected a folder")
+    if args.short_side is None:
+        args.short_side = 960 if args.protocol == "dinov3" else 480
     for flag in ("n_last_frames", "topk", "bs", "short_side"):
         minimum = {"n_last_frames": 0, "short_side": 64}.get(flag, 1)
         if getattr(args, flag) < minimum:
@@ -278,9 +295,14 @@ def run(args: argparse.Namespace) -> int:
             annotation = discovered_labels(model, load_image(frames[0]), annotation, args.method,
                                            tuple(args.resize) if args.resize else None, **discovery)
         start = time.perf_counter()
-        masks = segment_sequence(model, frames, annotation, n_last_frames=args.n_last_frames, topk=args.topk,
-                                 radius=args.size_mask_neighborhood, bs=args.bs, device=device,
-                                 short_side=args.short_side)
+        if args.protocol == "dinov3":
+            radius = args.size_mask_neighborhood or float("inf")  # 0: every patch, as for --protocol dino
+            masks = segment_sequence_v3(model, frames, annotation, TrackingConfig(
+                short_side=args.short_side, context=args.n_last_frames, radius=radius, topk=args.topk))
+        else:
+            masks = segment_sequence(model, frames, annotation, n_last_frames=args.n_last_frames, topk=args.topk,
+                                     radius=args.size_mask_neighborhood, bs=args.bs, device=device,
+                                     short_side=args.short_side)
         write_indexed_png(seq_dir / f"{frames[0].stem}.png", np.where(annotation == VOID_LABEL, 0, annotation))
         for idx, mask in tqdm(masks, desc=name, total=len(frames) - 1, unit="frame", leave=False, file=sys.stderr):
             write_indexed_png(seq_dir / f"{frames[idx].stem}.png", mask)
@@ -338,15 +360,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (DavisError, WeightsError, ImageError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: complete sequences are kept (files are written whole); run the same command "
-              "again to resume", file=sys.stderr)
-        return 130
+    return run_command(lambda: run(args), interrupted="complete sequences are kept (files are written whole); run "
+                       "the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -25,18 +25,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dino_seg.cli import check_output_dir, run_command
 from dino_seg.device import pick_device
 from dino_seg.coco_export import CocoExport
 from dino_seg.discovery import discover, extract_features
 from dino_seg.discovery_data import BENCHMARKS, load_benchmark
 from dino_seg.discovery_io import rounded_boxes, write_discovery, write_objects, write_refinement
 from dino_seg.discovery_scores import STAGES, DiscoveryScores, GroundTruth, ground_truth
+from dino_seg.errors import UserError
 from dino_seg.files import save_text
 from dino_seg.groundtruth import ground_truth_files
 from dino_seg.images import ImageError, load_image
 from dino_seg.preprocess import PREPROCESS
 from dino_seg.refine import refine_objects
-from dino_seg.weights import WeightsError
 from eval.common import (add_discovery_flags, add_weight_flags, collect_images, discovery_kwargs, each_image,
                          load_from_args, output_folders)
 
@@ -82,7 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _ground_truth(args: argparse.Namespace, images: list[Path], root: Path
                   ) -> tuple[dict[Path, Callable[[], GroundTruth]], str | None]:
     """Each image's ground truth (read when scored) from --benchmark or --gt_dir, and the benchmark's
-    preprocessing; ValueError names the flag and the expected layout."""
+    preprocessing; UserError names the flag and the expected layout."""
     if args.benchmark:
         bench, items = load_benchmark(args.benchmark, args.data_path, args.no_hard)
         if bench.kind == "saliency":
@@ -92,10 +93,10 @@ def _ground_truth(args: argparse.Namespace, images: list[Path], root: Path
         return {}, None
     gt_dir = Path(args.gt_dir)
     if not gt_dir.is_dir():
-        raise ValueError(f"--gt_dir {gt_dir}: no such folder")
+        raise UserError(f"--gt_dir {gt_dir}: no such folder")
     files = ground_truth_files(gt_dir, images, root, xml=True)
     if not any(files.values()):
-        raise ValueError(f"--gt_dir {gt_dir}: no mask PNG or VOC XML named like any of the {len(images)} image(s)")
+        raise UserError(f"--gt_dir {gt_dir}: no mask PNG or VOC XML named like any of the {len(images)} image(s)")
     return {p: partial(ground_truth, f, args.no_hard) for p, f in files.items() if f is not None}, None
 
 
@@ -121,23 +122,24 @@ def report_scores(scores: DiscoveryScores, output_dir: Path, provenance: dict) -
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        kwargs = discovery_kwargs(args)
-        if args.benchmark and not args.data_path:
-            raise ValueError(f"--benchmark {args.benchmark}: give its root with --data_path ROOT")
-        if args.benchmark:
-            images, root = [], Path(args.data_path)
-            gt, bench_preprocess = _ground_truth(args, images, root)
-            images = list(gt)
-        else:
-            images, root = collect_images(args.image_path)
-            gt, bench_preprocess = _ground_truth(args, images, root)
-        preprocess = args.preprocess or bench_preprocess or "pad"
-        device = pick_device(args.device)
-        model, description = load_from_args(args, device)
-    except (WeightsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: run(args), interrupted="the outputs written so far are complete (files are written whole)")
+
+
+def run(args: argparse.Namespace) -> int:
+    kwargs = discovery_kwargs(args)
+    if args.benchmark and not args.data_path:
+        raise UserError(f"--benchmark {args.benchmark}: give its root with --data_path ROOT")
+    if args.benchmark:
+        images, root = [], Path(args.data_path)
+        gt, bench_preprocess = _ground_truth(args, images, root)
+        images = list(gt)
+    else:
+        images, root = collect_images(args.image_path)
+        gt, bench_preprocess = _ground_truth(args, images, root)
+    check_output_dir(args.output_dir)
+    preprocess = args.preprocess or bench_preprocess or "pad"
+    # The inputs are checked before the weights are loaded (or downloaded): a wrong path fails at once.
+    model, description = load_from_args(args, pick_device(args.device))
     print(f"weights: {description}; method: {args.method}; preprocess: {preprocess}" +
           (f"; benchmark: {args.benchmark} ({len(images)} images)" if args.benchmark else ""))
 

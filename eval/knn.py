@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from dino_seg.cli import check_output_dir
+from dino_seg.errors import UserError
 from dino_seg.files import save_text
 from dino_seg.flags import bool_flag
 from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits
@@ -56,7 +58,7 @@ def extract_splits(args: argparse.Namespace, device: torch.device, is_main: bool
     train, val = find_splits(args.data_path)
     too_large = [k for k in args.nb_knn if k > len(train.samples) or k < 1]
     if too_large:
-        raise ValueError(f"--nb_knn {too_large[0]}: k must be between 1 and the {len(train.samples)} "
+        raise UserError(f"--nb_knn {too_large[0]}: k must be between 1 and the {len(train.samples)} "
                          f"training images of {train.root}")
     model, description = load_from_args(args, device)
     transform = eval_transform(args.resize_size, args.crop_size)
@@ -74,6 +76,8 @@ def extract_splits(args: argparse.Namespace, device: torch.device, is_main: bool
 
 def run(args: argparse.Namespace, device: torch.device, is_main: bool, say) -> int:
     started = time.perf_counter()
+    check_output_dir(args.output_dir)
+    check_output_dir(args.dump_features, "--dump_features")
     if args.load_features:
         expected = None
         if args.pretrained_weights or args.arch:  # a model named along the dump: its width must match
@@ -119,7 +123,8 @@ def run(args: argparse.Namespace, device: torch.device, is_main: bool, say) -> i
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return run_launched(args, lambda info, say: run(args, info.device, info.is_main, say))
+    return run_launched(args, lambda info, say: run(args, info.device, info.is_main, say),
+                        interrupted="nothing was written (knn.json and feature dumps are written whole, at the end)")
 
 
 if __name__ == "__main__":

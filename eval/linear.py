@@ -19,18 +19,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from dino_seg.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
+from dino_seg.cli import check_output_dir
+from dino_seg.distributed import DistInfo, all_gather_objects, all_reduce_mean
+from dino_seg.errors import UserError
 from dino_seg.flags import bool_flag
 from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits, train_transform
 from dino_seg.knn import shard
 from dino_seg.linear_probe import (LinearClassifier, check_probe_flags, evaluate_probe, probe_defaults, probe_dim,
                                    train_probe_epoch)
-from dino_seg.runs import read_jsonl
+from dino_seg.runs import EPOCH_LOG, append_record, read_jsonl, trim_records
+from dino_seg.seeding import epoch_seed, seed_everything
 from eval.common import (add_image_folder_flags, add_launch_flags, add_weight_flags, load_from_args, progress,
                          run_launched)
-from train.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
-from train.distributed import DistInfo, all_gather_objects, all_reduce_mean
-from train.logs import EPOCH_LOG, append_record, trim_records
-from train.main import epoch_seed, seed_everything
 
 CHECKPOINT = "checkpoint.pth.tar"
 
@@ -64,10 +65,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, info: DistInfo, say) -> int:
     device = info.device
     out = Path(args.output_dir)
+    check_output_dir(out)
     train_split, val_split = find_splits(args.data_path)
     num_labels = args.num_labels or len(train_split.classes)
     if num_labels < len(train_split.classes):
-        raise ValueError(f"--num_labels {num_labels}: {train_split.root} has {len(train_split.classes)} classes")
+        raise UserError(f"--num_labels {num_labels}: {train_split.root} has {len(train_split.classes)} classes")
     model, description = load_from_args(args, device)
     arch = getattr(model, "arch", args.arch)
     n_default, avg_default = probe_defaults(arch)
@@ -89,8 +91,8 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
     probe = dict(n_last_blocks=n_last, avgpool_patchtokens=avgpool, device=device)
 
     def validate(epoch_label: str) -> dict[str, float]:
-        bar = progress(val_loader, f"Test {epoch_label}", enabled=info.is_main, unit="it")
-        sums = evaluate_probe(model, classifier_core, bar, **probe)
+        with progress(val_loader, f"Test {epoch_label}", enabled=info.is_main, unit="it") as bar:
+            sums = evaluate_probe(model, classifier_core, bar, **probe)
         sums = all_reduce_mean(sums) * info.world_size  # (4,) summed over the processes
         loss, hit1, hit5, n = sums.tolist()
         stats = {"loss": loss / n, "acc1": 100.0 * hit1 / n}
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
     if args.evaluate:
         path = Path(args.linear_weights) if args.linear_weights else out / CHECKPOINT
         if not path.is_file():
-            raise ValueError(f"--evaluate: no classifier at {path} (train one first, or pass --linear_weights)")
+            raise UserError(f"--evaluate: no classifier at {path} (train one first, or pass --linear_weights)")
         load_module_state(classifier_core, load_checkpoint(path).get("state_dict", {}), what="state_dict", path=path)
         stats = validate("")
         say(f"Accuracy of the network on the {len(val_set)} test images: {stats['acc1']:.1f}%" +
@@ -127,9 +129,9 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
         start_epoch, best_acc = int(ckpt["epoch"]), float(ckpt["best_acc"])
         say(f"Found checkpoint at {ckpt_path}: resuming at epoch {start_epoch}")
     if len(set(all_gather_objects(start_epoch))) > 1:
-        raise ValueError(f"--output_dir: the processes found different checkpoints in {out}")
+        raise UserError(f"--output_dir: the processes found different checkpoints in {out}")
     if any("train_wd" in r for r in read_jsonl(out / EPOCH_LOG)):  # the reference default is "." too
-        raise ValueError(f"--output_dir: {out} holds the log.txt of a `python -m train` run; give the linear "
+        raise UserError(f"--output_dir: {out} holds the log.txt of a `python -m train` run; give the linear "
                          "probe a folder of its own")
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -138,11 +140,11 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
     for epoch in range(start_epoch, args.epochs):
         seed_everything(epoch_seed(args.seed, epoch, info.rank))  # same crops whether resumed or not
         sampler.set_epoch(epoch)
-        bar = progress(train_loader, f"Epoch {epoch}/{args.epochs}", enabled=info.is_main, unit="it")
-        train_stats = train_probe_epoch(model, classifier, bar, optimizer,
-                                        on_step=lambda loss: bar.set_postfix(loss=f"{loss:.4f}", refresh=False),
-                                        **probe)
-        bar.close()
+        # The bar is closed before an interruption is reported, so that the report is the last line.
+        with progress(train_loader, f"Epoch {epoch}/{args.epochs}", enabled=info.is_main, unit="it") as bar:
+            train_stats = train_probe_epoch(model, classifier, bar, optimizer,
+                                            on_step=lambda loss: bar.set_postfix(loss=f"{loss:.4f}", refresh=False),
+                                            **probe)
         scheduler.step()
         train_stats["loss"] = float(all_reduce_mean(torch.tensor(train_stats["loss"], device=device)))
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()}, "epoch": epoch}
@@ -172,7 +174,14 @@ def run(args: argparse.Namespace, info: DistInfo, say) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return run_launched(args, lambda info, say: run(args, info, say))
+    return run_launched(args, lambda info, say: run(args, info, say), interrupted=_interrupted_note(args))
+
+
+def _interrupted_note(args: argparse.Namespace) -> str:
+    if args.evaluate:
+        return "nothing was written"
+    return (f"{Path(args.output_dir) / CHECKPOINT} holds the last complete epoch, if any; start again with the same "
+            "--output_dir to resume")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dino_seg.cli import check_output_dir, run_command
 from dino_seg.device import pick_device
 from dino_seg.images import ImageError, load_image
 from dino_seg.models import is_vit
 from dino_seg.video import DEFAULT_FPS, VideoError, format_codecs, plays_in_browser, video_info, write_video
 from dino_seg.video_attention import (MASK_MODES, Frame, check_resize, folder_frames, jpeg_frames,
                                       make_attention_video, save_frame, video_frames)
-from dino_seg.weights import WeightsError
 from eval.common import add_weight_flags, load_from_args
 
 DEFAULT_PRESET = "dino_vits8_300ep"  # video_generation.py's ViT-S/8: "the model used for visualizations in our paper"
@@ -99,6 +99,10 @@ def video_only(args: argparse.Namespace, output_path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    return run_command(lambda: run(args), interrupted="no partial video was written")
+
+
+def run(args: argparse.Namespace) -> int:
     if not 0 <= args.threshold <= 1:
         return _fail(f"--threshold: expected a share of the attention mass in [0, 1], got {args.threshold}")
     if args.batch_size < 1:
@@ -106,42 +110,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.fps is not None and args.fps <= 0:
         return _fail(f"--fps: expected a positive frame rate, got {args.fps}")
     output_path = Path(args.output_path)
-    if output_path.exists() and not output_path.is_dir():
-        return _fail(f"--output_path {output_path}: is a file, expected a folder")
-    try:
-        if args.video_only:
-            return video_only(args, output_path)
-        # Check the input before loading any weights: a wrong path fails at once.
-        input_path = Path(args.input_path)
-        if input_path.is_dir():
-            paths = jpeg_frames(input_path)
-            frames, total, fps = folder_frames(paths), len(paths), args.fps or DEFAULT_FPS
-            source = f"{len(paths)} frames of {input_path}"
-        elif input_path.is_file():
-            video_fps, total = video_info(input_path)
-            fps = args.fps or video_fps  # the reference takes the rate of the video it extracts
-            frames = _saved(video_frames(input_path), output_path / "frames")
-            source = f"video {input_path} ({video_fps:g} fps)"
-        else:
-            return _fail(f"--input_path {input_path}: no such file or folder")
-        device = pick_device(args.device)
-        model, description = load_from_args(args, device)
-        if not is_vit(model):
-            return _fail("--arch resnet50 has no self-attention; use a ViT")
-        if args.resize:
-            check_resize(args.resize, model.patch_size)
-        print(f"weights: {description}")
-        print(f"input: {source}")
-        with tqdm(total=total or None, desc="attention", unit="frame") as bar:
-            result = make_attention_video(
-                model, frames, output_path / "video", fps, resize=args.resize, batch_size=args.batch_size,
-                codecs=format_codecs(args.video_format), attention_dir=output_path / "attention",
-                masks=args.masks, threshold=args.threshold, on_frame=lambda _: bar.update())
-    except (WeightsError, VideoError, ImageError, ValueError) as err:
-        return _fail(str(err))
-    except KeyboardInterrupt:
-        print("interrupted: no partial video was written", file=sys.stderr)
-        return 130
+    check_output_dir(output_path, "--output_path")
+    if args.video_only:
+        return video_only(args, output_path)
+    # Check the input before loading any weights: a wrong path fails at once.
+    input_path = Path(args.input_path)
+    if input_path.is_dir():
+        paths = jpeg_frames(input_path)
+        frames, total, fps = folder_frames(paths), len(paths), args.fps or DEFAULT_FPS
+        source = f"{len(paths)} frames of {input_path}"
+    elif input_path.is_file():
+        video_fps, total = video_info(input_path)
+        fps = args.fps or video_fps  # the reference takes the rate of the video it extracts
+        frames = _saved(video_frames(input_path), output_path / "frames")
+        source = f"video {input_path} ({video_fps:g} fps)"
+    else:
+        return _fail(f"--input_path {input_path}: no such file or folder")
+    device = pick_device(args.device)
+    model, description = load_from_args(args, device)
+    if not is_vit(model):
+        return _fail("--arch resnet50 has no self-attention; use a ViT")
+    if args.resize:
+        check_resize(args.resize, model.patch_size)
+    print(f"weights: {description}")
+    print(f"input: {source}")
+    with tqdm(total=total or None, desc="attention", unit="frame") as bar:
+        result = make_attention_video(
+            model, frames, output_path / "video", fps, resize=args.resize, batch_size=args.batch_size,
+            codecs=format_codecs(args.video_format), attention_dir=output_path / "attention",
+            masks=args.masks, threshold=args.threshold, on_frame=lambda _: bar.update())
     print(f"wrote {result.frames} attention images to {output_path / 'attention'}")
     print(f"wrote {result.video} ({fps:g} fps){_video_note(result.fourcc, result.video)}")
     if result.masks_video is not None:

@@ -3,6 +3,7 @@ scratch folders, one-line errors, the page and its command line."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import torch
 from PIL import Image
 
 import app
-from app_fixtures import SIZE, SWAN, cfg  # noqa: F401 - fixtures
+from app_fixtures import SIZE, SWAN, cfg, fresh_cache  # noqa: F401 - fixtures
 from dino_seg.app import attention as attention_tab
 from dino_seg.app import components, jobs, model_cache, weights_bar
 from dino_seg.app.config import BUNDLED_DAVIS
@@ -38,7 +39,7 @@ def test_models_load_once_per_source(cfg):
 
 
 def test_random_weights_are_seeded_and_leave_the_global_rng_alone(cfg):
-    model_cache._load.cache_clear()
+    model_cache.clear_models()
     torch.manual_seed(123)
     expected_next = torch.rand(1)
     torch.manual_seed(123)
@@ -80,11 +81,50 @@ def test_banner_for_random_unreadable_and_usable_weights(cfg, tmp_path):
     assert banner.startswith("Weights: **vit_tiny16.pth")
 
 
-def test_scratch_keeps_a_bounded_number_of_request_folders():
-    scratch = Scratch(keep=3)
-    folders = [scratch.new("x") for _ in range(5)]
-    assert [f.exists() for f in folders] == [False, False, True, True, True]
-    assert sorted(p.name for p in scratch.root.iterdir()) == [f.name for f in folders[2:]]
+def test_models_and_maps_follow_a_checkpoint_rewritten_in_place(cfg, tmp_path, fresh_cache):
+    # "Use in the Attention tab" on a running training's checkpoint.pth: each epoch rewrites the file.
+    path = tmp_path / "checkpoint.pth"
+    torch.manual_seed(1)
+    torch.save(build_backbone("vit_tiny", 16).state_dict(), path)
+    first, _ = model_cache.get_model(str(path), cfg)
+    maps_before = attention_tab.attention_for(SWAN, str(path), SIZE, cfg)[0].maps
+    assert model_cache.get_model(str(path), cfg)[0] is first  # unchanged: served from the cache
+    torch.manual_seed(2)
+    torch.save(build_backbone("vit_tiny", 16).state_dict(), path)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a coarse clock may not tick between
+    second, _ = model_cache.get_model(str(path), cfg)
+    assert second is not first and not torch.equal(second.pos_embed, first.pos_embed)
+    expected = build_backbone("vit_tiny", 16)
+    expected.load_state_dict(torch.load(path))
+    assert torch.equal(second.pos_embed, expected.pos_embed)  # the new epoch's weights
+    maps_after = attention_tab.attention_for(SWAN, str(path), SIZE, cfg)[0].maps
+    assert not np.array_equal(maps_before, maps_after)
+    files = attention_tab.run_attention(str(SWAN), str(path), SIZE, 0.6, cfg)[2]
+    assert np.array_equal(np.load([f for f in files if f.endswith("attention.npy")][0]), maps_after)
+    assert sum(key[0] == str(path) for key in model_cache._MODELS) == 1  # the old version is not kept
+
+
+def test_scratch_never_deletes_a_folder_in_use():
+    now = [0.0]
+    scratch = Scratch(keep=2, grace_s=100.0, clock=lambda: now[0])
+    with scratch.job("video") as running:
+        browsed = scratch.new("video")
+        now[0] = 50.0
+        young = [scratch.new("x") for _ in range(3)]  # over `keep`, but all used within the grace time
+        assert all(f.exists() for f in [running, browsed, *young])
+        now[0] = 140.0
+        assert scratch.touch(browsed / "overlay" / "00003.jpg")  # the frame slider read it
+        now[0] = 200.0
+        later = scratch.new("x")
+        # Over `keep` and idle past the grace time: the young folders go; the running job's and the browsed stay.
+        assert [f.exists() for f in young] == [False, False, False]
+        assert running.exists() and browsed.exists() and later.exists()
+    now[0] = 400.0
+    scratch.new("x"), scratch.new("x")
+    assert not running.exists() and not browsed.exists()  # once the job ended and the slider left them
+    assert not scratch.touch(browsed / "overlay" / "00003.jpg")
+    assert len(list(scratch.root.iterdir())) == 2
     scratch.cleanup()
     assert not scratch.root.exists()
 

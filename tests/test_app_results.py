@@ -10,10 +10,15 @@ import pytest
 
 from davis_data import make_davis
 from dino_seg import davis, metrics
+from app import build_demo
 from dino_seg.app import results as results_tab
+from dino_seg.app.config import AppConfig
 from dino_seg.images import load_image
 from dino_seg.viz import overlay_labels
 from eval import davis as davis_cli
+
+
+CFG = AppConfig(allowed_roots=None)  # a loopback page: any folder
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def results(tmp_path_factory, tiny_vit_weights) -> tuple[Path, Path]:
 
 def test_results_folder_table_chart_and_frames(results):
     out, root = results
-    summary, table, chart, choices = results_tab.open_results(str(out))
+    summary, table, chart, choices = results_tab.open_results(str(out), CFG)
     csv_rows = (out / "per-sequence_results-val.csv").read_text().splitlines()[1:]
     assert list(table["Sequence"]) == [r.split(",")[0] for r in csv_rows] == ["shapes_1", "shapes_2", "more_1",
                                                                              "more_2"]
@@ -39,14 +44,14 @@ def test_results_folder_table_chart_and_frames(results):
     assert len(chart.axes[0].patches) == 3 * 4  # J&F, J and F bars for each object
     assert choices["choices"] == ["shapes", "more"]
 
-    figure, slider = results_tab.sequence_scores(str(out), str(root), "shapes")
+    figure, slider = results_tab.sequence_scores(str(out), str(root), "shapes", CFG)
     scored = metrics.score_sequence(out, root, "shapes")
     lines = figure.axes[0].get_lines()
     assert len(lines) == 2 * 2  # J and F of each object
     np.testing.assert_allclose(lines[0].get_ydata(), scored.j[0])
     assert slider["maximum"] == 4
 
-    gt, pred, note = results_tab.compare_frame(str(out), str(root), "shapes", 2)
+    gt, pred, note = results_tab.compare_frame(str(out), str(root), "shapes", 2, CFG)
     frame = np.asarray(load_image(root / "JPEGImages" / "480p" / "shapes" / "00002.jpg"))
     assert np.array_equal(gt, overlay_labels(frame, davis.read_annotation(
         root / "Annotations" / "480p" / "shapes" / "00002.png")))
@@ -56,6 +61,19 @@ def test_results_folder_table_chart_and_frames(results):
 
 def test_results_errors(tmp_path):
     with pytest.raises(gr.Error, match="results folder not found"):
-        results_tab.open_results(str(tmp_path / "missing"))
-    with pytest.raises(gr.Error, match="python -m eval.davis --results_path"):
-        results_tab.open_results(str(tmp_path))
+        results_tab.open_results(str(tmp_path / "missing"), CFG)
+    with pytest.raises(gr.Error, match="python -m eval.davis --results_path"):  # an empty folder
+        results_tab.open_results(str(tmp_path), CFG)
+    with pytest.raises(gr.Error, match="Type a results folder: the --output_dir"):
+        results_tab.open_results(" ", CFG)
+    root = make_davis(tmp_path / "davis", {"shapes": 2})
+    with pytest.raises(gr.Error, match=r"davis is a DAVIS dataset \(JPEGImages, Annotations\), not results"):
+        results_tab.open_results(str(root), CFG)
+
+
+def test_empty_tables_show_their_own_headers():
+    demo = build_demo(CFG)
+    tables = [b for b in demo.blocks.values() if isinstance(b, gr.Dataframe)]
+    headers = sorted(tuple(t.value["headers"]) for t in tables)
+    assert headers == [("Sequence", "J&F", "J-Mean", "F-Mean"), ("file", "epoch", "size (MB)", "saved")]
+    assert all(t.value["data"] == [] or t.value["data"] == [[]] for t in tables)

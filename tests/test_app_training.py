@@ -33,7 +33,7 @@ def train_run(tmp_path) -> Path:
 
 
 def test_training_folder_curves_and_checkpoints(train_run, cfg, fresh_cache):
-    summary, figure, table, choices = training_tab.open_training_run(str(train_run))
+    summary, figure, table, choices = training_tab.open_training_run(str(train_run), cfg)
     assert summary.startswith("10 iteration(s), 2 finished epoch(s), 2 checkpoint(s) · last loss 5.5")
     titles = [ax.get_title() for ax in figure.axes]
     assert titles[0] == "loss" and "teacher temperature" in titles and titles[-1] == "mean loss per epoch (log.txt)"
@@ -52,23 +52,23 @@ def test_training_folder_curves_and_checkpoints(train_run, cfg, fresh_cache):
 
 def test_training_errors(tmp_path, cfg):
     with pytest.raises(gr.Error, match="training folder not found"):
-        training_tab.open_training_run(str(tmp_path / "missing"))
+        training_tab.open_training_run(str(tmp_path / "missing"), cfg)
     with pytest.raises(gr.Error, match="not a training folder"):
-        training_tab.open_training_run(str(tmp_path))
+        training_tab.open_training_run(str(tmp_path), cfg)
     (tmp_path / "metrics.jsonl").write_text('{"it": 0}\nnot json\n{"it": 2}\n')
     with pytest.raises(gr.Error, match="line 2 is not JSON"):
-        training_tab.open_training_run(str(tmp_path))
+        training_tab.open_training_run(str(tmp_path), cfg)
     with pytest.raises(gr.Error, match="Open a training folder"):
         training_tab.use_checkpoint(None, cfg)
 
 
-def test_training_run_with_knn_and_folders_of_knn_and_linear_results(train_run, tmp_path):
+def test_training_run_with_knn_and_folders_of_knn_and_linear_results(train_run, tmp_path, cfg):
     # k-NN while training (--knn_data_path) adds knn_top1/knn_top5 to some epochs of log.txt.
     (train_run / "log.txt").write_text(
         json.dumps({"train_loss": 9.0, "epoch": 0, "knn_top1": 12.5, "knn_top5": 40.0}) + "\n" +
         json.dumps({"train_loss": 8.0, "epoch": 1}) + "\n" +
         json.dumps({"train_loss": 7.0, "epoch": 2, "knn_top1": 25.0, "knn_top5": 55.5}) + "\n")
-    summary, figure, _, _ = training_tab.open_training_run(str(train_run))
+    summary, figure, _, _ = training_tab.open_training_run(str(train_run), cfg)
     assert "k-NN while training (epoch 2): top-1 **25.00%**, top-5 55.50%" in summary
     knn_ax = next(ax for ax in figure.axes if ax.get_title() == "k-NN accuracy of the teacher (%)")
     lines = {line.get_label(): line for line in knn_ax.get_lines()}
@@ -82,7 +82,7 @@ def test_training_run_with_knn_and_folders_of_knn_and_linear_results(train_run, 
     knn_dir.mkdir()
     (knn_dir / "knn.json").write_text(json.dumps({"10": {"top1": 70.25, "top5": 90.0}, "20": {"top1": 71.5,
                                                   "top5": 91.0}, "train_images": 100, "args": {"nb_knn": [10, 20]}}))
-    summary, figure, table, _ = training_tab.open_training_run(str(knn_dir))
+    summary, figure, table, _ = training_tab.open_training_run(str(knn_dir), cfg)
     assert "| 10 | 70.25 | 90.00 |\n| 20 | 71.50 | 91.00 |" in summary and table.empty
 
     # A folder of `python -m eval.linear`: log.txt with validated epochs, checkpoint.pth.tar.
@@ -92,11 +92,11 @@ def test_training_run_with_knn_and_folders_of_knn_and_linear_results(train_run, 
     (lin / "log.txt").write_text("".join(json.dumps({"train_loss": 2.0 - e / 10, "train_lr": 0.001, "epoch": e,
                                                      "test_loss": 1.5, "test_acc1": 50.0 + e, "test_acc5": 80.0})
                                          + "\n" for e in range(3)))
-    summary, figure, _, _ = training_tab.open_training_run(str(lin))
+    summary, figure, _, _ = training_tab.open_training_run(str(lin), cfg)
     assert "Linear probe: best top-1 **52.00%** at epoch 2 (3 validated epoch(s))" in summary
     ax = next(ax for ax in figure.axes if ax.get_title() == "linear probe accuracy (%)")
     np.testing.assert_allclose({ln.get_label(): ln for ln in ax.get_lines()}["top-1"].get_ydata(), [50, 51, 52])
 
     (knn_dir / "knn.json").write_text('{"20": {"top1": 1}}')
     with pytest.raises(gr.Error, match="knn.json: expected"):
-        training_tab.open_training_run(str(knn_dir))
+        training_tab.open_training_run(str(knn_dir), cfg)

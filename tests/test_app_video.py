@@ -32,9 +32,9 @@ def _jf_from_note(note: str) -> tuple[float, float, float]:
 
 
 def test_davis_sequence_propagation_and_scores(cfg):
-    update = video_tab.list_davis(None)
+    update = video_tab.list_davis(None, cfg)
     assert update["choices"] == ["blackswan"] and update["value"] == "blackswan"
-    first = video_tab.davis_first_frame(None, "blackswan")
+    first = video_tab.davis_first_frame(None, "blackswan", cfg)
     assert first.shape == (480, 854, 3)
     video, paths, slider, first_overlay, note = video_tab.run_video(
         video_tab.DAVIS_SOURCE, None, "blackswan", None, None, None, None, 4, 240, cfg)
@@ -81,7 +81,7 @@ def small_video(tmp_path_factory) -> tuple[Path, np.ndarray]:
 
 def test_uploaded_video_with_a_mask_of_another_scale(cfg, small_video, tmp_path):
     video_path, labels = small_video
-    first, hint = video_tab.video_first_frame(str(video_path))
+    first, hint = video_tab.video_first_frame(str(video_path), cfg)
     assert first.shape == (240, 426, 3) and hint.startswith("First frame loaded (426x240)")
     mask_path = tmp_path / "mask.png"
     Image.fromarray(labels * 255).resize((854, 480), Image.Resampling.NEAREST).save(mask_path)  # 0/255, 2x
@@ -120,7 +120,7 @@ def test_video_input_errors_are_readable(cfg, small_video, tmp_path):
     with pytest.raises(gr.Error, match="upload a mask image or draw"):
         video_tab.run_video(video_tab.UPLOAD_SOURCE, None, None, str(video_path), None, None, None, 3, 240, cfg)
     with pytest.raises(gr.Error, match="DAVIS root not found"):
-        video_tab.list_davis(str(tmp_path / "nowhere"))
+        video_tab.list_davis(str(tmp_path / "nowhere"), cfg)
 
 
 def test_davis_run_is_scored_only_when_its_frames_have_ground_truth(cfg, tmp_path):

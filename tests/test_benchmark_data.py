@@ -78,6 +78,7 @@ def test_coco20k(tmp_path):
            "categories": []}
     (tmp_path / "COCO" / "annotations").mkdir(parents=True)
     (tmp_path / "COCO" / "annotations" / "instances_train2014.json").write_text(json.dumps(ann))
+    assert available_benchmarks(tmp_path) == ["coco20k"]
     _, items = load_benchmark("coco20k", tmp_path)
     assert [(it.key, it.gt_boxes) for it in items] == [
         ("COCO_train2014_000000000009", [[1.0, 3.0, 11.0, 8.0]]),  # rounded [x, y, x + w, y + h], crowd left out

@@ -1,4 +1,4 @@
-"""Atomic writers (dino_seg.files, train.checkpoint, train.logs): permissions, stale temporary files, full disk."""
+"""Atomic writers (dino_seg.files, dino_seg.checkpoint, dino_seg.runs): permissions, stale temporary files, full disk."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from dino_seg import files
-from train.checkpoint import save_checkpoint
-from train.logs import append_record, trim_records
+from dino_seg.checkpoint import save_checkpoint
+from dino_seg.runs import append_record, trim_records
 
 
 def _mode(path: Path) -> int:

@@ -104,8 +104,11 @@ def test_short_run_resumes_exactly_and_evaluates(probe_data, tiny_vit_weights, t
         return real(*args, **kwargs)
 
     monkeypatch.setattr(linear_cli, "train_probe_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_linear([*flags, "--output_dir", str(resumed)])
+    code, _, stderr = run_linear([*flags, "--output_dir", str(resumed)])
+    assert code == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"interrupted: {resumed / 'checkpoint.pth.tar'} holds the last "
+                                               "complete epoch, if any; start again with the same --output_dir to "
+                                               "resume")
     monkeypatch.setattr(linear_cli, "train_probe_epoch", real)
     assert torch.load(resumed / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1
     code, stdout, _ = run_linear([*flags, "--output_dir", str(resumed)])

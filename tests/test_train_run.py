@@ -328,7 +328,8 @@ def test_output_dir_that_is_a_file_and_ctrl_c_are_one_line(tiny_run, tmp_path, m
 
 
 def test_teacher_is_the_ema_of_the_student(tmp_path):
-    from train.main import build_student_teacher, seed_everything
+    from dino_seg.seeding import seed_everything
+    from train.main import build_student_teacher
 
     data = tmp_path / "data"
     textured_images(data, 4)  # batch 4: one iteration, so the teacher is one EMA step from the initial weights

@@ -229,7 +229,7 @@ class _RunsCode:
 
 
 def test_a_foreign_pickle_is_refused_with_its_reason_in_full(tmp_path):
-    from train.checkpoint import load_checkpoint
+    from dino_seg.checkpoint import load_checkpoint
 
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.pth"

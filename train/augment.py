@@ -12,6 +12,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
+from dino_seg.errors import UserError
 from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from train.fast_augment import DecodedImage, FastAugmentationDINO
 
@@ -64,11 +65,11 @@ class DataAugmentationDINO:
                  global_crops_size: int = 224, local_crops_size: int = 96, augmentation: str = "fast") -> None:
         for flag, scale in (("--global_crops_scale", global_crops_scale), ("--local_crops_scale", local_crops_scale)):
             if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-                raise ValueError(f"{flag}: expected two numbers 0 < min <= max <= 1, got {tuple(scale)}")
+                raise UserError(f"{flag}: expected two numbers 0 < min <= max <= 1, got {tuple(scale)}")
         if local_crops_number < 0:
-            raise ValueError(f"--local_crops_number: expected 0 or more, got {local_crops_number}")
+            raise UserError(f"--local_crops_number: expected 0 or more, got {local_crops_number}")
         if augmentation not in AUGMENTATIONS:
-            raise ValueError(f"--augmentation: expected one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
+            raise UserError(f"--augmentation: expected one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
         self.augmentation = augmentation
         pipeline = FastAugmentationDINO if augmentation == "fast" else ReferenceAugmentationDINO
         self.pipeline = pipeline(tuple(global_crops_scale), tuple(local_crops_scale), local_crops_number,

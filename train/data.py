@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
+from dino_seg.errors import UserError
 from dino_seg.images import IMAGE_SUFFIXES, ImageError, load_image
 
 
@@ -23,16 +25,16 @@ def find_images(root: str | Path) -> list[Path]:
     sorted by path: an ImageFolder tree (`root/class/img.jpg`) or any folder of images."""
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"--data_path: {root} does not exist")
+        raise FileNotFoundError(errno.ENOENT, f"--data_path: {root} does not exist")
     if not root.is_dir():
-        raise NotADirectoryError(f"--data_path: {root} is not a folder (expected a folder of images)")
+        raise NotADirectoryError(errno.ENOTDIR, f"--data_path: {root} is not a folder (expected a folder of images)")
     paths = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         paths.extend(Path(dirpath) / f for f in filenames
                      if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise ValueError(f"--data_path: no images found in {root} "
+        raise UserError(f"--data_path: no images found in {root} "
                          f"(looked recursively for {', '.join(IMAGE_SUFFIXES)})")
     return sorted(paths)
 
@@ -96,7 +98,7 @@ class ImageFilesDataset(Dataset):
                 continue
             with seeded_rng(sample_seed(self.seed, self.epoch, index)):
                 return self.transform(image), tuple(skipped)
-        raise ValueError(f"--data_path: none of the {len(self.paths)} images in {self.root} can be decoded")
+        raise UserError(f"--data_path: none of the {len(self.paths)} images in {self.root} can be decoded")
 
 
 def collate_crops(batch: Sequence[tuple[list[torch.Tensor], tuple[str, ...]]]
@@ -131,7 +133,7 @@ def build_loader(dataset: ImageFilesDataset, *, batch_size: int, num_workers: in
         # inherit the setting. This process does no augmentation while workers exist.
         cv2.setNumThreads(1)
     if len(sampler) < batch_size:
-        raise ValueError(f"--batch_size_per_gpu: {batch_size} is more than the {len(sampler)} images each of "
+        raise UserError(f"--batch_size_per_gpu: {batch_size} is more than the {len(sampler)} images each of "
                          f"the {world_size} process(es) gets from {len(dataset)} in {dataset.root}")
     return DataLoader(
         dataset,

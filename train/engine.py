@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from train.distributed import all_reduce_mean
+from dino_seg.distributed import all_reduce_mean
+from dino_seg.errors import UserError
 from train.loss import DINOLoss, collapse_monitors
 from train.optim import cancel_gradients_last_layer, clip_gradients
 
@@ -153,5 +154,5 @@ def train_one_epoch(*, student: nn.Module, student_core: nn.Module, teacher: nn.
         if on_iteration is not None:
             on_iteration({**record, "skipped": new_bad})
     if n == 0:
-        raise ValueError("the data loader yielded no batch: fewer images than --batch_size_per_gpu per process")
+        raise UserError("the data loader yielded no batch: fewer images than --batch_size_per_gpu per process")
     return EpochResult({k: v / n for k, v in sums.items()}, skipped)

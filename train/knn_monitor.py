@@ -8,6 +8,7 @@ import sys
 from torch import nn
 from tqdm import tqdm
 
+from dino_seg.errors import UserError
 from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits
 from dino_seg.knn import extract_features, knn_classifier
 
@@ -33,10 +34,10 @@ class KnnMonitor:
     def __init__(self, data_path: str, *, crop_size: int, k: int, temperature: float, freq: int,
                  batch_size: int, num_workers: int, is_main: bool) -> None:
         if freq < 1:
-            raise ValueError(f"--knn_freq: expected a positive number of epochs, got {freq}")
+            raise UserError(f"--knn_freq: expected a positive number of epochs, got {freq}")
         train, val = find_splits(data_path, flag="--knn_data_path")
         if not 1 <= k <= len(train.samples):
-            raise ValueError(f"--knn_k {k}: k must be between 1 and the {len(train.samples)} training images "
+            raise UserError(f"--knn_k {k}: k must be between 1 and the {len(train.samples)} training images "
                              f"of {train.root}")
         # Resize to 256/224 of the crop as the reference's Resize(256) + CenterCrop(224).
         transform = eval_transform(round(crop_size * 256 / 224), crop_size)

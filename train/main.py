@@ -9,22 +9,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from dino_seg.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
+from dino_seg.cli import check_output_dir, run_command
+from dino_seg.distributed import DistInfo, all_gather_objects, cleanup_distributed, init_distributed
+from dino_seg.errors import UserError
 from dino_seg.files import NoSpaceError, remove_stale_temp
-from dino_seg.models import ARCHS, build_backbone
 from dino_seg.flags import bool_flag
+from dino_seg.models import ARCHS, build_backbone
+from dino_seg.runs import EPOCH_LOG, METRICS_LOG, append_record, trim_records, write_record
+from dino_seg.seeding import epoch_seed, seed_everything
 from train.augment import AUGMENTATIONS, DataAugmentationDINO
-from train.checkpoint import add_prefix, load_checkpoint, load_module_state, save_checkpoint
 from train.data import ImageFilesDataset, build_loader
-from train.distributed import DistInfo, all_gather_objects, cleanup_distributed, init_distributed
 from train.engine import NonFiniteLossError, Schedules, resolve_precision, train_one_epoch
 from train.head import DINOHead, MultiCropWrapper
 from train.knn_monitor import KnnMonitor, add_knn_flags
-from train.logs import EPOCH_LOG, METRICS_LOG, append_record, trim_records, write_record
 from train.loss import DINOLoss, collapse_warning
 from train.optim import OPTIMIZERS, build_optimizer, get_params_groups
 from train.schedules import cosine_scheduler
@@ -108,22 +110,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Set by torch.distributed.launch; LOCAL_RANK from the environment wins when set.")
     add_knn_flags(p)
     return p
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of one process for one epoch: re-seeding at every epoch start is what makes a
-    resumed run draw the same drop-path masks as the uninterrupted one."""
-    state = np.random.SeedSequence([seed % 2**64, epoch, rank, 1]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 def has_batchnorms(model: nn.Module) -> bool:
@@ -233,7 +219,7 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
             (f" with changed flags {', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}" if changed else ""))
     starts = all_gather_objects(start_epoch)
     if len(set(starts)) > 1:
-        raise ValueError(f"--output_dir: the processes found different checkpoints in {out} (resume epochs "
+        raise UserError(f"--output_dir: the processes found different checkpoints in {out} (resume epochs "
                          f"{starts} by rank): it must be one folder shared by all nodes")
     if info.is_main:
         # Lines past the checkpoint come from an interrupted epoch that is about to be redone.
@@ -323,18 +309,24 @@ def _plain(value: object) -> object:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the flags, join the process group if launched by torchrun or SLURM, train."""
+    """Parse the flags and train under the command runner (one-line errors, Ctrl-C exits 130)."""
     args = get_args_parser().parse_args(argv)
     args.arch = args.arch.replace("deit", "vit")  # the reference's DeiT-S is our ViT-S
-    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
-        print(f"error: --output_dir {args.output_dir}: is a file, expected a folder", file=sys.stderr)
-        return 2
-    try:
-        info = init_distributed(args.device, args.dist_url, local_rank=args.local_rank)
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    tag = f"[rank {info.rank}] " if info.distributed else ""
+    return run_command(lambda: launch(args), interrupted=lambda: _kept(
+        args, "{} holds the last complete epoch", "no checkpoint was written yet") +
+        "; start again with the same --output_dir to resume")
+
+
+def _kept(args: argparse.Namespace, found: str, missing: str) -> str:
+    """What the run leaves behind: `found` with the checkpoint's path when there is one, else `missing`."""
+    ckpt = Path(args.output_dir) / CHECKPOINT
+    return found.format(ckpt) if ckpt.is_file() else missing
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Join the process group if launched by torchrun or SLURM, train, and leave the group."""
+    check_output_dir(args.output_dir)
+    info = init_distributed(args.device, args.dist_url, local_rank=args.local_rank)
 
     def say(message: str) -> None:
         if info.is_main:
@@ -343,30 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train_dino(args, info, say)
     except NonFiniteLossError as err:
-        ckpt = Path(args.output_dir) / CHECKPOINT
-        kept = (f"the last good checkpoint {ckpt} is kept unchanged" if ckpt.is_file()
-                else "no checkpoint was written")
+        kept = _kept(args, "the last good checkpoint {} is kept unchanged", "no checkpoint was written")
         if info.is_main:
             print(f"error: {err}; {kept}. Lower --lr, raise --warmup_epochs, use --use_fp16 false or "
                   "--clip_grad, then start again with the same --output_dir to resume.", file=sys.stderr, flush=True)
         return 1
     except NoSpaceError as err:
-        ckpt = Path(args.output_dir) / CHECKPOINT
-        kept = (f"the last complete checkpoint {ckpt} is kept unchanged" if ckpt.is_file()
-                else "no checkpoint was written")
-        print(f"{tag}error: {err}; {kept}. Free some space, then start again with the same --output_dir to resume.",
-              file=sys.stderr, flush=True)
-        return 2
-    except (ValueError, OSError) as err:
-        print(f"{tag}error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        if info.is_main:
-            ckpt = Path(args.output_dir) / CHECKPOINT
-            kept = f"{ckpt} holds the last complete epoch" if ckpt.is_file() else "no checkpoint was written yet"
-            print(f"\ninterrupted: {kept}; start again with the same --output_dir to resume", file=sys.stderr,
-                  flush=True)
-        return 130
+        kept = _kept(args, "the last complete checkpoint {} is kept unchanged", "no checkpoint was written")
+        raise UserError(f"{err}; {kept}. Free some space, then start again with the same --output_dir to "
+                        "resume.") from None
     finally:
         cleanup_distributed()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dino_seg.errors import UserError
+
 OPTIMIZERS = ("adamw", "sgd", "lars")
 
 
@@ -72,7 +74,7 @@ def build_optimizer(name: str, params_groups: list[dict]) -> torch.optim.Optimiz
         return torch.optim.SGD(params_groups, lr=0, momentum=0.9)
     if name == "lars":
         return LARS(params_groups)
-    raise ValueError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    raise UserError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
 @torch.no_grad()

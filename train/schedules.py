@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dino_seg.errors import UserError
+
 
 def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
                      warmup_epochs: int = 0, start_warmup_value: float = 0.0) -> np.ndarray:
@@ -18,7 +20,7 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
         raise ValueError(f"cosine_scheduler: expected positive epochs and iterations per epoch, "
                          f"got epochs={epochs}, niter_per_ep={niter_per_ep}")
     if not 0 <= warmup_epochs <= epochs:
-        raise ValueError(f"--warmup_epochs: expected between 0 and --epochs ({epochs}), got {warmup_epochs}")
+        raise UserError(f"--warmup_epochs: expected between 0 and --epochs ({epochs}), got {warmup_epochs}")
     warmup_iters = warmup_epochs * niter_per_ep
     warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
     iters = np.arange(epochs * niter_per_ep - warmup_iters)
@@ -37,7 +39,7 @@ def teacher_temp_schedule(warmup_teacher_temp: float, teacher_temp: float,
     its end point).
     """
     if not 0 <= warmup_teacher_temp_epochs <= epochs:
-        raise ValueError(f"--warmup_teacher_temp_epochs: expected between 0 and --epochs ({epochs}), "
+        raise UserError(f"--warmup_teacher_temp_epochs: expected between 0 and --epochs ({epochs}), "
                          f"got {warmup_teacher_temp_epochs}")
     return np.concatenate((
         np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs),

@@ -4,21 +4,23 @@ that a discovery method (threshold, LOST, TokenCut, MaskCut) finds, with downloa
 from __future__ import annotations
 
 import functools
+import math
 import shutil
 import threading
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 from PIL import Image
-from torch import nn
+from torchvision import transforms
 
-from dino_seg.attention import AttentionResult, compute_attention
-from dino_seg.discovery import DEFAULT_TAU, DiscoveryFeatures, discover, extract_features, patches_to_pixels
+from dino_seg.attention import AttentionResult, resized_size
+from dino_seg.discovery import (DEFAULT_TAU, MAX_PATCHES, DiscoveryFeatures, DiscoveryResult, discover,
+                                extract_features, patches_to_pixels)
 from dino_seg.discovery_io import write_discovery
 from dino_seg.files import file_digest, save_npy, save_png
 from dino_seg.images import ImageError, load_image
@@ -27,13 +29,13 @@ from dino_seg.viz import attention_panels, discovery_panels
 from .components import ImageView, Radio, Slider, UploadImage
 from .config import ASSETS, AppConfig
 from .errors import friendly
-from .model_cache import model_key, model_or_error
+from .model_cache import model_or_error, weights_identity
 from .paths import check_path
 from .scratch import SCRATCH
 from .shared import Shared
 
 MAX_IMAGE_SIDE = 2048  # uploads above this are downscaled first: the model resizes to --image_size anyway
-ATTENTION_CACHE_SIZE = 16
+CACHE_SIZE = 16  # image passes kept, and discovery results
 
 Gallery = list[tuple[str, str]]  # (PNG file, caption)
 
@@ -80,39 +82,81 @@ def load_input_image(path: str | Path, max_side: int = MAX_IMAGE_SIDE) -> tuple[
     return image, notes
 
 
-ATTENTION_CACHE: OrderedDict[tuple, tuple[AttentionResult, list[str]]] = OrderedDict()
-_ATTENTION_LOCK = threading.Lock()
+@dataclass
+class ImagePass:
+    """What the one forward pass of an image gives both halves of the tab."""
+
+    attention: AttentionResult  # per-head [CLS] attention (heads, h, w) and the image it was computed on
+    features: DiscoveryFeatures  # the same pass's keys (the only features the tab's methods use) and attention
+    notes: list[str]  # what was converted or downscaled
 
 
-def _cached(cache: OrderedDict, image_path: str | Path, weights: str | None, image_size: int, cfg: AppConfig,
-            compute: Callable[[nn.Module, Image.Image, list[str]], tuple]) -> tuple[tuple, str]:
-    """(`compute(model, image, notes)`, model description), computed once per (weights, device, image content,
-    size) and kept in `cache` (least recently used dropped first). The image path is checked against the
-    page's allowed folders first: an API call may name any server file, not only uploads."""
-    check_path(str(image_path), cfg, "image")
-    model, description = model_or_error(weights, cfg)
-    key = (model_key(weights, cfg), cfg.device, file_digest(image_path, "sha1"), int(image_size))
-    with _ATTENTION_LOCK:
+PASS_CACHE: OrderedDict[tuple, ImagePass] = OrderedDict()
+DISCOVERY_CACHE: OrderedDict[tuple, DiscoveryResult] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+
+
+def _lookup(cache: OrderedDict, key: tuple) -> Any:
+    with _CACHE_LOCK:
         if key in cache:
             cache.move_to_end(key)
-            return cache[key], description
-    image, notes = load_input_image(image_path)
-    entry = compute(model, image, notes)
-    with _ATTENTION_LOCK:
-        cache[key] = entry
-        while len(cache) > ATTENTION_CACHE_SIZE:
+            return cache[key]
+    return None
+
+
+def _store(cache: OrderedDict, key: tuple, value: Any) -> None:
+    with _CACHE_LOCK:
+        cache[key] = value
+        while len(cache) > CACHE_SIZE:  # least recently used first
             cache.popitem(last=False)
-    return entry, description
+
+
+def model_input(image: Image.Image, image_size: int, patch_size: int) -> tuple[Image.Image, list[str]]:
+    """The image as the model sees it: the short side resized to `image_size` (visualize_attention.py's rule)
+    and cropped to whole patches, as dino_seg.attention.preprocess does, downscaled further when it would have
+    more than discovery's patch cap. Cropping instead of discovery's zero padding lets one pass serve the
+    attention maps and every discovery method, on the same pixels."""
+    h, w = resized_size(image.size, int(image_size))
+    notes = []
+    if (h // patch_size) * (w // patch_size) > MAX_PATCHES:
+        factor = math.sqrt(MAX_PATCHES * patch_size ** 2 / (h * w))
+        notes.append(f"a {w}x{h} input has over {MAX_PATCHES} patches: processed at "
+                     f"{int(w * factor)}x{int(h * factor)}")
+        h, w = int(h * factor), int(w * factor)
+    if min(h, w) < patch_size:
+        raise ImageError(f"image of {image.width}x{image.height} is smaller than one {patch_size}-pixel patch "
+                         f"at a {image_size}-pixel short side")
+    resized = transforms.Resize((h, w))(image)
+    return resized.crop((0, 0, w - w % patch_size, h - h % patch_size)), notes
+
+
+def image_pass(image_path: str | Path, weights: str | None, image_size: int,
+               cfg: AppConfig) -> tuple[ImagePass, str, tuple]:
+    """(the pass, model description, cache key) of an image: one forward pass per (image content, weights
+    file version, device, size), cached (least recently used dropped first), so that the threshold, the method
+    and tau never run the model again. The image path is checked against the page's allowed folders first:
+    an API call may name any server file, not only uploads."""
+    check_path(str(image_path or ""), cfg, "image")
+    model, description = model_or_error(weights, cfg)
+    key = (weights_identity(weights, cfg), file_digest(image_path, "sha1"), int(image_size))
+    cached = _lookup(PASS_CACHE, key)
+    if cached is not None:
+        return cached, description, key
+    image, notes = load_input_image(image_path)
+    shown, size_notes = model_input(image, int(image_size), model.patch_size)
+    features = extract_features(model, shown)  # whole patches: no padding, no resize
+    features = replace(features, feats={"k": features.feats["k"]})  # q and v: no method of the tab uses them
+    attention = AttentionResult(maps=features.cls_attention, image=np.asarray(shown), patch_size=model.patch_size)
+    entry = ImagePass(attention, features, notes + size_notes + ([features.note] if features.note else []))
+    _store(PASS_CACHE, key, entry)
+    return entry, description, key
 
 
 def attention_for(image_path: str | Path, weights: str | None, image_size: int,
                   cfg: AppConfig) -> tuple[AttentionResult, list[str], str]:
-    """The attention of an image, computed once per (image content, weights, size) and cached, so that
-    moving only the threshold slider never runs the model again."""
-    (result, notes), description = _cached(
-        ATTENTION_CACHE, image_path, weights, image_size, cfg,
-        lambda model, image, notes: (compute_attention(model, image, int(image_size)), notes))
-    return result, notes, description
+    """The attention of an image (from its cached pass), its notes and the model's description."""
+    entry, description, _ = image_pass(image_path, weights, image_size, cfg)
+    return entry.attention, entry.notes, description
 
 
 def write_attention_downloads(folder: Path, result: AttentionResult, masks: np.ndarray,
@@ -175,53 +219,80 @@ def refresh_attention(image_path: str | None, weights: str | None, image_size: f
 
 # The object-discovery selector: the method names shown, and the library's.
 DISCOVERY_METHODS = {"threshold": "attention", "LOST": "lost", "TokenCut": "tokencut", "MaskCut": "maskcut"}
-FEATURES_CACHE: OrderedDict[tuple, tuple[DiscoveryFeatures, np.ndarray, list[str]]] = OrderedDict()
+DEFAULT_METHOD = "TokenCut"
+DEFAULT_THRESHOLD = 0.6  # the paper's share of the attention mass
 
 
-def features_for(image_path: str | Path, weights: str | None, image_size: int,
-                 cfg: AppConfig) -> tuple[DiscoveryFeatures, np.ndarray, list[str], str]:
-    """The discovery features of an image (one forward pass: last-block q/k/v and [CLS] attention), cached per
-    (image content, weights, size), so that changing the method, tau or threshold never runs the model again."""
-    def compute(model: nn.Module, image: Image.Image, notes: list[str]) -> tuple:
-        features = extract_features(model, image, resize=int(image_size))
-        return features, np.asarray(image), notes + ([features.note] if features.note else [])
+def default_tau(method: str) -> float | None:
+    """The command line's tau of a method shown on the page (TokenCut 0.2, MaskCut 0.15); None: it has none."""
+    return DEFAULT_TAU.get(DISCOVERY_METHODS.get(method, ""))
 
-    entry, description = _cached(FEATURES_CACHE, image_path, weights, image_size, cfg, compute)
-    return (*entry, description)
+
+def discovery_settings(method: str, tau: float | None = None,
+                       threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """discover()'s arguments for a method shown on the page, in both tabs: the threshold method on the heads'
+    mean map (the map whose mask the Attention tab shows), tau only for the graph methods (their command-line
+    default when not given)."""
+    if method not in DISCOVERY_METHODS:
+        raise gr.Error(f"Unknown method {method!r}: pick one of {', '.join(DISCOVERY_METHODS)}.")
+    name = DISCOVERY_METHODS[method]
+    tau = (default_tau(method) if tau is None else float(tau)) if name in DEFAULT_TAU else None
+    return {"method": name, "tau": tau, "dinoseg_head": None, "threshold": float(threshold)}
+
+
+def discovery_for(image_path: str | Path, weights: str | None, image_size: int, settings: dict[str, Any],
+                  cfg: AppConfig) -> tuple[ImagePass, DiscoveryResult, str]:
+    """The objects a method finds in an image, cached per pass and per the settings the method reads (the
+    threshold only for the threshold method, tau only for TokenCut and MaskCut): moving the threshold never
+    runs TokenCut or MaskCut again."""
+    entry, description, key = image_pass(image_path, weights, image_size, cfg)
+    reads = ("tau",) if settings["tau"] is not None else ("threshold",) if settings["method"] == "attention" else ()
+    result_key = (key, settings["method"], *(settings[name] for name in reads))
+    result = _lookup(DISCOVERY_CACHE, result_key)
+    if result is None:
+        result = discover(entry.features, **settings)
+        _store(DISCOVERY_CACHE, result_key, result)
+    return entry, result, description
 
 
 @friendly
 def run_discovery(image_path: str | None, weights: str | None, image_size: float, method: str, tau: float,
                   threshold: float, cfg: AppConfig) -> tuple[np.ndarray, np.ndarray, list[str], str]:
-    """(objects overlay with boxes, score map, download files, note) of one discovery method on one image."""
+    """(objects overlay with boxes, score map, download files, note) of one discovery method on one image, on
+    the pixels the attention maps show (boxes in their coordinates)."""
     if not image_path:
         raise gr.Error("Pick an example or upload an image first.")
-    if method not in DISCOVERY_METHODS:
-        raise gr.Error(f"Unknown method {method!r}: pick one of {', '.join(DISCOVERY_METHODS)}.")
-    features, pixels, notes, description = features_for(image_path, weights, int(image_size), cfg)
-    name = DISCOVERY_METHODS[method]
-    # The threshold method is DINO-seg on the heads' mean map, with the tab's mass threshold.
-    result = discover(features, name, tau=float(tau) if name in DEFAULT_TAU else None, dinoseg_head=None,
-                      threshold=float(threshold))
+    settings = discovery_settings(method, tau, threshold)
+    entry, result, _ = discovery_for(image_path, weights, int(image_size), settings, cfg)
+    pixels, features = entry.attention.image, entry.features
     objects, heat = discovery_panels(pixels, result.masks, result.boxes,
                                      patches_to_pixels(result.scores[None], features)[0])
     files = [str(f) for f in write_discovery(SCRATCH.new("discover"), pixels, features, result)]
+    name, tau = settings["method"], settings["tau"]
     setting = {"attention": f"mean-map mask keeping {threshold:.0%} of the mass, largest component",
-               "lost": "seed expanded by the 100 lowest-degree patches", "tokencut": f"tau {tau:.2f}",
-               "maskcut": f"tau {tau:.2f}, up to 3 objects"}[name]
+               "lost": "seed expanded by the 100 lowest-degree patches"}.get(name) or (
+        f"tau {tau:.2f}" + (", up to 3 objects" if name == "maskcut" else ""))
     boxes = "; ".join("[" + ", ".join(f"{v:.0f}" for v in b) + "]" for b in result.boxes) or "none"
-    lines = [f"**{method}** ({setting}) · {len(result.boxes)} object(s) · boxes {boxes}"]
-    lines += [f"- note: {n}" for n in notes]
+    h, w = pixels.shape[:2]
+    lines = [f"**{method}** ({setting}) · {len(result.boxes)} object(s) · boxes {boxes} (pixels of the {w}x{h} "
+             "input)"]
+    lines += [f"- note: {n}" for n in entry.notes]
     return objects, heat, files, "\n".join(lines)
 
 
 @friendly
 def refresh_discovery(image_path: str | None, weights: str | None, image_size: float, method: str, tau: float,
                       threshold: float, cfg: AppConfig) -> tuple[Any, Any, Any, Any]:
-    """Method, tau or threshold changed: redo the discovery from the cached features, if an image is there."""
+    """Method, tau or threshold changed: redo the discovery from the cached pass, if an image is there."""
     if not image_path:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     return run_discovery(image_path, weights, image_size, method, tau, threshold, cfg)
+
+
+def method_changed(method: str) -> dict:
+    """A new method sets tau to that method's command-line default (MaskCut 0.15, TokenCut 0.2)."""
+    tau = default_tau(method)
+    return gr.update() if tau is None else gr.update(value=tau)
 
 
 def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Component]:
@@ -234,14 +305,16 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                 gr.Examples(example_images(), inputs=image, label="Examples", examples_per_page=8,
                             elem_id="attention-examples")
                 image_size = Slider(128, 960, value=480, step=16, label="Image size (short side, px)")
-                threshold = Slider(0.05, 1.0, value=0.6, step=0.05, label="Mass threshold",
+                threshold = Slider(0.05, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Mass threshold",
                                       info="Share of each map's attention mass the mask keeps (paper: 0.6)",
                                       elem_id="attention-threshold")
-                method = Radio(list(DISCOVERY_METHODS), value="TokenCut", label="Object discovery",
+                method = Radio(list(DISCOVERY_METHODS), value=DEFAULT_METHOD, label="Object discovery",
                                   info="threshold: DINO's 60%-mass mask; LOST, TokenCut, MaskCut on the last keys",
                                   elem_id="discover-method")
-                tau = Slider(0.05, 0.95, value=0.2, step=0.05, label="tau (TokenCut / MaskCut graph threshold)",
-                                elem_id="discover-tau")
+                tau = Slider(0.05, 0.95, value=default_tau(DEFAULT_METHOD), step=0.05,
+                             label="tau (TokenCut / MaskCut graph threshold)",
+                             info="A new method starts from its command-line default (TokenCut 0.2, MaskCut 0.15)",
+                             elem_id="discover-tau")
                 run_button = gr.Button("Compute attention", variant="primary", elem_id="attention-run")
             with gr.Column(scale=3):
                 note = gr.Markdown(elem_id="attention-note")
@@ -281,9 +354,13 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                        api_visibility="private").success(  # the same endpoint as /refresh_attention
         d_refresh, d_inputs, d_outputs, concurrency_id="model", api_name="refresh_discover_size",
         api_visibility="private")
-    for name, control in (("method", method), ("tau", tau)):
-        control.change(d_refresh, d_inputs, d_outputs, concurrency_id="model", trigger_mode="always_last",
-                       api_name=f"refresh_discover_{name}", api_visibility="private")
+    # A new method first takes its default tau; only a person's own tau moves (`input`) refresh on their own,
+    # so that the method's tau update does not run the discovery a second time.
+    method.change(method_changed, method, tau, api_name="method_tau", api_visibility="private").then(
+        d_refresh, d_inputs, d_outputs, concurrency_id="model", trigger_mode="always_last",
+        api_name="refresh_discover_method", api_visibility="private")
+    tau.input(d_refresh, d_inputs, d_outputs, concurrency_id="model", trigger_mode="always_last",
+              api_name="refresh_discover_tau", api_visibility="private")
     return {"image": image, "image_size": image_size, "threshold": threshold, "run": run_button, "note": note,
             "heat_gallery": heat_gallery, "mask_gallery": mask_gallery, "downloads": downloads, "method": method,
             "tau": tau, "objects": objects_image, "scores": scores_image, "discover_files": discover_files,

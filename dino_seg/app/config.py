@@ -21,6 +21,9 @@ class AppConfig:
     results_dir: str = ""
     train_dir: str = ""
     device: str = "cpu"
-    # None: any server path may be opened (a loopback address); else only paths under these folders and
-    # uploads (a public address: see dino_seg/app/paths.py).
-    allowed_roots: tuple[str, ...] | None = None
+    # Only paths under these folders, the bundled assets and this app's uploads (a public address: see
+    # dino_seg/app/paths.py); None: any server path (a loopback address). The default fails closed: a page
+    # built without the command line's answer opens nothing else.
+    allowed_roots: tuple[str, ...] | None = ()
+    # This app's own upload folder (paths.private_upload_folder): the only uploads a public page opens.
+    upload_dir: str | None = None

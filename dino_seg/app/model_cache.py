@@ -1,9 +1,10 @@
-"""Models of the app: loaded once per (source, arch, patch size, device), cached and shared by every tab."""
+"""Models of the app: loaded once per (source, arch, patch size, device) and version of the file, cached and
+shared by every tab."""
 
 from __future__ import annotations
 
-import functools
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -35,7 +36,30 @@ def model_key(choice: str | None, cfg: AppConfig) -> tuple[str, str | None, int 
     return choice, None, None
 
 
-@functools.lru_cache(maxsize=4)
+MODEL_CACHE_SIZE = 4
+_MODELS: OrderedDict[tuple, tuple[tuple, nn.Module]] = OrderedDict()  # model_key + device -> (stamp, model)
+
+
+def file_stamp(source: str) -> tuple:
+    """What tells one version of a weights file from the next: (resolved path, size, modification time in ns).
+    A training run rewrites checkpoint.pth in place every epoch; a cache keyed by the path alone would keep
+    serving the first epoch's weights. Presets, random weights and missing files are their name."""
+    if source == RANDOM_WEIGHTS or source in PRESETS:
+        return (source,)
+    path = Path(source).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:  # missing or unreadable: loading it says so
+        return (source,)
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def weights_identity(choice: str | None, cfg: AppConfig) -> tuple:
+    """The key of a weights choice's model in every cache: (source, arch, patch size, device, file stamp)."""
+    source, arch, patch = model_key(choice, cfg)
+    return source, arch, patch, cfg.device, file_stamp(source)
+
+
 def _load(source: str, arch: str | None, patch_size: int | None, device: str) -> nn.Module:
     if source == RANDOM_WEIGHTS:
         # Seeded so that every session sees the same random model, without touching the global RNG.
@@ -45,13 +69,30 @@ def _load(source: str, arch: str | None, patch_size: int | None, device: str) ->
     return load_model(source, arch=arch, patch_size=patch_size, device=device)
 
 
+def clear_models() -> None:
+    """Forget every loaded model (tests start from a cold cache)."""
+    with _MODEL_LOCK:
+        _MODELS.clear()
+
+
 def get_model(choice: str | None, cfg: AppConfig) -> tuple[nn.Module, str]:
-    """The cached model of a weights choice and a description that says what its weights are."""
+    """The cached model of a weights choice and a description that says what its weights are; a file that
+    changed since it was loaded (same path, new size or modification time) is loaded again."""
     source, arch, patch = model_key(choice, cfg)
     if source != RANDOM_WEIGHTS and source not in PRESETS:
         check_path(source, cfg, "weights file")
+    key, stamp = (source, arch, patch, cfg.device), file_stamp(source)
     with _MODEL_LOCK:  # two sessions asking at once load it once
-        model = _load(source, arch, patch, cfg.device)
+        cached = _MODELS.get(key)
+        if cached is not None and cached[0] == stamp:
+            _MODELS.move_to_end(key)
+            model = cached[1]
+        else:
+            _MODELS.pop(key, None)  # an older version of the file is dropped at once, not kept until evicted
+            model = _load(source, arch, patch, cfg.device)
+            _MODELS[key] = (stamp, model)
+            while len(_MODELS) > MODEL_CACHE_SIZE:
+                _MODELS.popitem(last=False)
     return model, describe_model(model, source)
 
 

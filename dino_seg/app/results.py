@@ -17,9 +17,11 @@ from dino_seg.viz import label_color, overlay_labels
 from .components import FrameSlider, ImageView
 from .config import AppConfig
 from .errors import friendly
-from .paths import check_path, sequence_name
+from .paths import check_path, check_sequence
 from .shared import Shared
 from .video import davis_root
+
+TABLE_COLUMNS = ["Sequence", "J&F", "J-Mean", "F-Mean"]  # eval.davis's per-sequence columns with J&F second
 
 
 def _results_subset(folder: Path) -> str:
@@ -52,18 +54,23 @@ def jf_chart(per_sequence: pd.DataFrame) -> Figure:
 
 
 @friendly
-def open_results(results_dir: str | None, cfg: AppConfig = AppConfig()) -> tuple[str, pd.DataFrame, Figure, dict]:
+def open_results(results_dir: str | None, cfg: AppConfig) -> tuple[str, pd.DataFrame, Figure, dict]:
     """(global scores Markdown, per-sequence table with J&F, chart, sequence choices) of an eval.davis folder."""
-    folder = Path(check_path((results_dir or "").strip(), cfg, "results folder"))
-    if not str(folder) or str(folder) == "." or not folder.is_dir():
+    if not (results_dir or "").strip():
+        raise gr.Error("Type a results folder: the --output_dir of a `python -m eval.davis` run.")
+    folder = Path(check_path(results_dir.strip(), cfg, "results folder"))
+    if not folder.is_dir():
         raise gr.Error(f"results folder not found: {results_dir!r} (an --output_dir of python -m eval.davis)")
+    if (folder / "JPEGImages").is_dir() and (folder / "Annotations").is_dir():
+        raise gr.Error(f"{folder} is a DAVIS dataset (JPEGImages, Annotations), not results: give it as the DAVIS "
+                       "root, and open the --output_dir of `python -m eval.davis` here")
     subset = _results_subset(folder)
     scores = metrics.read_csvs(folder, subset)
     global_csv, seq_csv = metrics.csv_paths(folder, subset)
     if not scores.per_object:
         raise gr.Error(f"{seq_csv}: no sequences listed")
     per_sequence = pd.DataFrame(scores.per_object, columns=list(metrics.SEQUENCE_COLUMNS))
-    per_sequence.insert(1, "J&F", ((per_sequence["J-Mean"] + per_sequence["F-Mean"]) / 2).round(3))
+    per_sequence.insert(1, "J&F", ((per_sequence["J-Mean"] + per_sequence["F-Mean"]) / 2).round(3))  # TABLE_COLUMNS
     row = scores.global_scores
     text = (f"**J&F-Mean {row['J&F-Mean']:.3f}** · J-Mean {row['J-Mean']:.3f} (recall {row['J-Recall']:.3f}, "
             f"decay {row['J-Decay']:.3f}) · F-Mean {row['F-Mean']:.3f} (recall {row['F-Recall']:.3f}, decay "
@@ -92,11 +99,12 @@ def per_frame_chart(scores: metrics.SequenceScores) -> Figure:
 
 @friendly
 def sequence_scores(results_dir: str | None, root: str | None, sequence: str | None,
-                    cfg: AppConfig = AppConfig()) -> tuple[Figure | None, dict]:
+                    cfg: AppConfig) -> tuple[Figure | None, dict]:
     """Per-frame J and F of one sequence, and the frame slider's range."""
     if not sequence:
         return None, gr.update()
-    root, sequence = davis_root(root, cfg), sequence_name(sequence)
+    root = davis_root(root, cfg)
+    sequence = check_sequence(root, sequence, cfg)
     folder = check_path((results_dir or "").strip(), cfg, "results folder")
     scores = metrics.score_sequence(Path(folder), root, sequence)
     n = len(davis.frame_paths(root, sequence))
@@ -105,11 +113,12 @@ def sequence_scores(results_dir: str | None, root: str | None, sequence: str | N
 
 @friendly
 def compare_frame(results_dir: str | None, root: str | None, sequence: str | None, index: float,
-                  cfg: AppConfig = AppConfig()) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+                  cfg: AppConfig) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """Ground truth and prediction of one frame, each overlaid on the frame."""
     if not sequence:
         return None, None, ""
-    root, sequence = davis_root(root, cfg), sequence_name(sequence)
+    root = davis_root(root, cfg)
+    sequence = check_sequence(root, sequence, cfg)
     results_dir = check_path((results_dir or "").strip(), cfg, "results folder")
     frames = davis.frame_paths(root, sequence)
     frame = frames[max(0, min(int(index), len(frames) - 1))]
@@ -132,7 +141,8 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
             open_button = gr.Button("Open", variant="primary", scale=1, elem_id="results-open")
         summary = gr.Markdown(elem_id="results-summary")
         with gr.Row():
-            table = gr.Dataframe(label="Per-sequence results", interactive=False, max_height=420)
+            table = gr.Dataframe(pd.DataFrame(columns=TABLE_COLUMNS), label="Per-sequence results",
+                                 interactive=False, max_height=420)  # its own headers while empty, not 1 2 3
             chart = gr.Plot(label="J&F per sequence", show_label=False)
         with gr.Row():
             # Any name and index are accepted (the handlers check them): their choices and range are set

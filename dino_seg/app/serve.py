@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import threading
@@ -37,20 +38,29 @@ def interrupted() -> int:
     return 130
 
 
-def serve(demo: gr.Blocks, host: str, port: int, share: bool = False) -> int:
-    """Serve `demo` until Ctrl-C (exit code 130) or SIGTERM (0), then close it and remove its scratch folder and
-    the files Gradio cached for it; a port that cannot be opened is one line and exit code 1."""
+def started_line(host: str, port: int, share: bool) -> str:
+    """What the console says once the page is served (instead of Gradio's hint about `launch()` arguments)."""
+    shown = f"[{host}]" if ":" in host else host
+    return (f"* Running on http://{shown}:{port}" + ("" if share else " (python app.py --share adds a public "
+                                                        "gradio.live link)") + "; Ctrl-C stops the app")
+
+
+def serve(demo: gr.Blocks, host: str, port: int, share: bool = False, upload_dir: str | None = None) -> int:
+    """Serve `demo` until Ctrl-C (exit code 130) or SIGTERM (0), then close it and remove its scratch folder, the
+    files Gradio cached for it and its own upload folder; a port that cannot be opened is one line and exit
+    code 1."""
     stop, signals = threading.Event(), []
     allowed = [str(ASSETS)] + [p for p in example_images() if not p.startswith(str(ASSETS))]
     try:
         try:
             queue(demo).launch(server_name=host, server_port=port, share=share, show_error=True, ssr_mode=False,
                                allowed_paths=allowed, theme=THEME, css=CSS, footer_links=["gradio", "settings"],
-                               prevent_thread_lock=True)
+                               prevent_thread_lock=True, quiet=True)
         except OSError as err:
             reason = "in use" if "empty port" in str(err) else f"unavailable ({one_line(err)})"
             print(f"error: cannot serve on {host}:{port}: the port is {reason}; pass another --port", file=sys.stderr)
             return 1
+        print(started_line(host, demo.server_port or port, share), flush=True)
         for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and `kill` close the page the same way
             signal.signal(signum, lambda s, _: (signals.append(s), stop.set()))
         while not stop.wait(0.5):
@@ -67,5 +77,7 @@ def serve(demo: gr.Blocks, host: str, port: int, share: bool = False) -> int:
         remove_cached_files(files | cached_files(demo))
         SCRATCH.cleanup()
         VIEWS.cleanup()
+        if upload_dir:
+            shutil.rmtree(upload_dir, ignore_errors=True)
         jobs.reopen()
     return interrupted() if signal.SIGINT in signals else 0

@@ -17,6 +17,7 @@ from .paths import check_path
 from .shared import Shared
 from .weights_bar import check_weights, weight_choices
 
+CHECKPOINT_COLUMNS = ["file", "epoch", "size (MB)", "saved"]
 CURVES = (("loss", "loss"), ("lr", "learning rate"), ("wd", "weight decay"), ("momentum", "teacher momentum"),
           ("teacher_temp", "teacher temperature"), ("teacher_entropy", "teacher entropy (collapse: → 0)"),
           ("kl", "KL(teacher ‖ student) (collapse: → 0)"))
@@ -93,10 +94,12 @@ def evaluation_summary(folder: Path, epochs: list[dict]) -> str:
 
 
 @friendly
-def open_training_run(train_dir: str | None, cfg: AppConfig = AppConfig()) -> tuple[str, Figure, pd.DataFrame, dict]:
+def open_training_run(train_dir: str | None, cfg: AppConfig) -> tuple[str, Figure, pd.DataFrame, dict]:
     """(summary Markdown, curves, checkpoint table, checkpoint choices) of a `python -m train` folder."""
-    folder = Path(check_path((train_dir or "").strip(), cfg, "training folder"))
-    if not str(folder) or str(folder) == "." or not folder.is_dir():
+    if not (train_dir or "").strip():
+        raise gr.Error("Type a training folder: the --output_dir of a `python -m train` run.")
+    folder = Path(check_path(train_dir.strip(), cfg, "training folder"))
+    if not folder.is_dir():
         raise gr.Error(f"training folder not found: {train_dir!r} (an --output_dir of python -m train)")
     try:
         records = runs.read_metrics(folder)
@@ -111,7 +114,7 @@ def open_training_run(train_dir: str | None, cfg: AppConfig = AppConfig()) -> tu
     table = pd.DataFrame([{"file": c.path.name, "epoch": "latest" if c.is_latest else c.epoch,
                            "size (MB)": round(c.size_bytes / 2**20, 1),
                            "saved": pd.Timestamp(c.modified, unit="s").strftime("%Y-%m-%d %H:%M")}
-                          for c in checkpoints], columns=["file", "epoch", "size (MB)", "saved"])
+                          for c in checkpoints], columns=CHECKPOINT_COLUMNS)
     last = records[-1] if records else {}
     parts = [f"{len(records)} iteration(s), {len(epochs)} finished epoch(s), {len(checkpoints)} checkpoint(s)"]
     for key in ("loss", "teacher_entropy", "kl"):
@@ -140,7 +143,8 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
         summary = gr.Markdown(elem_id="training-summary")
         curves = gr.Plot(label="Training curves", show_label=False)
         with gr.Row():
-            table = gr.Dataframe(label="Checkpoints", interactive=False, scale=3)
+            table = gr.Dataframe(pd.DataFrame(columns=CHECKPOINT_COLUMNS), label="Checkpoints", interactive=False,
+                                 scale=3)  # its own headers while empty, not 1 2 3
             with gr.Column(scale=2):
                 # Any path is accepted (use_checkpoint checks it): the choices are set per folder in a
                 # session, and /use_checkpoint must not depend on /open_training having run first.

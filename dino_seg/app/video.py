@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import gradio as gr
 import numpy as np
 from PIL import Image
+from torch import nn
 
 from dino_seg import davis, metrics
 from dino_seg.groundtruth import load_mask
@@ -23,10 +25,10 @@ from dino_seg.viz import overlay_labels
 from .components import FrameSlider, ImageView, Radio, Slider
 from .config import BUNDLED_DAVIS, AppConfig
 from .errors import friendly
-from .attention import DISCOVERY_METHODS
+from .attention import DEFAULT_METHOD, DISCOVERY_METHODS, discovery_settings
 from .jobs import check_open
 from .model_cache import model_or_error
-from .paths import check_path, sequence_name
+from .paths import check_path, check_sequence
 from .scratch import SCRATCH
 from .shared import Shared
 
@@ -45,18 +47,19 @@ def davis_root(root: str | None, cfg: AppConfig) -> str:
 
 
 @friendly
-def list_davis(root: str | None, cfg: AppConfig = AppConfig()) -> dict:
+def list_davis(root: str | None, cfg: AppConfig) -> dict:
     """Sequence choices of a DAVIS root (the first one selected)."""
     names = davis.list_sequences(davis_root(root, cfg))
     return gr.update(choices=names, value=names[0])
 
 
 @friendly
-def davis_first_frame(root: str | None, sequence: str | None, cfg: AppConfig = AppConfig()) -> np.ndarray | None:
+def davis_first_frame(root: str | None, sequence: str | None, cfg: AppConfig) -> np.ndarray | None:
     """The first frame of a sequence with its first annotation overlaid (what propagation starts from)."""
     if not sequence:
         return None
-    root, sequence = davis_root(root, cfg), sequence_name(sequence)
+    root = davis_root(root, cfg)
+    sequence = check_sequence(root, sequence, cfg)
     frames = davis.frame_paths(root, sequence)
     image = np.asarray(load_image(frames[0]))
     gt = davis.annotation_dir(root, sequence) / f"{frames[0].stem}.png"
@@ -66,7 +69,7 @@ def davis_first_frame(root: str | None, sequence: str | None, cfg: AppConfig = A
 
 
 @friendly
-def video_first_frame(video_path: str | None, cfg: AppConfig = AppConfig()) -> tuple[np.ndarray | None, str]:
+def video_first_frame(video_path: str | None, cfg: AppConfig) -> tuple[np.ndarray | None, str]:
     """The first frame of an uploaded video, to draw the first-frame mask on, and what to do next."""
     if not video_path:
         return None, ""
@@ -147,10 +150,104 @@ def run_scores(results_dir: Path, root: str | Path, sequence: str,
     return metrics.summarise([metrics.score_sequence(results_dir, root, sequence, frames=len(frames))])
 
 
+@dataclass
+class Clip:
+    """The frames a propagation runs on and where its first-frame labels come from."""
+
+    name: str  # the sequence's or the upload's name: the results folder and the video's file name
+    frames: list[Path]
+    labels: np.ndarray | None  # (H, W) object ids of the first frame; None: discovered
+    fps: float
+    notes: list[str]
+    scores_root: str | None = None  # the DAVIS root whose ground truth scores the run; None for uploads
+
+
+def _upload_clip(video_path: str | None, mask_path: str | None, drawing: dict | None, work: Path,
+                 max_frames: int, discovered: bool, cfg: AppConfig) -> Clip:
+    """An uploaded video's frames (decoded into `work`) and its first-frame mask: uploaded, drawn or discovered."""
+    if not video_path:
+        raise gr.Error("Upload a video file first (or pick a DAVIS sequence).")
+    check_path(video_path, cfg, "video")  # API calls may name any server file
+    if mask_path:
+        check_path(mask_path, cfg, "mask")
+    frames, fps, notes = read_video_frames(video_path, work / "frames", max_frames)
+    notes = _truncation_notes(video_path, frames, max_frames, notes)
+    if discovered:
+        return Clip(Path(video_path).stem, frames, None, fps, notes)
+    if mask_path:
+        labels, what = mask_from_file(mask_path), "uploaded mask"
+    else:
+        labels, what = mask_from_drawing(drawing), "drawn mask"
+        if labels is None:
+            raise gr.Error("Give the first frame's mask: upload a mask image or draw on the first frame.")
+    labels, fit_notes = _fit_mask(labels, davis.image_size(frames[0]), what)
+    return Clip(Path(video_path).stem, frames, labels, fps, notes + fit_notes)
+
+
+def _davis_clip(root: str | None, sequence: str | None, max_frames: int, cfg: AppConfig) -> Clip:
+    """A DAVIS sequence's first `max_frames` frames and its first annotation (which scores the run)."""
+    root = davis_root(root, cfg)
+    if not sequence:
+        raise gr.Error("Pick a DAVIS sequence.")
+    sequence = check_sequence(root, sequence, cfg)
+    all_frames = davis.frame_paths(root, sequence)
+    frames = all_frames[:max_frames]
+    notes = []
+    if len(all_frames) > len(frames):
+        notes.append(f"only the first {len(frames)} of {len(all_frames)} frames are used (cap {max_frames})")
+    labels = davis.read_annotation(davis.annotation_dir(root, sequence) / f"{frames[0].stem}.png")
+    return Clip(sequence, frames, labels, DEFAULT_FPS, notes, scores_root=root)
+
+
+def discover_first_frame(model: nn.Module, clip: Clip, method: str, short_side: int) -> tuple[np.ndarray, str]:
+    """The first frame's objects found by `method` with the Attention tab's settings (its defaults: the mean
+    map, a 0.6 mass share, the command line's tau), at the propagation's short side; on DAVIS paired with the
+    annotated objects by IoU so that J&F can be scored. (labels, note)."""
+    settings = discovery_settings(method)
+    labels = discovered_labels(model, load_image(clip.frames[0]), clip.labels, resize=short_side, **settings)
+    tau = f"tau {settings['tau']:.2f}, " if settings["tau"] is not None else ""
+    note = (f"first-frame objects discovered by {method} ({tau}at a {short_side}-pixel short side)" +
+            (", paired with the annotated ones by IoU for J&F" if clip.scores_root else ""))
+    return labels, note
+
+
+def write_overlays(work: Path, clip: Clip, masks: list[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
+    """Each frame's labels as a DAVIS palette PNG (work/results/<name>, as eval.davis saves them) and overlaid
+    on the frame as a JPEG for the frame slider: (overlaid frames, JPEG paths)."""
+    results = work / "results" / clip.name
+    (work / "overlay").mkdir(exist_ok=True)
+    overlaid, paths = [], []
+    for i, (frame, mask) in enumerate(zip(clip.frames, masks)):
+        davis.write_indexed_png(results / f"{frame.stem}.png", np.where(mask == davis.VOID_LABEL, 0, mask))
+        image = overlay_labels(np.asarray(load_image(frame)), mask)
+        overlaid.append(image)
+        path = work / "overlay" / f"{i:05d}.jpg"
+        Image.fromarray(image).save(path, quality=92)
+        paths.append(str(path))
+    return overlaid, paths
+
+
+def propagation_summary(work: Path, clip: Clip, description: str, labels: np.ndarray, short_side: int) -> list[str]:
+    """The summary's lines: what ran, J&F when the ground truth covers the frames, and the notes."""
+    lines = [f"**{description}** · {len(clip.frames)} frames · short side {short_side} px · "
+             f"{davis.num_objects(labels)} object(s)"]
+    scores = run_scores(work / "results", clip.scores_root, clip.name, clip.frames) if clip.scores_root else None
+    if scores is not None:
+        g = scores.global_scores
+        lines.append(f"\n**J&F {g['J&F-Mean']:.3f}** (J {g['J-Mean']:.3f}, F {g['F-Mean']:.3f}) over frames "
+                     f"1–{len(clip.frames) - 2} (first and last excluded, as DAVIS scores)")
+    elif clip.scores_root:
+        lines.append("\nno J&F: the ground truth of these frames is incomplete (or fewer than 3 frames)")
+    if short_side != 480:
+        lines.append(f"- note: frames resized to a {short_side}-pixel short side (the reference uses 480): "
+                     "faster, but scores differ from the paper's")
+    return lines + [f"- note: {n}" for n in clip.notes]
+
+
 @friendly
 def run_video(source: str, root: str | None, sequence: str | None, video_path: str | None,
               mask_path: str | None, drawing: dict | None, weights: str | None, max_frames: float,
-              short_side: float, cfg: AppConfig, first_mask: str = "given", first_method: str = "TokenCut",
+              short_side: float, cfg: AppConfig, first_mask: str = GIVEN, first_method: str = DEFAULT_METHOD,
               progress: gr.Progress = gr.Progress()) -> tuple[str | None, list[str], dict, np.ndarray | str, str]:
     """Propagate the first frame's labels through the frames: (video file, overlaid frame files,
     frame slider update, first overlaid frame (or the GIF when no video codec), summary Markdown with J&F
@@ -159,90 +256,32 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
     discovered = first_mask == DISCOVERED
     max_frames = max(2, min(int(max_frames), MAX_VIDEO_FRAMES))
     short_side = int(short_side)
-    work = SCRATCH.new("video")
-    notes: list[str] = []
-    fps = DEFAULT_FPS
-    if source == UPLOAD_SOURCE:
-        if not video_path:
-            raise gr.Error("Upload a video file first (or pick a DAVIS sequence).")
-        for path, what in ((video_path, "video"), (mask_path, "mask")):  # API calls may name any server file
-            check_path(path or "", cfg, what)
-        frames, fps, notes = read_video_frames(video_path, work / "frames", max_frames)
-        name = Path(video_path).stem
-        notes = _truncation_notes(video_path, frames, max_frames, notes)
-        fh, fw = davis.image_size(frames[0])
-        if discovered:
-            labels, what = None, "discovered mask"
-        elif mask_path:
-            labels = mask_from_file(mask_path)
-            what = "uploaded mask"
-        else:
-            labels = mask_from_drawing(drawing)
-            what = "drawn mask"
-            if labels is None:
-                raise gr.Error("Give the first frame's mask: upload a mask image or draw on the first frame.")
-        if labels is not None:
-            labels, fit_notes = _fit_mask(labels, (fh, fw), what)
-            notes += fit_notes
-        root_for_scores = None
-    else:
-        root = davis_root(root, cfg)
-        if not sequence:
-            raise gr.Error("Pick a DAVIS sequence.")
-        sequence = sequence_name(sequence)
-        all_frames = davis.frame_paths(root, sequence)
-        frames = all_frames[:max_frames]
-        if len(all_frames) > len(frames):
-            notes.append(f"only the first {len(frames)} of {len(all_frames)} frames are used (cap {max_frames})")
-        first_gt = davis.annotation_dir(root, sequence) / f"{frames[0].stem}.png"
-        labels = davis.read_annotation(first_gt)
-        name = sequence
-        root_for_scores = root
-    if len(frames) < 2:
-        raise gr.Error("The video has a single frame: propagation needs at least two.")
-    model, description = model_or_error(None if not weights else weights, cfg)
     if discovered:
-        if first_method not in DISCOVERY_METHODS:
-            raise gr.Error(f"Unknown method {first_method!r}: pick one of {', '.join(DISCOVERY_METHODS)}.")
-        labels = discovered_labels(model, load_image(frames[0]), labels, DISCOVERY_METHODS[first_method])
-        notes.append(f"first-frame objects discovered by {first_method}" +
-                     (", paired with the annotated ones by IoU for J&F" if root_for_scores else ""))
-    if davis.num_objects(labels) == 0:
-        raise gr.Error("The first-frame mask is empty: it must mark at least one object." +
-                       (" Discovery found no object (paired with the annotation)." if discovered else ""))
-    progress(0, desc="computing features")
-    masks = [labels.astype(np.uint8)]
-    steps = segment_sequence(model, frames, labels, device=cfg.device, short_side=short_side)
-    for _, mask in progress.tqdm(steps, total=len(frames) - 1, desc="propagating", unit="frame"):
-        masks.append(mask)
-        check_open()  # a shutdown stops the job between two frames
-
-    results = work / "results" / name
-    overlaid: list[np.ndarray] = []
-    paths: list[str] = []
-    for i, (frame, mask) in enumerate(zip(frames, masks)):
-        davis.write_indexed_png(results / f"{frame.stem}.png", np.where(mask == davis.VOID_LABEL, 0, mask))
-        image = overlay_labels(np.asarray(load_image(frame)), mask)
-        overlaid.append(image)
-        path = work / "overlay" / f"{i:05d}.jpg"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray(image).save(path, quality=92)
-        paths.append(str(path))
-    video = write_video(overlaid, work / f"{name}_propagated", fps)
-
-    lines = [f"**{description}** · {len(frames)} frames · short side {short_side} px · "
-             f"{davis.num_objects(labels)} object(s)"]
-    scores = run_scores(work / "results", root_for_scores, name, frames) if root_for_scores else None
-    if scores is not None:
-        g = scores.global_scores
-        lines.append(f"\n**J&F {g['J&F-Mean']:.3f}** (J {g['J-Mean']:.3f}, F {g['F-Mean']:.3f}) over frames "
-                     f"1–{len(frames) - 2} (first and last excluded, as DAVIS scores)")
-    elif root_for_scores:
-        lines.append("\nno J&F: the ground truth of these frames is incomplete (or fewer than 3 frames)")
-    if short_side != 480:
-        lines.append(f"- note: frames resized to a {short_side}-pixel short side (the reference uses 480): "
-                     "faster, but scores differ from the paper's")
-    lines += [f"- note: {n}" for n in notes]
+        discovery_settings(first_method)  # an unknown method is refused before any work
+    with SCRATCH.job("video") as work:  # never deleted while the frames are propagated
+        if source == UPLOAD_SOURCE:
+            clip = _upload_clip(video_path, mask_path, drawing, work, max_frames, discovered, cfg)
+        else:
+            clip = _davis_clip(root, sequence, max_frames, cfg)
+        if len(clip.frames) < 2:
+            raise gr.Error("The video has a single frame: propagation needs at least two.")
+        model, description = model_or_error(None if not weights else weights, cfg)
+        labels = clip.labels
+        if discovered:
+            labels, note = discover_first_frame(model, clip, first_method, short_side)
+            clip.notes.append(note)
+        if davis.num_objects(labels) == 0:
+            raise gr.Error("The first-frame mask is empty: it must mark at least one object." +
+                           (" Discovery found no object (paired with the annotation)." if discovered else ""))
+        progress(0, desc="computing features")
+        masks = [labels.astype(np.uint8)]
+        steps = segment_sequence(model, clip.frames, labels, device=cfg.device, short_side=short_side)
+        for _, mask in progress.tqdm(steps, total=len(clip.frames) - 1, desc="propagating", unit="frame"):
+            masks.append(mask)
+            check_open()  # a shutdown stops the job between two frames
+        overlaid, paths = write_overlays(work, clip, masks)
+        video = write_video(overlaid, work / f"{clip.name}_propagated", clip.fps)
+        lines = propagation_summary(work, clip, description, labels, short_side)
     slider = gr.update(minimum=0, maximum=len(paths) - 1, value=0, step=1, interactive=True)
     if video.suffix == ".gif":
         # A video player cannot show a GIF, an image can: it animates in the frame view until the slider moves.
@@ -282,7 +321,7 @@ def run_attention_video(source: str, root: str | None, sequence: str | None, vid
         root = davis_root(root, cfg)
         if not sequence:
             raise gr.Error("Pick a DAVIS sequence.")
-        sequence = sequence_name(sequence)
+        sequence = check_sequence(root, sequence, cfg)
         paths = davis.frame_paths(root, sequence)
         if len(paths) > cap:
             notes.append(f"only the first {cap} of {len(paths)} frames are used (cap {cap})")
@@ -292,7 +331,6 @@ def run_attention_video(source: str, root: str | None, sequence: str | None, vid
         raise gr.Error(f"source: expected {DAVIS_SOURCE!r} or {UPLOAD_SOURCE!r}, got {source!r}")
 
     model, description = model_or_error(None if not weights else weights, cfg)
-    work = SCRATCH.new("attention-video")
     progress((0, expected), desc="attention", unit="frame")
     done = [0]
 
@@ -301,9 +339,10 @@ def run_attention_video(source: str, root: str | None, sequence: str | None, vid
         progress((done[0], expected), desc="attention", unit="frame")
         check_open()  # a shutdown stops the job between two frames
 
-    result = make_attention_video(model, frames, work / f"{name}_attention", fps, resize=[short_side],
-                                  batch_size=4, masks=masks, threshold=float(threshold),
-                                  masks_stem=work / f"{name}_attention_masks", on_frame=tick)
+    with SCRATCH.job("attention-video") as work:  # never deleted while the frames are written
+        result = make_attention_video(model, frames, work / f"{name}_attention", fps, resize=[short_side],
+                                      batch_size=4, masks=masks, threshold=float(threshold),
+                                      masks_stem=work / f"{name}_attention_masks", on_frame=tick)
     if source == UPLOAD_SOURCE:
         if total > cap:
             notes.append(f"only the first {cap} of {total} frames are used (cap {cap})")
@@ -322,11 +361,16 @@ def run_attention_video(source: str, root: str | None, sequence: str | None, vid
     return str(result.video), (str(result.masks_video) if result.masks_video else None), "\n".join(lines)
 
 
+@friendly
 def show_frame(paths: list[str] | None, index: float) -> str | None:
-    """The overlaid frame at the slider's position."""
+    """The overlaid frame at the slider's position (its folder counts as used, so it is kept while a person
+    browses the frames)."""
     if not paths:
         return None
-    return paths[max(0, min(int(index), len(paths) - 1))]
+    path = paths[max(0, min(int(index), len(paths) - 1))]
+    if not SCRATCH.touch(path) or not Path(path).is_file():
+        raise gr.Error("The frames of this propagation were removed (unused for a long time): propagate again.")
+    return path
 
 
 def switch_video_source(source: str) -> tuple[dict, dict]:
@@ -384,7 +428,7 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                     first_mask = Radio([GIVEN, DISCOVERED], value=GIVEN, label="First-frame mask",
                                        info="given: the annotation, uploaded or drawn; discovered: found by a method",
                                        elem_id="video-first-mask")
-                    first_method = gr.Dropdown(list(DISCOVERY_METHODS), value="TokenCut", label="Discovery method",
+                    first_method = gr.Dropdown(list(DISCOVERY_METHODS), value=DEFAULT_METHOD, label="Discovery method",
                                                elem_id="video-first-method")
                 run_button = gr.Button("Propagate", variant="primary", elem_id="video-run")
                 attention_button = gr.Button("Make the attention video", variant="primary", visible=False,

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from dino_seg.device import pick_device
+from .device import pick_device
+from .errors import UserError, first_line
+
+
+class LaunchError(UserError):
+    """A multi-process launch this process cannot join (SLURM without a master address, a rendezvous that fails)."""
 
 
 @dataclass(frozen=True)
@@ -36,11 +41,11 @@ class DistInfo:
 def _slurm_master_addr(env: dict[str, str]) -> str:
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
     if not nodelist:
-        raise RuntimeError("SLURM launch: MASTER_ADDR is not set and SLURM_JOB_NODELIST is missing; "
+        raise LaunchError("SLURM launch: MASTER_ADDR is not set and SLURM_JOB_NODELIST is missing; "
                            "export MASTER_ADDR to the first node's address")
     if shutil.which("scontrol") is None:
         if "[" in nodelist or "," in nodelist:
-            raise RuntimeError(f"SLURM launch: cannot expand the node list {nodelist!r} without scontrol; "
+            raise LaunchError(f"SLURM launch: cannot expand the node list {nodelist!r} without scontrol; "
                                "export MASTER_ADDR to the first node's address")
         return nodelist
     hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True,
@@ -78,8 +83,12 @@ def init_distributed(device: str = "auto", dist_url: str = "env://", local_rank:
         os.environ.setdefault("MASTER_ADDR", _slurm_master_addr(dict(os.environ)))
         os.environ.setdefault("MASTER_PORT", "29500")
     backend = "nccl" if dev.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank)
-    dist.barrier()
+    try:
+        dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank)
+        dist.barrier()
+    except (RuntimeError, ValueError) as err:  # torch's rendezvous errors (DistNetworkError is a RuntimeError)
+        raise LaunchError(f"--dist_url {dist_url}: process {rank} of {world_size} cannot join the process group "
+                          f"({first_line(err)})") from None
     return DistInfo(rank, world_size, local_rank, dev, backend, launcher)
 
 
