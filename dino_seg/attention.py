@@ -14,7 +14,7 @@ from torch import nn
 
 from .backbones import Backbone, as_backbone
 from .errors import UserError
-from .images import IMAGENET_MEAN, IMAGENET_STD, check_sizes, to_rgb
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageError, check_sizes, to_rgb
 
 
 def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480), patch_size: int = 16) -> torch.Tensor:
@@ -32,7 +32,7 @@ def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480
     ])(image)
     h, w = tensor.shape[1] - tensor.shape[1] % patch_size, tensor.shape[2] - tensor.shape[2] % patch_size
     if h == 0 or w == 0:
-        raise UserError(f"image of {image.width}x{image.height} is smaller than one {patch_size}-pixel patch after resizing")
+        raise ImageError(f"image of {image.width}x{image.height} is smaller than one {patch_size}-pixel patch after resizing")
     return tensor[:, :h, :w].unsqueeze(0)
 
 

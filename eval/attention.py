@@ -20,23 +20,25 @@ are used as given); one value resizes the short side; the pixels past the last w
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
 from dino_seg import tables
-from dino_seg.attention import compute_attention, masks_to_image_size, resized_size
+from dino_seg.attention import AttentionResult, compute_attention, masks_to_image_size, resized_size
 from dino_seg.cli import check_output_dir, run_command
 from dino_seg.device import pick_device
+from dino_seg.errors import UserError
 from dino_seg.files import remove_stale_temp, save_npy, save_png, save_text
 from dino_seg.groundtruth import ground_truth_files, load_mask
-from dino_seg.images import ImageError, list_images, load_image
+from dino_seg.images import ImageError, load_image
 from dino_seg.masks import mask_iou
 from dino_seg.models import is_vit
 from dino_seg.viz import attention_panels
-from eval.common import add_image_flags, add_weight_flags, load_from_args, output_folders
+from eval.common import add_image_flags, add_weight_flags, collect_images, each_image, load_from_args, output_folders
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -89,35 +91,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     # The inputs are checked before the weights are loaded (or downloaded): a wrong path fails at once.
-    image_path = Path(args.image_path)
-    if image_path.is_dir():
-        images = list_images(image_path, recursive=True)
-        if not images:
-            print(f"error: --image_path {image_path}: no image files in this folder", file=sys.stderr)
-            return 2
-        folders = output_folders(images, image_path)
-    elif image_path.exists():
-        images = [image_path]
-        folders = output_folders(images, None)
-    else:
-        print(f"error: --image_path {image_path}: no such file or folder", file=sys.stderr)
-        return 2
+    images, root = collect_images(args.image_path)
+    folders = output_folders(images, root)
     gt_dir = Path(args.gt_dir) if args.gt_dir else None
     if gt_dir is not None and not gt_dir.is_dir():
-        print(f"error: --gt_dir {gt_dir}: no such folder", file=sys.stderr)
-        return 2
-    root = image_path if image_path.is_dir() else image_path.parent
+        raise UserError(f"--gt_dir {gt_dir}: no such folder")
     gt_files = ground_truth_files(gt_dir, images, root) if gt_dir is not None else {}
     if not 0 <= args.threshold <= 1:
-        print(f"error: --threshold: expected a share of the mass in [0, 1], got {args.threshold}", file=sys.stderr)
-        return 2
-
+        raise UserError(f"--threshold: expected a share of the mass in [0, 1], got {args.threshold}")
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir)
     model, description = load_from_args(args, pick_device(args.device))
     if not is_vit(model):
-        print("error: --arch resnet50 has no self-attention; use a ViT", file=sys.stderr)
-        return 2
+        raise UserError("--arch resnet50 has no self-attention; use a ViT")
     print(f"weights: {description}")
     # Temporary files of a run killed mid-write (kill -9) are never completed: remove them from the folders this
     # run writes (not the whole tree under OUTPUT_DIR, which defaults to the working directory).
@@ -126,77 +112,74 @@ def run(args: argparse.Namespace) -> int:
         stale += remove_stale_temp(output_dir / folder, recursive=False)
     if stale:
         print(f"removed {len(stale)} stale temporary file(s) of an interrupted run")
+
     rows: list[dict[str, float | str]] = []
     shares: list[dict[str, float | str]] = []  # register share per image and head (models with registers)
-    skipped = 0
-    for path in tqdm(images, desc="images", unit="img", disable=len(images) == 1):
-        try:
-            # A huge JPEG may be decoded reduced, as long as that still covers the size the model gets.
-            need = args.image_size * 2 if len(args.image_size) == 1 else args.image_size[::-1]
-            image = load_image(path, min_size=(need[0], need[1]))
-            result = compute_attention(model, image, tuple(args.image_size))
-        except (ImageError, ValueError) as err:
-            if len(images) == 1:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
-            tqdm.write(f"warning: skipped {err}")
-            skipped += 1
-            continue
-        try:
-            masks = write_outputs(output_dir / folders[path], result, args.threshold)
-        except OSError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        name = path.name if image_path == path else path.relative_to(image_path).as_posix()
+    heads = done = 0
+    for path, (image, result) in each_image(images, lambda p: _attention(model, p, args.image_size), "images"):
+        done += 1
+        masks = write_outputs(output_dir / folders[path], result, args.threshold)  # (heads + 1, H, W)
+        heads = len(masks) - 1
+        name = path.relative_to(root).as_posix()
         if result.register_share is not None:
             shares.append({"image": name, **{f"head{j}": float(v) for j, v in enumerate(result.register_share)},
                            "mean_head": float(result.register_share.mean())})
-        if gt_dir is None:
-            continue
-        gt_path = gt_files[path]
-        if gt_path is None:
-            tqdm.write(f"warning: no ground truth for {path.name} in {gt_dir}; not scored")
-            continue
-        try:
-            fg, void = load_mask(gt_path)
-        except ImageError as err:
-            tqdm.write(f"warning: {err}; not scored")
-            continue
-        # Score at the ground truth's own resolution: the masks go back through the crop and resize.
-        resized = resized_size(image.size, args.image_size)
-        full = masks_to_image_size(masks, resized, fg.shape)
-        scores = [mask_iou(m, fg, void, empty=1.0) for m in full]
-        rows.append({"image": name, **{f"head{j}": s for j, s in enumerate(scores[:-1])},
-                     "best_head": max(scores[:-1]), "mean_map": scores[-1]})
+        if gt_dir is not None:
+            row = score_masks(name, masks, image.size, args.image_size, gt_files[path], gt_dir)
+            rows += [row] if row is not None else []
 
-    done = len(images) - skipped
     print(f"wrote attention maps and masks of {done} image(s) to {output_dir}" +
-          (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
+          (f" ({len(images) - done} unreadable file(s) skipped)" if done < len(images) else ""))
     if shares:
-        try:
-            save_text(output_dir / "register_share.csv", share_table(shares))
-        except OSError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        mean = {k: float(np.mean([r[k] for r in shares])) for k in shares[0] if k != "image"}
-        print("[CLS] attention on the registers (mean over images): " +
-              ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
-    if gt_dir is not None:
-        if not rows:
-            print(f"error: no image had a ground-truth mask in {gt_dir}", file=sys.stderr)
-            return 2
-        text = score_table(rows, heads=len(masks) - 1)
-        try:
-            save_text(output_dir / "jaccard.csv", text)
-        except OSError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        mean = text.strip().splitlines()[-1].split(",")
-        header = text.splitlines()[0].split(",")
-        print(f"Jaccard at threshold {args.threshold} over {len(rows)} image(s):")
-        for name, value in zip(header[1:], mean[1:]):
-            print(f"  {name:>10}  {value}")
-        print(f"scores written to {output_dir / 'jaccard.csv'}")
+        report_register_shares(shares, output_dir)
+    return 0 if gt_dir is None else report_scores(rows, heads, gt_dir, args.threshold, output_dir)
+
+
+def _attention(model: nn.Module, path: Path, image_size: list[int]) -> tuple[Image.Image, AttentionResult]:
+    # A huge JPEG may be decoded reduced, as long as that still covers the size the model gets.
+    need = image_size * 2 if len(image_size) == 1 else image_size[::-1]
+    image = load_image(path, min_size=(need[0], need[1]))
+    return image, compute_attention(model, image, tuple(image_size))
+
+
+def score_masks(name: str, masks: np.ndarray, size_wh: tuple[int, int], image_size: list[int],
+                gt_path: Path | None, gt_dir: Path) -> dict[str, float | str] | None:
+    """Jaccard of each head's mask and of the mean map's against one image's ground truth, at the ground
+    truth's own resolution (the masks go back through the crop and resize); None, with a warning, unscored."""
+    if gt_path is None:
+        tqdm.write(f"warning: no ground truth for {name} in {gt_dir}; not scored")
+        return None
+    try:
+        fg, void = load_mask(gt_path)
+    except ImageError as err:
+        tqdm.write(f"warning: {err}; not scored")
+        return None
+    full = masks_to_image_size(masks, resized_size(size_wh, image_size), fg.shape)
+    scores = [mask_iou(m, fg, void, empty=1.0) for m in full]
+    return {"image": name, **{f"head{j}": s for j, s in enumerate(scores[:-1])},
+            "best_head": max(scores[:-1]), "mean_map": scores[-1]}
+
+
+def report_register_shares(shares: list[dict[str, float | str]], output_dir: Path) -> None:
+    """register_share.csv, and the mean share of each head over the images."""
+    save_text(output_dir / "register_share.csv", share_table(shares))
+    mean = {k: float(np.mean([r[k] for r in shares])) for k in shares[0] if k != "image"}
+    print("[CLS] attention on the registers (mean over images): " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+
+
+def report_scores(rows: list[dict[str, float | str]], heads: int, gt_dir: Path, threshold: float,
+                  output_dir: Path) -> int:
+    """jaccard.csv and the mean Jaccard of each head and of the mean map; 2 when no image was scored."""
+    if not rows:
+        raise UserError(f"no image had a ground-truth mask in {gt_dir}")
+    text = score_table(rows, heads=heads)
+    save_text(output_dir / "jaccard.csv", text)
+    mean = text.strip().splitlines()[-1].split(",")
+    header = text.splitlines()[0].split(",")
+    print(f"Jaccard at threshold {threshold} over {len(rows)} image(s):")
+    for name, value in zip(header[1:], mean[1:]):
+        print(f"  {name:>10}  {value}")
+    print(f"scores written to {output_dir / 'jaccard.csv'}")
     return 0
 
 
