@@ -112,7 +112,8 @@ def each_image(images: list[Path], work: Callable[[Path], T], desc: str) -> Iter
         except ImageError as err:
             if len(images) == 1:
                 raise
-            tqdm.write(f"warning: skipped {path}: {err}")
+            named = str(err).startswith(str(path))  # load_image's errors name the file already
+            tqdm.write(f"warning: skipped {'' if named else f'{path}: '}{err}")
             continue
         yield path, value
 
