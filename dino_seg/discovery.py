@@ -35,6 +35,7 @@ DEFAULT_TAU = {"tokencut": 0.2, "maskcut": 0.15}
 # backbone's attention stays tractable; larger inputs are downscaled to fit, with a note.
 MAX_PATCHES = 10_000
 RESNET_PAD = 16  # LOST pads ResNet inputs to its --patch_size default
+CORNER_FLIP = 3  # CutLER's maskcut.py: a partition holding 3 or 4 of the grid's corners is the background
 MIN_CUT_PATCHES = 3  # a normalised cut splits the patches in two; its eigenvector needs at least 3
 
 
@@ -245,9 +246,9 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
 
     As CutLER's maskcut_forward: removed patches get zero features (so eps affinities) and, unlike
     CutLER where round-off decides, never join the partition; the eigenvector's sign is fixed (argmax |x|
-    positive) where CutLER keeps LAPACK's; the partition is flipped when it covers 2+
-    corners, else when the seed argmax |x| is outside; the seed is then argmax of the oriented vector; a mask is dropped when its IoU with the previous cut's mask exceeds 0.5 or it
-    covers at most 1% of the patches; kept masks lose the patches of earlier objects. The cuts stop early
+    positive) where CutLER keeps LAPACK's; the partition is flipped when it covers 3 or 4
+    corners, else when the seed argmax |x| is outside; the seed is then argmax of the oriented vector; a mask
+    is dropped when its IoU with the previous cut's mask exceeds 0.5 or it covers at most 1% of the patches; kept masks lose the patches of earlier objects. The cuts stop early
     once every patch is in an object (a small image with a large n_objects).
     Returns (masks, seeds, the first cut's oriented eigenvector (h, w)).
     """
@@ -264,13 +265,14 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
             break
         x = cut.second_eigenvector(gone)
         top = _first_max(np.abs(x))  # the same index after any sign flip
-        # The corner rule makes CutLER's outcome depend on the solver's arbitrary sign (both sides may hold
-        # two corners): the sign is fixed first, the seed argmax |x| positive, so both solvers agree.
+        # The corner rule makes CutLER's outcome depend on the solver's arbitrary sign (when the seed's side
+        # holds 3 corners, the flipped vector would keep that side): the sign is fixed first, the seed
+        # argmax |x| positive, so both solvers and any LAPACK agree.
         x = x if x[top] > 0 else -x
         part = x > x.mean()
         # Removed patches sit at mean(x) / (1 - lambda), next to the split point when mean(x) ~ 0: which
         # side CutLER puts them on is round-off. They are out of the graph, so they join no side here.
-        if _corners((part & ~gone).reshape(grid)) >= 2 or not part[top]:
+        if _corners((part & ~gone).reshape(grid)) >= CORNER_FLIP or not part[top]:
             x, part = -x, ~part
         part &= ~gone
         seed = _first_max(np.where(gone, -np.inf, x))
