@@ -4,7 +4,6 @@ fresh session, without another endpoint having been called first."""
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from dino_seg.app import weights_bar
 from dino_seg.app.config import ASSETS, BUNDLED_DAVIS, AppConfig
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
 from dino_seg.app.serve import queue
+from ports import free_port
 
 ENDPOINTS = {"/attention", "/refresh_attention", "/discover", "/check_weights", "/upload_weights", "/list_davis",
              "/davis_first_frame", "/video_first_frame", "/switch_video_source", "/propagate", "/show_frame",
@@ -30,16 +30,10 @@ ENDPOINTS = {"/attention", "/refresh_attention", "/discover", "/check_weights", 
              "/open_results", "/sequence_scores", "/compare_frame", "/open_training", "/use_checkpoint"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def client(cfg) -> Iterator[Client]:
     demo = app.build_demo(cfg)
-    queue(demo).launch(server_name="127.0.0.1", server_port=_free_port(),
+    queue(demo).launch(server_name="127.0.0.1", server_port=free_port(),
                                                    prevent_thread_lock=True, ssr_mode=False, quiet=True)
     try:
         yield Client(demo.local_url, verbose=False)
@@ -52,22 +46,28 @@ def test_every_event_has_a_named_endpoint(client):
     assert named == ENDPOINTS
 
 
-def test_attention_video_answers_from_a_fresh_session(client):
+def test_attention_video_answers_from_a_fresh_session(client, video_codec):
     video, masks, note = client.predict("DAVIS sequence", str(BUNDLED_DAVIS), "blackswan", None, None, 2, 240,
                                         "mean", 0.6, api_name="/attention_video")
     assert "2 frames" in note and "keeping 0.6 of the attention mass" in note
-    if video is not None:  # None: this OpenCV writes no browser codec
+    assert (video is None) == (video_codec == "gif")  # the GIF fallback: no video to play
+    if video_codec == "gif":
+        assert "no browser-playable video codec" in note
+    else:
         for out in (video, masks):
             assert Path(out if isinstance(out, str) else out["video"]).suffix in (".mp4", ".webm")
 
 
-def test_propagate_answers_from_a_fresh_session(client):
+def test_propagate_answers_from_a_fresh_session(client, video_codec):
     # Before, the sequence dropdown only accepted the choices /list_davis had set in the same session, so
     # this call failed with "Value: blackswan is not in the list of choices: []".
     video, slider, _first, note = client.predict(  # the frame list is session state, not an API output
         "DAVIS sequence", str(BUNDLED_DAVIS), "blackswan", None, None, None, None, 3, 240, api_name="/propagate")
     assert slider["maximum"] == 2 and "3 frames" in note and "1 object(s)" in note and "J&F" in note
-    if video is not None:  # None: this OpenCV writes no browser codec (the GIF is in the frame view)
+    assert (video is None) == (video_codec == "gif")
+    if video_codec == "gif":  # the GIF is in the frame view
+        assert "animated GIF" in note
+    else:
         path = video if isinstance(video, str) else video["video"]
         assert Path(path).suffix in (".mp4", ".webm")
 

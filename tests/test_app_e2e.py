@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ import torch
 
 from dino_seg import davis, metrics
 from dino_seg.models import build_backbone
+from dino_seg.video import _video_codecs
+from ports import free_port
 
 # .ci/run installs Chromium and exports its path in DINO_SEG_CHROMIUM; elsewhere the chromium on PATH.
 CHROMIUM = os.environ.get("DINO_SEG_CHROMIUM") or shutil.which("chromium") or ""
@@ -35,12 +36,6 @@ pytestmark = [
     pytest.mark.skipif(not ON_CI and not Path(CHROMIUM).is_file(),
                        reason="no Chromium (apt-get install chromium, or set DINO_SEG_CHROMIUM to its path)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _results_folder(out: Path) -> Path:
@@ -85,7 +80,7 @@ def server(tiny_vit_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     base = tmp_path_factory.mktemp("app")
     results = _results_folder(base / "results")
     run = _train_folder(base / "run")
-    port = _free_port()
+    port = free_port()
     tmp = base / "tmp"  # the app's own temporary files go here, so that the test sees what it leaves behind
     tmp.mkdir()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(base / "gradio"),
@@ -201,7 +196,9 @@ def test_video_tab_propagates_the_bundled_example(page):
     note = page.locator("#video-note").inner_text()
     assert "J&F" in note
     page.locator("#video-frame img").wait_for(timeout=30_000)
-    if "animated GIF" in note:  # this OpenCV build writes no browser codec: the GIF shows in the frame view
+    # The page's server runs this venv's OpenCV: the branch is the build's (both are forced in test_app_video).
+    assert ("animated GIF" in note) == (not _video_codecs())
+    if not _video_codecs():  # this OpenCV build writes no browser codec: the GIF shows in the frame view
         assert page.evaluate("document.querySelector('#video-frame img').src").endswith(".gif")
     else:  # the overlaid video (OpenCV's H.264 or VP8/VP9 output) plays in Chromium
         page.wait_for_function("(() => { const v = document.querySelector('#video-out video');"
