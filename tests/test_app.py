@@ -25,7 +25,9 @@ from dino_seg.app.config import BUNDLED_DAVIS
 from dino_seg.app.errors import friendly, scrub_paths
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
 from dino_seg.app.scratch import SCRATCH, VIEWS, Scratch
+from dino_seg.files import NoSpaceError
 from dino_seg.models import build_backbone
+from dino_seg.weights import WeightsError
 
 
 def test_models_load_once_per_source(cfg):
@@ -129,14 +131,26 @@ def test_scratch_never_deletes_a_folder_in_use():
     assert not scratch.root.exists()
 
 
-def test_unexpected_errors_become_one_line(capsys):
+@pytest.mark.parametrize("error", [KeyError("boom"), ValueError("boom"), OSError("boom")])
+def test_unexpected_errors_become_one_line(capsys, error):
+    # Only the project's input errors are the person's fault: a ValueError or OSError of ours is a bug.
     @friendly
     def broken() -> None:
-        raise KeyError("boom")
+        raise error
 
-    with pytest.raises(gr.Error, match=r"unexpected error \(KeyError\): 'boom'"):
+    with pytest.raises(gr.Error, match=rf"unexpected error \({type(error).__name__}\): .*boom"):
         broken()
     assert "Traceback" in capsys.readouterr().err  # the console keeps the trace; the page does not
+
+
+def test_full_disks_and_refused_paths_are_the_persons_to_fix(capsys, tmp_path):
+    @friendly
+    def full() -> None:
+        raise NoSpaceError(tmp_path / "out.webm")
+
+    with pytest.raises(gr.Error, match="no space left on device while writing"):
+        full()
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_user_errors_are_one_line_on_the_console_without_temporary_paths(capsys, monkeypatch, tmp_path):
@@ -145,7 +159,7 @@ def test_user_errors_are_one_line_on_the_console_without_temporary_paths(capsys,
 
     @friendly
     def refuse(path: str) -> None:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ('{path}' is text)")
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ('{path}' is text)")
 
     with pytest.raises(gr.Error) as raised:
         refuse(str(upload))
