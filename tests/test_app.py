@@ -66,7 +66,12 @@ def test_unavailable_preset_gives_a_banner_not_a_crash(cfg, tmp_path, monkeypatc
     assert "Weights not available: `dino_vits16`" in banner
     assert f"`{cache_path}`" in banner
     assert "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth" in banner
-    assert "--pretrained_weights PATH" in banner and RANDOM_WEIGHTS in banner
+    # The page's own words, and the presets the dropdown lists (all but the missing one).
+    assert "**Weights**" in banner and "**Upload a checkpoint (.pth)**" in banner and f"**{RANDOM_WEIGHTS}**" in banner
+    named = re.search(r"another preset in \*\*Weights\*\* \(([^)]*)\)", banner).group(1)
+    dropdown = [value for _, value in weights_bar.weight_choices(cfg) if value in model_cache.PRESETS]
+    assert named.replace("`", "").split(", ") == [v for v in dropdown if v != "dino_vits16"]
+    assert "`dino_resnet50`" not in banner  # no attention: not in the dropdown either
     with pytest.raises(gr.Error, match=re.escape(str(cache_path))):
         attention_tab.run_attention(str(SWAN), "dino_vits16", SIZE, 0.6, cfg)
 

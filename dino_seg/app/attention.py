@@ -26,7 +26,7 @@ from dino_seg.files import file_digest, save_npy, save_png
 from dino_seg.images import ImageError, load_image
 from dino_seg.viz import attention_panels, discovery_panels
 
-from .components import ImageView, Radio, Slider, UploadImage
+from .components import ImageView, Radio, Slider, UploadImage, clears_errors
 from .config import ASSETS, AppConfig
 from .errors import friendly
 from .model_cache import model_or_error, weights_identity
@@ -340,9 +340,9 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
     d_inputs = [image, shared.weights, image_size, method, tau, threshold]
     d_outputs = [objects_image, scores_image, discover_files, discover_note]
     d_refresh = functools.partial(refresh_discovery, cfg=cfg)
-    run_button.click(functools.partial(run_attention, cfg=cfg), inputs, outputs, concurrency_id="model",
-                     api_name="attention").success(
-        functools.partial(run_discovery, cfg=cfg), d_inputs, d_outputs, concurrency_id="model", api_name="discover")
+    clears_errors(run_button.click(functools.partial(run_attention, cfg=cfg), inputs, outputs, concurrency_id="model",
+                                   api_name="attention").success(
+        functools.partial(run_discovery, cfg=cfg), d_inputs, d_outputs, concurrency_id="model", api_name="discover"))
     # The threshold re-uses the cached attention, so every change (drag or typed value) may refresh;
     # a new image size needs a forward pass, so only the end of a drag (or the button) recomputes.
     refresh = functools.partial(refresh_attention, cfg=cfg)
