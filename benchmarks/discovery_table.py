@@ -6,8 +6,9 @@
 
 Each (backbone, method, benchmark) cell is one `python -m eval.discover --benchmark ...` run (saliency benchmarks with
 --refine, so both TokenCut rows are measured) into OUTPUT_DIR/runs/<backbone>/<method>/<benchmark>/. A cell whose
-summary.json exists is not run again: an interrupted table resumes where it stopped, and a new method, backbone or
-benchmark only adds its own cells. leaderboard.md and leaderboard.csv are rewritten from every summary.json under
+summary.json exists is not run again, and an unfinished cell continues from its last finished image
+(eval.discover --resume): an interrupted table resumes where it stopped, and a new method, backbone or benchmark
+only adds its own cells. leaderboard.md and leaderboard.csv are rewritten from every summary.json under
 OUTPUT_DIR/runs after each cell. Published numbers are ViT-S/16 DINO (--backbones dino_vits16): LOST and TokenCut's
 papers for CorLoc, TokenCut's get_saliency.py results for saliency; they are shown beside every backbone's row for
 reference. --backbones takes anything --pretrained_weights takes (presets, files; every family the product loads).
@@ -19,6 +20,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -50,6 +52,13 @@ SALIENCY_METRICS = ("maxFbeta", "IoU", "Acc")
 COLUMNS = ("benchmark", "method", "backbone", "stage", "images", "metric", "measured", "published")
 
 
+def default_backbones() -> list[str]:
+    """DINO ViT-S/16 (the papers' backbone) and every ViT-S preset of the later families the product registers."""
+    from dino_seg.weights import PRESETS
+
+    return ["dino_vits16"] + [name for name in PRESETS if re.match(r"dinov[23]\w*_vits", name)]
+
+
 def backbone_label(backbone: str) -> str:
     """A folder-safe name: a preset as is, a file by its stem."""
     return Path(backbone).stem if ("/" in backbone or backbone.endswith((".pth", ".pt", ".safetensors"))) else backbone
@@ -61,7 +70,7 @@ def run_cell(backbone: str, method: str, benchmark: str, data_path: Path, cell: 
     from eval import discover
 
     argv = ["--pretrained_weights", backbone, "--method", method, "--benchmark", benchmark, "--data_path",
-            str(data_path), "--output_dir", str(cell), "--device", device, *extra]
+            str(data_path), "--output_dir", str(cell), "--device", device, "--resume", *extra]
     if BENCHMARKS[benchmark].kind == "saliency":
         argv.append("--refine")
     return discover.main(argv)
@@ -144,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_path", required=True, help="Root of the benchmarks (eval.discover --data_path).")
     parser.add_argument("--output_dir", default="output/discovery_table")
     parser.add_argument("--methods", nargs="+", default=["attention", "lost", "tokencut", "maskcut"], choices=METHODS)
-    parser.add_argument("--backbones", nargs="+", default=["dino_vits16"],
-                        help="Anything --pretrained_weights takes: presets or files.")
+    parser.add_argument("--backbones", nargs="+", default=default_backbones(),
+                        help="Anything --pretrained_weights takes: presets or files. Default: DINO ViT-S/16 and the "
+                             "ViT-S presets of the other families (DINOv2, with and without registers, DINOv3).")
     parser.add_argument("--benchmarks", nargs="+", default=None, choices=list(BENCHMARKS),
                         help="Default: every benchmark complete under --data_path.")
     parser.add_argument("--device", default="auto")

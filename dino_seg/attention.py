@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
+from torch import nn
+
+from .backbones import Backbone, as_backbone
 from .errors import UserError
 from .images import IMAGENET_MEAN, IMAGENET_STD, to_rgb
-from .models import DinoVisionTransformer, is_vit
 
 
 def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480), patch_size: int = 16) -> torch.Tensor:
@@ -49,51 +51,44 @@ def resized_size(size_wh: tuple[int, int], image_size: int | tuple[int, ...]) ->
     return short, int(short * w / h)
 
 
-def last_block_qkv(model: DinoVisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Queries, keys and values of the last block, per head: three (B, heads, 1 + h*w, head_dim)."""
-    # Run every block but the last, then recompute the last block's projections: timm's fused
-    # attention never materialises the probabilities the reference's get_last_selfattention returns.
-    if not is_vit(model):
+def _backbone(model: nn.Module) -> Backbone:
+    backbone = as_backbone(model)
+    if not backbone.is_vit:
         raise UserError("self-attention maps need a ViT backbone; ResNet-50 has no attention")
-    tokens = model.prepare_tokens(x)
-    for blk in model.blocks[:-1]:
-        tokens = blk(tokens)
-    last = model.blocks[-1]
-    attn = last.attn
-    y = last.norm1(tokens)
-    b, n, _ = y.shape
-    qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    return attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]  # (B, heads, N, hd) each
+    return backbone
 
 
-def _last_block_qk(model: DinoVisionTransformer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    q, k, _ = last_block_qkv(model, x)
-    return q, k
+def last_block_qkv(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of the last block as its attention uses them (DINOv3: RoPE applied), per head:
+    three (B, heads, P + h*w, head_dim), P = [CLS] plus registers."""
+    # Every block but the last runs; the last block's projections are recomputed (backbones.Backbone.last_qkv):
+    # timm's fused attention never materialises the probabilities the reference's get_last_selfattention returns.
+    qkv = _backbone(model).last_qkv(x)
+    return qkv.q, qkv.k, qkv.v
 
 
 def cls_row_attention(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """[CLS] -> patch attention from per-head queries and keys (B, heads, 1+N, hd): (B, heads, N)."""
+    """[CLS] -> patch attention from per-head queries and keys (B, heads, 1+N, hd) of a model without
+    registers: (B, heads, N)."""
     row = ((q[:, :, :1] @ k.transpose(-2, -1)) * scale).softmax(dim=-1)  # (B, heads, 1, 1+N)
     return row[:, :, 0, 1:]
 
 
 @torch.no_grad()
-def last_selfattention(model: DinoVisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """Attention probabilities of the last block: (B, heads, 1 + h*w, 1 + h*w)."""
-    q, k = _last_block_qk(model, x)
-    return ((q @ k.transpose(-2, -1)) * model.blocks[-1].attn.scale).softmax(dim=-1)
+def last_selfattention(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities of the last block: (B, heads, P + h*w, P + h*w)."""
+    qkv = _backbone(model).last_qkv(x)
+    return ((qkv.q @ qkv.k.transpose(-2, -1)) * qkv.scale).softmax(dim=-1)
 
 
 @torch.no_grad()
-def cls_attention(model: DinoVisionTransformer, x: torch.Tensor) -> torch.Tensor:
+def cls_attention(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """[CLS] -> patch attention of the last block, per head: (B, heads, h, w).
 
-    Only the [CLS] query row is computed: the full (N x N) map is never needed for it.
+    Only the [CLS] query row is computed: the full (N x N) map is never needed for it. The softmax runs over
+    every token, registers included; the maps are its patch part (backbones.Backbone.last_attention_cls).
     """
-    q, k = _last_block_qk(model, x)
-    p = model.patch_size
-    row = cls_row_attention(q, k, model.blocks[-1].attn.scale)
-    return row.reshape(x.shape[0], -1, x.shape[-2] // p, x.shape[-1] // p)
+    return _backbone(model).last_attention_cls(x).maps
 
 
 def threshold_masks(attn: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -126,6 +121,7 @@ class AttentionResult:
     maps: np.ndarray  # (heads, h, w) float32 probabilities
     image: np.ndarray  # (H, W, 3) uint8, the resized and cropped image (H = h * patch)
     patch_size: int
+    register_share: np.ndarray | None = None  # (heads,) [CLS] attention mass on the registers; None without
 
     @property
     def mean_map(self) -> np.ndarray:
@@ -144,18 +140,22 @@ class AttentionResult:
 
 
 def compute_attention(
-    model: DinoVisionTransformer,
+    model: nn.Module,
     image: Image.Image,
     image_size: int | tuple[int, ...] = (480, 480),
 ) -> AttentionResult:
-    """Preprocess one image (any mode, read as RGB) and return its per-head [CLS] attention."""
-    device = next(model.parameters()).device
-    x = preprocess(image, image_size, model.patch_size)
-    maps = cls_attention(model, x.to(device))[0].float().cpu().numpy()  # (heads, h, w)
+    """Preprocess one image (any mode, read as RGB) and return its per-head [CLS] attention (and the registers' share, if any)."""
+    backbone = _backbone(model)
+    device = next(backbone.parameters()).device
+    x = preprocess(image, image_size, backbone.patch_size)
+    with torch.no_grad():
+        attention = backbone.last_attention_cls(x.to(device))
+    maps = attention.maps[0].float().cpu().numpy()  # (heads, h, w)
+    share = attention.register_share[0].float().cpu().numpy() if backbone.num_registers else None  # (heads,)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     shown = ((x[0] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    return AttentionResult(maps=maps, image=shown, patch_size=model.patch_size)
+    return AttentionResult(maps=maps, image=shown, patch_size=backbone.patch_size, register_share=share)
 
 
 def masks_to_image_size(masks: np.ndarray, resized_hw: tuple[int, int], original_hw: tuple[int, int]) -> np.ndarray:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
 from .models import DinoVisionTransformer
 
 FAMILIES = ("dino", "dinov2", "dinov2_reg", "dinov3", "resnet")
@@ -17,7 +18,7 @@ DINOV3_LICENCE = ("DINOv3 weights are under the DINOv3 License "
                   "(https://ai.meta.com/resources/models-and-libraries/dinov3-license/)")
 
 
-class PatchSizeError(ValueError):
+class PatchSizeError(UserError):
     """An input image smaller than one patch."""
 
 
@@ -44,6 +45,7 @@ class LastBlockQKV:
     k: torch.Tensor  # (B, heads, P + h*w, hd), likewise
     v: torch.Tensor  # (B, heads, P + h*w, hd)
     k_unrotated: torch.Tensor  # keys before RoPE (the same tensor as k without RoPE)
+    q_unrotated: torch.Tensor  # queries before RoPE (likewise)
     scale: float  # head_dim ** -0.5
     num_prefix_tokens: int  # P: [CLS] plus registers
     grid: tuple[int, int]
@@ -98,6 +100,15 @@ class Backbone(nn.Module):
         return DINOV3_LICENCE if self.family == "dinov3" else None
 
     @property
+    def arch(self) -> str:
+        """DINO's architecture name (vit_small, ...) for DINO weights; the hub name for later generations."""
+        return getattr(self.model, "arch", self.name)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self._blocks()
+
+    @property
     def num_prefix_tokens(self) -> int:
         return 1 + self.num_registers
 
@@ -132,8 +143,8 @@ class Backbone(nn.Module):
         return self.model.norm(tokens)
 
     def _qkv(self, block: nn.Module, tokens: torch.Tensor, context: object
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(q, k, v, keys before RoPE) of `block` on its input tokens, each (B, heads, T, hd)."""
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q, k, v, q and k before RoPE) of `block` on its input tokens, each (B, heads, T, hd)."""
         raise NotImplementedError
 
     # The interface.
@@ -163,7 +174,7 @@ class Backbone(nn.Module):
     def intermediate_layers(self, x: torch.Tensor, n: int) -> list[torch.Tensor]:
         """The tokens (B, P + h*w, D) after each of the last `n` blocks, each through the final norm."""
         if not 1 <= n <= self.depth:
-            raise ValueError(f"--n_last_blocks: expected 1 to {self.depth}, got {n}")
+            raise UserError(f"--n_last_blocks: expected 1 to {self.depth}, got {n}")
         tokens, _, context = self._prepare(x)
         first = self.depth - n
         outputs = []
@@ -181,8 +192,8 @@ class Backbone(nn.Module):
         blocks = self._blocks()
         for block in blocks[:-1]:
             tokens = self._run_block(block, tokens, context)
-        q, k, v, k_raw = self._qkv(blocks[-1], tokens, context)
-        return LastBlockQKV(q, k, v, k_raw, float(blocks[-1].attn.scale), self.num_prefix_tokens, grid)
+        q, k, v, q_raw, k_raw = self._qkv(blocks[-1], tokens, context)
+        return LastBlockQKV(q, k, v, k_raw, q_raw, float(blocks[-1].attn.scale), self.num_prefix_tokens, grid)
 
     def last_attention_cls(self, x: torch.Tensor) -> ClsAttention:
         """[CLS] attention of the last block per head: its patch part on the grid and the registers' share."""
@@ -223,7 +234,7 @@ class DinoV1Backbone(Backbone):
         b, n, _ = y.shape
         qkv = attn.qkv(y).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
         q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (B, heads, N, hd)
-        return q, k, qkv[2], k
+        return q, k, qkv[2], q, k
 
 
 class DinoV2Backbone(Backbone):
@@ -319,7 +330,7 @@ class DinoV3Backbone(Backbone):
         half = getattr(attn, "rotate_half", False)
         q_rot = torch.cat([q[:, :, :p], apply_rot_embed_cat(q[:, :, p:], context, half=half)], dim=2).type_as(v)
         k_rot = torch.cat([k[:, :, :p], apply_rot_embed_cat(k[:, :, p:], context, half=half)], dim=2).type_as(v)
-        return q_rot, k_rot, v, k
+        return q_rot, k_rot, v, q, k
 
 
 class ResNetBackbone(Backbone):
@@ -342,16 +353,16 @@ class ResNetBackbone(Backbone):
 
     @property
     def num_heads(self) -> int:
-        raise ValueError("ResNet-50 has no attention heads")
+        raise UserError("ResNet-50 has no attention heads")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
     def _prepare(self, x):
-        raise ValueError("ResNet-50 has no tokens or attention: this needs a ViT backbone")
+        raise UserError("ResNet-50 has no tokens or attention: this needs a ViT backbone")
 
     def intermediate_layers(self, x, n):
-        raise ValueError("ResNet-50 has no transformer blocks: this needs a ViT backbone")
+        raise UserError("ResNet-50 has no transformer blocks: this needs a ViT backbone")
 
 
 def as_backbone(model: nn.Module, name: str = "") -> Backbone:

@@ -18,7 +18,8 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from .attention import cls_row_attention, last_block_qkv, resized_size, threshold_masks
+from .attention import resized_size, threshold_masks
+from .backbones import as_backbone, cls_attention_row
 from .errors import UserError
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageError, to_rgb
 from .masks import mask_extent, mask_iou
@@ -34,6 +35,7 @@ DEFAULT_TAU = {"tokencut": 0.2, "maskcut": 0.15}
 # backbone's attention stays tractable; larger inputs are downscaled to fit, with a note.
 MAX_PATCHES = 10_000
 RESNET_PAD = 16  # LOST pads ResNet inputs to its --patch_size default
+CORNER_FLIP = 3  # CutLER's maskcut.py: a partition holding 3 or 4 of the grid's corners is the background
 MIN_CUT_PATCHES = 3  # a normalised cut splits the patches in two; its eigenvector needs at least 3
 
 
@@ -121,21 +123,25 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
 @torch.no_grad()
 def extract_features(model: nn.Module, image: Image.Image, resize: int | tuple[int, ...] | None = None,
                      max_patches: int = MAX_PATCHES, preprocess_mode: str = "pad") -> DiscoveryFeatures:
-    """One forward pass: last-block q/k/v (heads concatenated, [CLS] dropped) and [CLS] attention, or,
-    for ResNet-50, its last feature map layer-normalised over the whole (N, D) map as LOST does."""
+    """One forward pass: last-block q/k/v (heads concatenated, [CLS] and registers dropped; DINOv3's before
+    RoPE) and [CLS] attention, or, for ResNet-50, its last feature map layer-normalised over the whole (N, D)
+    map as LOST does."""
     device = next(model.parameters()).device
     vit = is_vit(model)
+    if not vit and hasattr(model, "family"):  # a ResNetBackbone: its layers are those of the model it wraps
+        model = model.model
     patch = model.patch_size if vit else RESNET_PAD
     x, input_hw, note = preprocess(image, patch, resize, max_patches if vit else max_patches * 4, preprocess_mode)
     x = x.to(device)
     original_hw = (image.height, image.width)
     if vit:
-        q, k, v = last_block_qkv(model, x)  # (1, heads, 1+N, hd)
-        grid = (x.shape[-2] // patch, x.shape[-1] // patch)
-        attn = cls_row_attention(q, k, model.blocks[-1].attn.scale)[0]  # (heads, N)
-        # (1, heads, 1+N, hd) -> (N, heads*hd): the references' transpose(1, 2).reshape, [CLS] dropped
-        flat = {name: t[0].transpose(0, 1).reshape(t.shape[2], -1)[1:].float().cpu()
-                for name, t in (("q", q), ("k", k), ("v", v))}
+        qkv = as_backbone(model).last_qkv(x)  # (1, heads, P + N, hd) each, P = [CLS] + registers
+        grid = qkv.grid
+        attn = cls_attention_row(qkv.q, qkv.k, qkv.scale)[0, :, qkv.num_prefix_tokens:]  # (heads, N)
+        # Similarities come from q/k before RoPE (DINOv3), so that they do not depend on position; the
+        # references' transpose(1, 2).reshape concatenates the heads; [CLS] and registers are dropped.
+        flat = {name: qkv.patch_part(t)[0].float().cpu()
+                for name, t in (("q", qkv.q_unrotated), ("k", qkv.k_unrotated), ("v", qkv.v))}
         return DiscoveryFeatures(flat, attn.reshape(-1, *grid).float().cpu().numpy(), grid,
                                  (float(patch), float(patch)), input_hw, original_hw, note)
     fmap = x
@@ -240,9 +246,9 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
 
     As CutLER's maskcut_forward: removed patches get zero features (so eps affinities) and, unlike
     CutLER where round-off decides, never join the partition; the eigenvector's sign is fixed (argmax |x|
-    positive) where CutLER keeps LAPACK's; the partition is flipped when it covers 2+
-    corners, else when the seed argmax |x| is outside; the seed is then argmax of the oriented vector; a mask is dropped when its IoU with the previous cut's mask exceeds 0.5 or it
-    covers at most 1% of the patches; kept masks lose the patches of earlier objects. The cuts stop early
+    positive) where CutLER keeps LAPACK's; the partition is flipped when it covers 3 or 4
+    corners, else when the seed argmax |x| is outside; the seed is then argmax of the oriented vector; a mask
+    is dropped when its IoU with the previous cut's mask exceeds 0.5 or it covers at most 1% of the patches; kept masks lose the patches of earlier objects. The cuts stop early
     once every patch is in an object (a small image with a large n_objects).
     Returns (masks, seeds, the first cut's oriented eigenvector (h, w)).
     """
@@ -259,13 +265,14 @@ def maskcut_objects(feats: torch.Tensor, grid: tuple[int, int], n_objects: int =
             break
         x = cut.second_eigenvector(gone)
         top = _first_max(np.abs(x))  # the same index after any sign flip
-        # The corner rule makes CutLER's outcome depend on the solver's arbitrary sign (both sides may hold
-        # two corners): the sign is fixed first, the seed argmax |x| positive, so both solvers agree.
+        # The corner rule makes CutLER's outcome depend on the solver's arbitrary sign (when the seed's side
+        # holds 3 corners, the flipped vector would keep that side): the sign is fixed first, the seed
+        # argmax |x| positive, so both solvers and any LAPACK agree.
         x = x if x[top] > 0 else -x
         part = x > x.mean()
         # Removed patches sit at mean(x) / (1 - lambda), next to the split point when mean(x) ~ 0: which
         # side CutLER puts them on is round-off. They are out of the graph, so they join no side here.
-        if _corners((part & ~gone).reshape(grid)) >= 2 or not part[top]:
+        if _corners((part & ~gone).reshape(grid)) >= CORNER_FLIP or not part[top]:
             x, part = -x, ~part
         part &= ~gone
         seed = _first_max(np.where(gone, -np.inf, x))

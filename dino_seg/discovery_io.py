@@ -1,14 +1,17 @@
-"""Writing one image's discovered objects: masks, patches, scores and boxes as files, and their pictures."""
+"""One image's discovered objects as files (masks, patches, scores, boxes, objects.json, the refinement, pictures),
+and read back from them (scoring, export and --resume work from the files)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .discovery import DiscoveryFeatures, DiscoveryResult, patches_to_pixels
 from .files import save_npy, save_png, save_text
+from .refine import RefinedObjects
 from .viz import discovery_panels
 
 FILES = ("patches.npy", "masks.npy", "scores.npy", "boxes.json", "objects.png", "scores.png")
@@ -57,9 +60,50 @@ def write_objects(out_dir: str | Path, result: DiscoveryResult, refined=None) ->
 
 
 def write_refinement(out_dir: str | Path, refined) -> list[Path]:
-    """refined.npy (float32 (H, W), the solver's soft output) and refined.png (0/255, the refined objects)."""
+    """refined.npy (float32 (H, W), the solver's soft output), refined.png (0/255, the refined objects) and
+    refined_masks.npy (bool, objects x H x W, each object's refined mask, or its coarse one where refused)."""
     out_dir = Path(out_dir)
     save_npy(out_dir / "refined.npy", refined.soft.astype(np.float32))
+    save_npy(out_dir / "refined_masks.npy", refined.masks.astype(bool))
     union = refined.masks.any(axis=0) if len(refined.masks) else np.zeros(refined.soft.shape, dtype=bool)
     save_png(out_dir / "refined.png", union.astype(np.uint8) * 255)
-    return [out_dir / "refined.npy", out_dir / "refined.png"]
+    return [out_dir / "refined.npy", out_dir / "refined_masks.npy", out_dir / "refined.png"]
+
+
+@dataclass
+class SavedObjects:
+    """One image's objects as read back from its output folder."""
+
+    masks: np.ndarray  # (objects, H, W) bool, masks.npy
+    boxes: list[list[float]]  # boxes.json
+    scores: list[float | None]  # objects.json
+    refined: RefinedObjects | None  # from refined.npy, refined_masks.npy and objects.json
+
+
+def is_complete(out_dir: str | Path, refine: bool = False) -> bool:
+    """Whether an image's outputs are all written: objects.json comes last (with the refinement's fields when
+    `refine`), every file is written whole."""
+    path = Path(out_dir) / "objects.json"
+    if not path.is_file() or not (Path(out_dir) / "masks.npy").is_file():
+        return False
+    if not refine:
+        return True
+    try:
+        objects = json.loads(path.read_text())["objects"]
+    except (ValueError, KeyError, OSError):
+        return False
+    return (Path(out_dir) / "refined_masks.npy").is_file() and all("refined_box" in o for o in objects)
+
+
+def read_objects(out_dir: str | Path, refine: bool = False) -> SavedObjects:
+    """An image's objects from the files `write_discovery`, `write_refinement` and `write_objects` wrote."""
+    out_dir = Path(out_dir)
+    objects = json.loads((out_dir / "objects.json").read_text())["objects"]
+    masks = np.load(out_dir / "masks.npy")
+    refined = None
+    if refine:
+        refined = RefinedObjects(np.load(out_dir / "refined.npy"), np.load(out_dir / "refined_masks.npy"),
+                                 [o["refined_box"] for o in objects], [o["refined"] for o in objects],
+                                 [o["refine_iou"] for o in objects])
+    return SavedObjects(masks, json.loads((out_dir / "boxes.json").read_text()), [o["score"] for o in objects],
+                        refined)

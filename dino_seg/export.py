@@ -13,19 +13,19 @@ extra), the file is checked against the torch model and the largest differences 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from dino_seg.errors import UserError
 from dino_seg.models import DinoVisionTransformer, is_vit
 
 MIN_OPSET = 18  # torch.onnx's exporter (torch.export based) writes opset 18 and later
 OUTPUTS = ("cls", "patch_tokens", "attention")
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """Bad export input (size, opset, model); one line naming the flag."""
 
 
@@ -236,15 +236,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dino_seg.cli import run_command
+
     args = get_args_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, OSError) as err:  # ExportError, WeightsError, a full disk
-        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: no file written", file=sys.stderr)
-        return 130
+    return run_command(lambda: run(args), interrupted="no file written (the ONNX file is written whole or not at all)")
 
 
 if __name__ == "__main__":

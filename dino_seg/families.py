@@ -11,10 +11,9 @@ import torch
 
 from .backbones import Backbone, DinoV1Backbone, DinoV2Backbone, DinoV3Backbone, ResNetBackbone
 from .files import AtomicFile
-from .weights import WeightsError, WeightsUnavailable, _extract_backbone, _read_checkpoint
+from .weights import PRESETS, WeightsError, WeightsUnavailable, _extract_backbone, _read_checkpoint
 
 DINOV3_DOWNLOADS = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
-_DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
 
 # Width -> (size name, heads) of the released models; every DINOv2/v3 head is 64 wide except DINOv3 7B's 128.
 DINOV2_SIZES = {384: ("vits", 6), 768: ("vitb", 12), 1024: ("vitl", 16), 1536: ("vitg", 24)}
@@ -282,40 +281,8 @@ def build_backbone(sd: dict[str, torch.Tensor], source: object = "weights",
     return adapter_for(sd, source).build(sd, source, num_heads)
 
 
-# Presets of the later generations. DINOv2: Apache-2.0, downloaded once into the torch hub cache like DINO's.
-# DINOv3: licence-gated, never downloaded; the name resolves to the file the user put in the hub cache.
-@dataclass(frozen=True)
-class FamilyPreset:
-    name: str
-    family: str
-    filename: str
-    url: str | None  # None: licence-gated, never downloaded
-
-    @property
-    def gated(self) -> bool:
-        return self.url is None
-
-
-def _dinov2_presets() -> list[FamilyPreset]:
-    out = []
-    for size in ("vits", "vitb", "vitl", "vitg"):
-        stem = f"dinov2_{size}14"
-        out.append(FamilyPreset(stem, "dinov2", f"{stem}_pretrain.pth", f"{_DINOV2_URL}/{stem}/{stem}_pretrain.pth"))
-        out.append(FamilyPreset(f"{stem}_reg", "dinov2_reg", f"{stem}_reg4_pretrain.pth",
-                                f"{_DINOV2_URL}/{stem}/{stem}_reg4_pretrain.pth"))
-    return out
-
-
-# The official hub's file names (dinov3/hub/backbones.py: arch, weights, hash).
-_DINOV3_FILES = {
-    "dinov3_vits16": "08c60483", "dinov3_vits16plus": "4057cbaa", "dinov3_vitb16": "73cec8be",
-    "dinov3_vitl16": "8aa4cbdd", "dinov3_vith16plus": "7c1da9a5", "dinov3_vit7b16": "a955f4ea",
-}
-FAMILY_PRESETS: dict[str, FamilyPreset] = {
-    p.name: p for p in _dinov2_presets() + [
-        FamilyPreset(name, "dinov3", f"{name}_pretrain_lvd1689m-{digest}.pth", None)
-        for name, digest in _DINOV3_FILES.items()]
-}
+# The later generations' presets live in weights.PRESETS (one registry); their files are fetched here.
+FAMILY_PRESETS = {name: p for name, p in PRESETS.items() if p.family != "dino"}
 
 
 def preset_path(name: str) -> Path:

@@ -199,10 +199,17 @@ def load_features(folder: str | Path, expected_dim: int | None = None) -> Featur
                            f"{tuple(labels.shape)} in {folder} do not match (expected (N, D) and (N,))")
     if train.shape[1] != test.shape[1]:
         raise KnnError(f"--load_features: train features are {train.shape[1]}-d, test features {test.shape[1]}-d")
-    if expected_dim is not None and train.shape[1] != expected_dim:
-        raise KnnError(f"--load_features: the features in {folder} are {train.shape[1]}-d, but this model "
+    features = Features(train.float(), test.float(), train_labels.long(), test_labels.long())
+    if expected_dim is not None:
+        check_feature_width(features, expected_dim, folder)
+    return features
+
+
+def check_feature_width(features: Features, expected_dim: int, folder: str | Path) -> None:
+    """KnnError when a dump's features are not `expected_dim`-d, the width of the model named along it."""
+    if features.train.shape[1] != expected_dim:
+        raise KnnError(f"--load_features: the features in {folder} are {features.train.shape[1]}-d, but this model "
                        f"outputs {expected_dim}-d features (a dump of another model?)")
-    return Features(train.float(), test.float(), train_labels.long(), test_labels.long())
 
 
 def knn_accuracies(features: Features, ks: Sequence[int], temperature: float = 0.07,

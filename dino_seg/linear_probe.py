@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .backbones import as_backbone
 from .errors import UserError
 from .models import is_vit
 
@@ -16,18 +17,9 @@ def probe_defaults(arch: str) -> tuple[int, bool]:
 
 
 def intermediate_layers(model: nn.Module, images: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """The tokens (B, 1 + h*w, D) after each of the last `n` blocks, each through the final norm,
-    as the reference's `get_intermediate_layers`."""
-    if not 1 <= n <= len(model.blocks):
-        raise UserError(f"--n_last_blocks: expected 1 to {len(model.blocks)}, got {n}")
-    x = model.prepare_tokens(images)
-    first = len(model.blocks) - n
-    outputs = []
-    for i, block in enumerate(model.blocks):
-        x = block(x)
-        if i >= first:
-            outputs.append(model.norm(x))
-    return outputs
+    """The tokens (B, P + h*w, D) after each of the last `n` blocks, each through the final norm,
+    as the reference's `get_intermediate_layers` (P = [CLS] plus registers)."""
+    return as_backbone(model).intermediate_layers(images, n)
 
 
 def probe_dim(model: nn.Module, n_last_blocks: int, avgpool_patchtokens: bool) -> int:
@@ -43,8 +35,8 @@ def check_probe_flags(model: nn.Module, n_last_blocks: int, avgpool_patchtokens:
         # The reference stacks [CLS] and the average as (B, D, 2): defined for one block only.
         raise UserError(f"--avgpool_patchtokens true needs --n_last_blocks 1 (got {n_last_blocks}), as in "
                          "the reference, whose concatenation is defined for one block")
-    if is_vit(model) and not 1 <= n_last_blocks <= len(model.blocks):
-        raise UserError(f"--n_last_blocks: expected 1 to {len(model.blocks)}, got {n_last_blocks}")
+    if is_vit(model) and not 1 <= n_last_blocks <= as_backbone(model).depth:
+        raise UserError(f"--n_last_blocks: expected 1 to {as_backbone(model).depth}, got {n_last_blocks}")
 
 
 @torch.no_grad()
@@ -63,7 +55,7 @@ def probe_features(model: nn.Module, images: torch.Tensor, n_last_blocks: int = 
     layers = intermediate_layers(model, images, n_last_blocks)
     out = torch.cat([x[:, 0] for x in layers], dim=-1)  # (B, n * D)
     if avgpool_patchtokens:
-        avg = layers[-1][:, 1:].mean(dim=1)  # (B, D)
+        avg = layers[-1][:, as_backbone(model).num_prefix_tokens:].mean(dim=1)  # (B, D), registers left out
         out = torch.stack((out, avg), dim=-1).reshape(out.shape[0], -1)  # (B, 2D), interleaved
     return out
 

@@ -104,19 +104,23 @@ def build_backbone(arch: str = "vit_small", patch_size: int = 16, drop_path_rate
 
 
 def model_name(model: nn.Module) -> str:
-    """"vit_small/16"-style name of a backbone built by `build_backbone`."""
+    """"vit_small/16"-style name of a backbone built by `build_backbone`; a Backbone's own name."""
+    if hasattr(model, "family"):  # a dino_seg.backbones.Backbone
+        return model.name
     return f"{model.arch}/{model.patch_size}" if is_vit(model) else model.arch
 
 
 def is_vit(model: nn.Module) -> bool:
-    """Whether the backbone is a DINO ViT (has patch tokens and attention)."""
-    return isinstance(model, DinoVisionTransformer)
+    """Whether the backbone is a ViT of any DINO generation (has patch tokens and attention)."""
+    return isinstance(model, DinoVisionTransformer) or getattr(model, "is_vit", False) is True
 
 
 def patch_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Last layer's normalised patch tokens without [CLS]: (B, h, w, D)."""
     if not is_vit(model):
         raise UserError("patch features need a ViT backbone; ResNet-50 has no patch tokens")
+    if not isinstance(model, DinoVisionTransformer):  # a Backbone of a later generation: registers dropped
+        return model.patch_features(images)
     p = model.patch_size
     h, w = images.shape[-2] // p, images.shape[-1] // p
     tokens = model.forward_features(images)[:, 1:]  # (B, h*w, D)

@@ -6,11 +6,13 @@ import contextlib
 
 import torch
 
+from dino_seg.errors import UserError
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(UserError):
     """A precision the device cannot run; one line naming --precision."""
 
 

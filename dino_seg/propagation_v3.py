@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +23,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-from .backbones import Backbone
-from .images import IMAGENET_MEAN, IMAGENET_STD
+from .backbones import Backbone, as_backbone
+from .davis import VOID_LABEL, DavisError, num_objects
+from .errors import UserError
+from .images import IMAGENET_MEAN, IMAGENET_STD, load_image
 
 # Query rows x context patches compared at once: bounds memory (the notebook holds them all on a GPU).
 _CHUNK_ELEMENTS = 1 << 24
@@ -42,15 +45,15 @@ class TrackingConfig:
 
     def check(self) -> None:
         if self.short_side < 1:
-            raise ValueError(f"--short_side: expected a positive number of pixels, got {self.short_side}")
+            raise UserError(f"--short_side: expected a positive number of pixels, got {self.short_side}")
         if self.context < 0:
-            raise ValueError(f"--n_last_frames: expected 0 or more context frames, got {self.context}")
+            raise UserError(f"--n_last_frames: expected 0 or more context frames, got {self.context}")
         if self.topk < 1:
-            raise ValueError(f"--topk: expected a positive number, got {self.topk}")
+            raise UserError(f"--topk: expected a positive number, got {self.topk}")
         if self.temperature <= 0:
-            raise ValueError(f"--temperature: expected a positive number, got {self.temperature}")
+            raise UserError(f"--temperature: expected a positive number, got {self.temperature}")
         if self.shape not in ("circle", "square"):
-            raise ValueError(f"neighbourhood shape: expected circle or square, got {self.shape!r}")
+            raise UserError(f"neighbourhood shape: expected circle or square, got {self.shape!r}")
 
 
 def resized_size(width: int, height: int, short_side: int, multiple: int) -> tuple[int, int]:
@@ -147,7 +150,7 @@ class Tracker:
     def step(self, feats: torch.Tensor) -> torch.Tensor:
         """Raw probabilities (h, w, M) of the next frame from its features (h, w, D); it joins the context."""
         if feats.shape != self.first_feats.shape:
-            raise ValueError(f"frame features {tuple(feats.shape)} differ from the first frame's "
+            raise UserError(f"frame features {tuple(feats.shape)} differ from the first frame's "
                              f"{tuple(self.first_feats.shape)}: every frame of a video must have the same size")
         context_feats = torch.stack([self.first_feats, *self.feats_queue])  # (1 + t, h, w, D)
         context_probs = torch.stack([self.first_probs, *self.probs_queue])  # (1 + t, h, w, M)
@@ -167,6 +170,7 @@ def track(backbone: Backbone, frames: Iterable[Image.Image], first_mask: np.ndar
     `first_mask` holds labels 0 (background) to M - 1; `num_masks` defaults to its largest label + 1.
     """
     config.check()
+    backbone = as_backbone(backbone)
     device = next(backbone.parameters()).device
     first_mask = np.asarray(first_mask)
     m = int(first_mask.max()) + 1 if num_masks is None else num_masks
@@ -181,3 +185,23 @@ def track(backbone: Backbone, frames: Iterable[Image.Image], first_mask: np.ndar
             continue
         probs = upsample_probs(tracker.step(feats), size_hw)  # (M, H', W')
         yield probs.argmax(dim=0).to(torch.uint8).cpu().numpy()
+
+
+def segment_sequence_v3(backbone: Backbone, frames: Sequence[str | Path], first_annotation: np.ndarray,
+                        config: TrackingConfig = TrackingConfig()) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, (H, W) uint8 object indices) for frames 1.. of a DAVIS sequence under this protocol, given
+    the first frame's annotation (H, W) uint8 (255 = void, taken as background). Outputs have the annotation's
+    size, which is the frames' own."""
+    labels = np.where(first_annotation == VOID_LABEL, 0, first_annotation).astype(np.uint8)
+
+    def read_all() -> Iterator[Image.Image]:
+        for path in frames:
+            image = load_image(path)
+            if (image.height, image.width) != labels.shape:
+                raise DavisError(f"frame {path} is {image.width}x{image.height}, unlike the first frame's "
+                                 f"annotation {labels.shape[1]}x{labels.shape[0]}")
+            yield image
+
+    masks = track(backbone, read_all(), labels, config, num_masks=num_objects(first_annotation) + 1)
+    next(masks)  # the first frame: its annotation
+    yield from enumerate(masks, start=1)

@@ -49,3 +49,33 @@ def differences(recorded: dict, current: dict) -> list[str]:
         if old != new:
             out.append(f"{key} {old} -> {new}")
     return out
+
+
+def _rank_file(folder: Path, rank: int) -> Path:
+    return folder / f"provenance.rank{rank}.json"
+
+
+def write_rank_provenance(folder: str | Path, settings: dict, sequences: list[str], rank: int) -> None:
+    """Under a multi-process run, rank `rank` records the items it completed in its own file (one writer per
+    file), so an interrupted run resumes every rank's work; rank 0 folds them into provenance.json at the end."""
+    record = {"settings": settings, "sequences": sequences}
+    save_text(_rank_file(Path(folder), rank), json.dumps(record, indent=2, default=str) + "\n")
+
+
+def rank_sequences(folder: str | Path, settings: dict) -> list[str]:
+    """Items recorded by the ranks of an interrupted multi-process run under the same `settings`."""
+    found: list[str] = []
+    for path in sorted(Path(folder).glob("provenance.rank*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a rank killed mid-write leaves no file (written whole): an unreadable one is foreign
+        if isinstance(record, dict) and record.get("settings") == json.loads(json.dumps(settings, default=str)):
+            found += [str(n) for n in record.get("sequences", []) if str(n) not in found]
+    return found
+
+
+def remove_rank_provenance(folder: str | Path) -> None:
+    """Drop the per-rank records once provenance.json holds their items."""
+    for path in Path(folder).glob("provenance.rank*.json"):
+        path.unlink(missing_ok=True)

@@ -19,16 +19,23 @@ _BASE_URL = "https://dl.fbaipublicfiles.com/dino"
 
 @dataclass(frozen=True)
 class Preset:
-    """An official DINO backbone release."""
+    """An official backbone release of any DINO generation."""
 
     name: str
-    url: str
-    arch: str
+    url: str  # "" for licence-gated weights, never downloaded (DINOv3)
+    arch: str  # DINO: vit_small / vit_base / resnet50; later generations: their hub name
     patch_size: int | None
+    family: str = "dino"  # dino, dinov2, dinov2_reg or dinov3 (dino_seg.families)
+    file: str = ""  # the file name, where there is no URL to take it from
 
     @property
     def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+        return self.file or self.url.rsplit("/", 1)[-1]
+
+    @property
+    def gated(self) -> bool:
+        """Licence-gated: resolves only to a file the user put in the hub cache."""
+        return not self.url
 
 
 def _preset(name: str, stem: str, arch: str, patch_size: int | None) -> Preset:
@@ -47,6 +54,18 @@ PRESETS: dict[str, Preset] = {
         _preset("dino_resnet50", "dino_resnet50_pretrain", "resnet50", None),
     )
 }
+_DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
+for _size in ("vits", "vitb", "vitl", "vitg"):
+    # DINOv2 (Apache-2.0): downloaded once like DINO's, from the same file server, checked by structure.
+    _stem = f"dinov2_{_size}14"
+    PRESETS[_stem] = Preset(_stem, f"{_DINOV2_URL}/{_stem}/{_stem}_pretrain.pth", _stem, 14, "dinov2")
+    PRESETS[_stem + "_reg"] = Preset(_stem + "_reg", f"{_DINOV2_URL}/{_stem}/{_stem}_reg4_pretrain.pth",
+                                     _stem + "_reg", 14, "dinov2_reg")
+# DINOv3 (DINOv3 License, licence-gated): the official hub's file names (dinov3/hub/backbones.py: arch, hash);
+# never downloaded, the name resolves only to the file already in the torch hub cache.
+for _name, _hash in (("dinov3_vits16", "08c60483"), ("dinov3_vits16plus", "4057cbaa"), ("dinov3_vitb16", "73cec8be"),
+                     ("dinov3_vitl16", "8aa4cbdd"), ("dinov3_vith16plus", "7c1da9a5"), ("dinov3_vit7b16", "a955f4ea")):
+    PRESETS[_name] = Preset(_name, "", _name, 16, "dinov3", f"{_name}_pretrain_lvd1689m-{_hash}.pth")
 
 
 # What is known of the released files' content (GUIDE: MD5 prefixes as pinned by open-metric-learning's model zoo,
@@ -114,6 +133,10 @@ def fetch_preset(name: str, progress: bool = True) -> Path:
     Presets without a pinned digest get the structural check only (`digest_pinned(name)` says which).
     """
     preset = PRESETS[name]
+    if preset.family != "dino":
+        from .families import fetch_family_preset
+
+        return fetch_family_preset(name, progress)
     path = preset_cache_path(name)
     if path.is_file():
         _check_cached(name, path)
@@ -209,7 +232,14 @@ def load_state_dict(source: str | Path, checkpoint_key: str = "teacher") -> dict
         raise WeightsError(f"--pretrained_weights: {source}: no such file and not a preset "
                            f"(presets: {', '.join(PRESETS)})")
     sd = _extract_backbone(_read_checkpoint(path), checkpoint_key, path)
-    if source in PRESETS:  # the structural check, for every preset (the only one where no digest is pinned)
+    if source in PRESETS and PRESETS[source].family != "dino":
+        from .families import preset_structure_mismatch
+
+        reason = preset_structure_mismatch(source, sd, path)
+        if reason:
+            raise WeightsError(f"cached preset {source} at {path} is not its release ({reason}): delete it"
+                               + ("" if PRESETS[source].gated else " to download it again"))
+    elif source in PRESETS:  # the structural check, for every preset (the only one where no digest is pinned)
         preset = PRESETS[source]
         found = infer_arch(sd, source=path)
         if found != (preset.arch, preset.patch_size):
@@ -227,6 +257,8 @@ def load_model(
 ) -> nn.Module:
     """A backbone in eval mode with frozen weights from a preset, an official file or our checkpoint.
 
+    DINO weights give our DinoVisionTransformer (or ResNet-50) as always; DINOv2 and DINOv3 weights, recognised
+    from their keys (dino_seg.families), give a dino_seg.backbones.Backbone, which every library function takes.
     Empty `pretrained_weights` gives random weights of `arch` (vit_small/16 by default): callers
     must say so, since such a model is only good for checking the pipeline.
     """
@@ -234,7 +266,19 @@ def load_model(
         model = build_backbone(arch or "vit_small", patch_size or 16)
     else:
         sd = load_state_dict(pretrained_weights, checkpoint_key)
-        model = build_from_state_dict(sd, pretrained_weights, arch, patch_size)
+        from .families import adapter_for
+
+        adapter = adapter_for(sd, pretrained_weights)
+        if adapter.name == "dino":
+            model = build_from_state_dict(sd, pretrained_weights, arch, patch_size)
+        else:
+            model = adapter.build(sd, pretrained_weights)
+            if arch or (patch_size and patch_size != model.patch_size):
+                asked = " ".join(f"--{flag} {value}" for flag, value in (("arch", arch), ("patch_size", patch_size))
+                                 if value)
+                raise WeightsError(f"{pretrained_weights}: the weights are {model.name} ({model.generation}), but "
+                                   f"{asked} was asked for (leave --arch and --patch_size out: they are read from "
+                                   "the weights)")
     return model.to(device).eval().requires_grad_(False)
 
 

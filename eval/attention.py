@@ -8,6 +8,13 @@ file; `name_<suffix>` when two images differ only by suffix) gets img.png, attn-
 mask_th{t}_head{j}.png and mask_th{t}_mean.png (overlays with contours), attention.npy
 (float32, heads x h x w) and masks.npy (bool, heads x H x W at the cropped size). With --gt_dir,
 the masks are scored by Jaccard against ground-truth masks matched by file stem.
+
+Any DINO generation: DINO, DINOv2 (with or without registers) and DINOv3 weights are recognised from their keys.
+The maps are the last block's [CLS] query row, softmax over every token (registers included; DINOv3 with RoPE
+applied as its attention does), restricted to the patches. For a model with registers, register_share.csv
+gives, per image and head, the share of the [CLS] attention that goes to the registers.
+Input size: --image_size H W resizes to exactly H x W (multiples of the patch, 14 for DINOv2 and 16 for DINOv3,
+are used as given); one value resizes the short side; the pixels past the last whole patch are then cropped.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image_path", default=str(DEFAULT_IMAGE), type=str,
                         help="An image file or a folder of images.")
     parser.add_argument("--image_size", default=(480, 480), type=int, nargs="+",
-                        help="Resize to H W; a single value resizes the short side and keeps the aspect ratio.")
+                        help="Resize to H W (used exactly when multiples of the patch); a single value resizes the "
+                             "short side and keeps the aspect ratio; pixels past the last whole patch are cropped.")
     parser.add_argument("--output_dir", default=".", help="Where to write the results.")
     parser.add_argument("--threshold", type=float, default=0.6,
                         help="Share of the attention mass the masks keep (the paper's 0.6).")
@@ -71,6 +79,17 @@ def write_outputs(out_dir: Path, result, threshold: float) -> np.ndarray:
 def score_table(rows: list[dict[str, float | str]], heads: int) -> str:
     """Scores as CSV text: one row per image and a final mean row."""
     columns = ["image"] + [f"head{j}" for j in range(heads)] + ["best_head", "mean_map"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows + [_mean_row(rows, columns)]:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def share_table(rows: list[dict[str, float | str]]) -> str:
+    """Register shares as CSV text: one row per image (per head and their mean) and a final mean row."""
+    columns = list(rows[0])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -128,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if stale:
         print(f"removed {len(stale)} stale temporary file(s) of an interrupted run")
     rows: list[dict[str, float | str]] = []
+    shares: list[dict[str, float | str]] = []  # register share per image and head (models with registers)
     skipped = 0
     for path in tqdm(images, desc="images", unit="img", disable=len(images) == 1):
         try:
@@ -147,6 +167,10 @@ def run(args: argparse.Namespace) -> int:
         except OSError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        name = path.name if image_path == path else path.relative_to(image_path).as_posix()
+        if result.register_share is not None:
+            shares.append({"image": name, **{f"head{j}": float(v) for j, v in enumerate(result.register_share)},
+                           "mean_head": float(result.register_share.mean())})
         if gt_dir is None:
             continue
         gt_path = gt_files[path]
@@ -162,13 +186,21 @@ def run(args: argparse.Namespace) -> int:
         resized = resized_size(image.size, args.image_size)
         full = masks_to_image_size(masks, resized, fg.shape)
         scores = [mask_iou(m, fg, void, empty=1.0) for m in full]
-        name = path.name if image_path == path else path.relative_to(image_path).as_posix()
         rows.append({"image": name, **{f"head{j}": s for j, s in enumerate(scores[:-1])},
                      "best_head": max(scores[:-1]), "mean_map": scores[-1]})
 
     done = len(images) - skipped
     print(f"wrote attention maps and masks of {done} image(s) to {output_dir}" +
           (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
+    if shares:
+        try:
+            save_text(output_dir / "register_share.csv", share_table(shares))
+        except OSError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        mean = _mean_row(shares, list(shares[0]))
+        print("[CLS] attention on the registers (mean over images): " +
+              ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k != "image"))
     if gt_dir is not None:
         if not rows:
             print(f"error: no image had a ground-truth mask in {gt_dir}", file=sys.stderr)

@@ -34,9 +34,12 @@ def add_weight_flags(parser: argparse.ArgumentParser, default_patch_size: int | 
     """
     parser.set_defaults(reference_patch_size=reference_patch_size, preferred_preset=preferred_preset)
     parser.add_argument("--pretrained_weights", default="", type=str,
-                        help="Preset name (" + ", ".join(PRESETS) + "), path to an official DINO file or to a "
-                             "checkpoint of `python -m train`, or 'random' (pipeline check only). Default: the "
-                             "official weights of --arch/--patch_size, as the reference scripts do.")
+                        help="Preset name (" + ", ".join(PRESETS) + "), path to an official DINO, DINOv2 or "
+                             "DINOv3 file (recognised from its keys) or to a checkpoint of `python -m train`, or "
+                             "'random' (pipeline check only: random weights of --arch/--patch_size, by default the "
+                             "model of the official weights below). DINOv3 presets are never downloaded: they name "
+                             "the licence-gated file in the torch hub cache. Default: the official weights of "
+                             "--arch/--patch_size, as the reference scripts do.")
     parser.add_argument("--arch", default=None, choices=ARCHS,
                         help="Architecture; inferred from the weights when not given (vit_small otherwise).")
     parser.add_argument("--patch_size", default=default_patch_size, type=int,
@@ -45,29 +48,42 @@ def add_weight_flags(parser: argparse.ArgumentParser, default_patch_size: int | 
                         help="Network of a full training checkpoint to load: teacher or student.")
 
 
+def default_model(args: argparse.Namespace) -> tuple[str, int]:
+    """(arch, patch size) the flags name, the command's documented default filling what they leave open:
+    --arch or vit_small, --patch_size or the patch size of the official weights the reference script loads."""
+    return args.arch or "vit_small", args.patch_size or getattr(args, "reference_patch_size", 16)
+
+
+def _model_label(arch: str, patch: int) -> str:
+    return arch if arch == "resnet50" else f"{arch}/{patch}"
+
+
 def resolve_weights(args: argparse.Namespace) -> tuple[str, str]:
-    """(source, description) for the --pretrained_weights / --arch / --patch_size flags."""
+    """(source, description) for the --pretrained_weights / --arch / --patch_size flags; an empty source
+    means random weights of `default_model(args)`."""
+    arch, patch = default_model(args)
     if args.pretrained_weights == RANDOM:
-        return "", f"RANDOM weights {args.arch or 'vit_small'}/{args.patch_size or 16} (pipeline check only, not DINO)"
+        return "", f"RANDOM weights {_model_label(arch, patch)} (pipeline check only, not DINO)"
     if args.pretrained_weights:
         return args.pretrained_weights, args.pretrained_weights
     # Like the reference: no weights given means the official ones for this architecture.
-    arch = args.arch or "vit_small"
-    patch = args.patch_size or getattr(args, "reference_patch_size", 16)
     preferred = getattr(args, "preferred_preset", None)
     for name in sorted(PRESETS, key=lambda name: name != preferred):
         preset = PRESETS[name]
         if preset.arch == arch and preset.patch_size in (patch, None):
             return name, f"official preset {name}"
-    return "", f"RANDOM weights {arch}/{patch}: there is no official DINO release for this model"
+    return "", f"RANDOM weights {_model_label(arch, patch)}: there is no official DINO release for this model"
 
 
 def load_from_args(args: argparse.Namespace, device) -> tuple[nn.Module, str]:
-    """Build the backbone named by the flags; raises WeightsError for unusable weights."""
+    """Build the backbone named by the flags; raises WeightsError for unusable weights. Random weights are
+    those of the model the description names (`default_model`): ViT-S/8 for eval.attention, as documented."""
     source, description = resolve_weights(args)
-    model = load_model(source or None, arch=args.arch, patch_size=args.patch_size,
-                       checkpoint_key=args.checkpoint_key, device=device)
-    return model, description
+    arch, patch = (args.arch, args.patch_size) if source else default_model(args)
+    model = load_model(source or None, arch=arch, patch_size=patch, checkpoint_key=args.checkpoint_key,
+                       device=device)
+    licence = getattr(model, "licence", None)  # DINOv3 weights: their licence is named wherever they are used
+    return model, f"{description} ({model.name}; {licence})" if licence else description
 
 
 def collect_images(image_path: str) -> tuple[list[Path], Path]:

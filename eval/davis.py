@@ -2,11 +2,22 @@
 
     python -m eval.davis --pretrained_weights dino_vits16 --data_path DAVIS --output_dir out
     python -m eval.davis --results_path out --data_path DAVIS        # score an existing results folder
+    torchrun --nproc_per_node 4 -m eval.davis --pretrained_weights dino_vits16 --data_path DAVIS --output_dir out
+    python -m eval.davis --pretrained_weights dinov3_vits16 --protocol dinov3 --data_path DAVIS --output_dir out
+
+--protocol dino (any backbone) is the reference's eval_video_segmentation.py: frames resized to a short side of
+480 with the long side floored to a multiple of 64; with patch 14 (DINOv2) the ViT then drops the pixels past the
+last whole patch (under 14 on the bottom and right) and the masks of the covered area are resized back to the frame.
+--protocol dinov3 is DINOv3's segmentation_tracking notebook (dino_seg/propagation_v3.py): short side 960, both
+sides rounded up to multiples of the patch (bicubic), temperature 0.2, top-5 within a circle of radius 12, the first
+frame plus 7 previous frames as context. DINOv3's published J&F use this protocol: do not compare them with DINO's.
 
 Writes OUTPUT_DIR/<sequence>/<frame>.png (indexed PNGs, DAVIS palette, original size) for every frame, then
 global_results-<set>.csv, per-sequence_results-<set>.csv (davis2017-evaluation's columns) and summary.json.
 OUTPUT_DIR/provenance.json records the weights and settings; a sequence whose outputs are all present and were
 made with the same ones is skipped unless --overwrite, and other settings stop the run unless --overwrite.
+Under torchrun or SLURM the sequences are split over the processes (gloo on CPU, NCCL on GPU); the masks are
+those of one process, rank 0 scores them and summary.json records world_size and each sequence's rank.
 """
 from __future__ import annotations
 
@@ -22,19 +33,21 @@ from tqdm import tqdm
 
 from dino_seg.davis import DavisError, RESOLUTIONS, VOID_LABEL, annotation_dir, frame_paths, image_size, \
     list_sequences, read_annotation, write_indexed_png
-from dino_seg.cli import run_command
-from dino_seg.device import pick_device
+from dino_seg.distributed import DistInfo
 from dino_seg.pairing import discovered_labels
 from dino_seg.files import remove_stale_temp, save_text
 from dino_seg.images import ImageError, load_image
 from dino_seg.metrics import DavisScores, csv_paths, format_table, score_sequence, summarise, write_csvs
 from dino_seg.models import is_vit
 from dino_seg.propagation import segment_sequence
-from dino_seg.provenance import differences, read_provenance, weights_identity, write_provenance
+from dino_seg.propagation_v3 import TrackingConfig, segment_sequence_v3
+from dino_seg.provenance import (differences, rank_sequences, read_provenance, remove_rank_provenance,
+                                 weights_identity, write_provenance, write_rank_provenance)
+from dino_seg.sharding import GlobalCounter, gather_to_main, shard_indices
 from dino_seg.weights import PRESETS
 from dino_seg.flags import bool_flag
-from eval.common import (add_discovery_flags, add_weight_flags, discovery_kwargs, load_from_args,
-                         resolve_weights)
+from eval.common import (add_discovery_flags, add_launch_flags, add_weight_flags, discovery_kwargs, load_from_args,
+                         resolve_weights, run_launched)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -54,10 +67,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sequences", default="", type=str,
                         help="Comma-separated sequence names; empty: every sequence of --set.")
     parser.add_argument("--resolution", default="480p", choices=RESOLUTIONS, help="DAVIS frames to read.")
-    parser.add_argument("--short_side", default=480, type=int,
-                        help="Frames are resized to this short side, the long side floored to a multiple of 64 "
-                             "(the reference's 480; smaller is faster but scores differ from the paper's).")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    parser.add_argument("--protocol", default="dino", choices=("dino", "dinov3"),
+                        help="dino: the reference's propagation (any backbone); dinov3: DINOv3's segmentation_tracking "
+                             "notebook (see above).")
+    parser.add_argument("--short_side", default=None, type=int,
+                        help="Frames are resized to this short side: --protocol dino 480, the long side floored to a "
+                             "multiple of 64; --protocol dinov3 960, both sides rounded up to multiples of the patch "
+                             "(smaller is faster but scores differ from the published ones).")
+    add_launch_flags(parser)
     parser.add_argument("--overwrite", default=False, type=bool_flag, nargs="?", const=True,
                         help="Redo sequences whose outputs are already complete.")
     parser.add_argument("--results_path", default=None, type=str,
@@ -180,6 +197,7 @@ def run_settings(args: argparse.Namespace, model: torch.nn.Module) -> dict:
         "arch": model.arch,
         "patch_size": model.patch_size,
         "short_side": args.short_side,
+        **({"protocol": args.protocol} if args.protocol != "dino" else {}),  # folders of earlier runs stay valid
         "n_last_frames": args.n_last_frames,
         "topk": args.topk,
         "size_mask_neighborhood": args.size_mask_neighborhood,
@@ -211,8 +229,13 @@ def _check_provenance(output_dir: Path, settings: dict, plan: list, overwrite: b
     return [] if diff or not isinstance(sequences, list) else [str(n) for n in sequences]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
+    """Propagate and score; under torchrun or SLURM (`info`), every rank propagates its share of the
+    sequences and rank 0 alone scores and writes the summary."""
+    info = info or DistInfo(0, 1, 0, torch.device("cpu"), None, "none")
     if args.results_path:
+        if not info.is_main:
+            return 0
         results = Path(args.results_path)
         if not results.is_dir():
             raise DavisError(f"--results_path: results folder not found: {results}")
@@ -229,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise DavisError(f"--output_dir {args.output_dir}: is a file, expected a folder")
+    if args.short_side is None:
+        args.short_side = 960 if args.protocol == "dinov3" else 480
     for flag in ("n_last_frames", "topk", "bs", "short_side"):
         minimum = {"n_last_frames": 0, "short_side": 64}.get(flag, 1)
         if getattr(args, flag) < minimum:
@@ -247,13 +272,15 @@ def run(args: argparse.Namespace) -> int:
             raise DavisError(f"annotation {first_gt} is {gw}x{gh} but frame {frames[0]} is {fw}x{fh}")
         plan.append((name, frames, first_gt))
 
-    device = pick_device(args.device)
+    device = info.device
     model, description = load_from_args(args, device)
     if not is_vit(model):
         raise DavisError("--arch: label propagation needs a ViT (patch features); ResNet-50 has none")
-    if description.startswith("RANDOM"):
+    if description.startswith("RANDOM") and info.is_main:
         print(f"WARNING: {description}: the masks are meaningless", file=sys.stderr)
-    print(f"model: {description} on {device}", file=sys.stderr)
+    if info.is_main:
+        print(f"model: {description} on {device}" + (f" (x{info.world_size} processes, {info.backend})"
+                                                    if info.distributed else ""), file=sys.stderr)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -261,39 +288,77 @@ def run(args: argparse.Namespace) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = run_settings(args, model)
     recorded = _check_provenance(output_dir, settings, plan, args.overwrite)
-    # Temporary files of a run killed mid-write (kill -9) are never completed: remove them.
-    stale = remove_stale_temp(output_dir, recursive=False)
-    for name, _, _ in plan:
-        stale += remove_stale_temp(output_dir / name)
-    if stale:
-        print(f"removed {len(stale)} stale temporary file(s) of an interrupted run", file=sys.stderr)
+    if not args.overwrite:  # sequences finished by the ranks of an interrupted multi-process run
+        recorded += [name for name in rank_sequences(output_dir, settings) if name not in recorded]
+    # What to run is decided by every rank from the same files, before any rank writes.
+    skipped = [name for name, frames, _ in plan
+               if not args.overwrite and name in recorded and _complete(output_dir / name, frames)]
+    todo = [item for item in plan if item[0] not in skipped]
+    mine = [todo[i] for i in shard_indices(len(todo), info.rank, info.world_size)]
+    if info.is_main:
+        # Temporary files of a run killed mid-write (kill -9) are never completed: remove them.
+        stale = remove_stale_temp(output_dir, recursive=False)
+        for name, _, _ in plan:
+            stale += remove_stale_temp(output_dir / name)
+        if stale:
+            print(f"removed {len(stale)} stale temporary file(s) of an interrupted run", file=sys.stderr)
+        write_provenance(output_dir, settings, recorded)
+    if info.distributed:
+        torch.distributed.barrier()
+    done, mine_recorded, n_frames, seconds, per_sequence = [], [], 0, 0.0, {}
+    counter = GlobalCounter("davis_frames")  # frames written by all ranks: rank 0's progress bar
+    total = sum(len(frames) - 1 for _, frames, _ in todo)
+    with tqdm(total=total, desc="frames", unit="frame", file=sys.stderr,
+              disable=not info.is_main or total == 0) as bar:
+        for name, frames, first_gt in mine:
+            seq_dir = output_dir / name
+            bar.set_postfix_str(name, refresh=False)
+            annotation = read_annotation(first_gt)
+            if args.first_frame == "discover":
+                annotation = discovered_labels(model, load_image(frames[0]), annotation, args.method,
+                                               tuple(args.resize) if args.resize else None, **discovery)
+            start = time.perf_counter()
+            if args.protocol == "dinov3":
+                radius = args.size_mask_neighborhood or float("inf")  # 0: every patch, as for --protocol dino
+                masks = segment_sequence_v3(model, frames, annotation, TrackingConfig(
+                    short_side=args.short_side, context=args.n_last_frames, radius=radius, topk=args.topk))
+            else:
+                masks = segment_sequence(model, frames, annotation, n_last_frames=args.n_last_frames,
+                                         topk=args.topk, radius=args.size_mask_neighborhood, bs=args.bs,
+                                         device=device, short_side=args.short_side)
+            write_indexed_png(seq_dir / f"{frames[0].stem}.png", np.where(annotation == VOID_LABEL, 0, annotation))
+            for idx, mask in masks:
+                write_indexed_png(seq_dir / f"{frames[idx].stem}.png", mask)
+                bar.update(counter.add() - bar.n)
+            elapsed = time.perf_counter() - start
+            per_sequence[name] = {"frames": len(frames) - 1, "seconds": round(elapsed, 3),
+                                  "fps": round((len(frames) - 1) / elapsed, 3) if elapsed > 0 else None,
+                                  "rank": info.rank}
+            seconds += elapsed
+            n_frames += len(frames) - 1
+            done.append(name)
+            if info.is_main:
+                if name not in recorded:
+                    recorded.append(name)
+                    write_provenance(output_dir, settings, recorded)
+            else:
+                mine_recorded.append(name)
+                write_rank_provenance(output_dir, settings, mine_recorded, info.rank)
+        while info.is_main and info.distributed and counter.value() < total:  # the other ranks' frames
+            bar.update(counter.value() - bar.n)
+            time.sleep(0.2)
+        bar.update(counter.value() - bar.n)
+    parts = gather_to_main({"done": done, "per_sequence": per_sequence, "frames": n_frames, "seconds": seconds,
+                           "peak_memory_mb": _peak_memory_mb(device)}, info.rank, info.world_size)
+    if parts is None:
+        return 0  # ranks other than 0: rank 0 records, scores and summarises
+    done = [name for name, _, _ in todo if any(name in part["done"] for part in parts)]
+    per_sequence = {k: v for part in parts for k, v in part["per_sequence"].items()}
+    n_frames, seconds = sum(part["frames"] for part in parts), sum(part["seconds"] for part in parts)
+    peak_mb = max(part["peak_memory_mb"] for part in parts)
+    recorded += [name for name in done if name not in recorded]
     write_provenance(output_dir, settings, recorded)
-    done, skipped, n_frames, seconds, per_sequence = [], [], 0, 0.0, {}
-    for name, frames, first_gt in tqdm(plan, desc="sequences", unit="seq", file=sys.stderr):
-        seq_dir = output_dir / name
-        if not args.overwrite and name in recorded and _complete(seq_dir, frames):
-            skipped.append(name)
-            continue
-        annotation = read_annotation(first_gt)
-        if args.first_frame == "discover":
-            annotation = discovered_labels(model, load_image(frames[0]), annotation, args.method,
-                                           tuple(args.resize) if args.resize else None, **discovery)
-        start = time.perf_counter()
-        masks = segment_sequence(model, frames, annotation, n_last_frames=args.n_last_frames, topk=args.topk,
-                                 radius=args.size_mask_neighborhood, bs=args.bs, device=device,
-                                 short_side=args.short_side)
-        write_indexed_png(seq_dir / f"{frames[0].stem}.png", np.where(annotation == VOID_LABEL, 0, annotation))
-        for idx, mask in tqdm(masks, desc=name, total=len(frames) - 1, unit="frame", leave=False, file=sys.stderr):
-            write_indexed_png(seq_dir / f"{frames[idx].stem}.png", mask)
-        elapsed = time.perf_counter() - start
-        per_sequence[name] = {"frames": len(frames) - 1, "seconds": round(elapsed, 3),
-                              "fps": round((len(frames) - 1) / elapsed, 3) if elapsed > 0 else None}
-        seconds += elapsed
-        n_frames += len(frames) - 1
-        done.append(name)
-        if name not in recorded:
-            recorded.append(name)
-            write_provenance(output_dir, settings, recorded)
+    remove_rank_provenance(output_dir)
     # Timings of sequences skipped now come from the run that made them, so the summary covers them all.
     previous = _previous_timings(output_dir / "summary.json")
     for name in skipped:
@@ -318,6 +383,7 @@ def run(args: argparse.Namespace) -> int:
         "settings": settings,
         "weights": description,
         "device": str(device),
+        "world_size": info.world_size,
         "sequences_run": done,
         "sequences_skipped": skipped,
         "frames_propagated": n_frames,
@@ -325,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
         "fps": round(n_frames / seconds, 3) if seconds > 0 else None,
         "fps_all_sequences": round(all_frames / all_seconds, 3) if all_seconds > 0 else None,
         "per_sequence": {name: per_sequence[name] for name in names if name in per_sequence},
-        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+        "peak_memory_mb": round(peak_mb, 1),
         "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
         "scores": scores.global_scores if scores is not None else None,
     }
@@ -339,8 +405,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return run_command(lambda: run(args), interrupted="complete sequences are kept (files are written whole); run "
-                       "the same command again to resume")
+    return run_launched(args, lambda info, say: run(args, info),
+                        interrupted="complete sequences are kept (files are written whole); run the same command "
+                                    "again to resume")
 
 
 if __name__ == "__main__":

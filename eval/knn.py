@@ -23,7 +23,8 @@ from dino_seg.errors import UserError
 from dino_seg.files import save_text
 from dino_seg.flags import bool_flag
 from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits
-from dino_seg.knn import Features, extract_features, knn_accuracies, load_features, save_features
+from dino_seg.knn import (Features, check_feature_width, extract_features, knn_accuracies, load_features,
+                          save_features)
 from dino_seg.models import model_name
 from eval.common import (add_image_folder_flags, add_launch_flags, add_weight_flags, load_from_args, progress,
                          run_launched)
@@ -79,11 +80,11 @@ def run(args: argparse.Namespace, device: torch.device, is_main: bool, say) -> i
     check_output_dir(args.output_dir)
     check_output_dir(args.dump_features, "--dump_features")
     if args.load_features:
-        expected = None
-        if args.pretrained_weights or args.arch:  # a model named along the dump: its width must match
+        # The dump is checked before any weights are loaded (or downloaded).
+        features = load_features(args.load_features) if is_main else None
+        if features is not None and (args.pretrained_weights or args.arch):  # a model named along the dump
             model, _ = load_from_args(args, "cpu")
-            expected = int(model.embed_dim)
-        features = load_features(args.load_features, expected_dim=expected) if is_main else None
+            check_feature_width(features, int(model.embed_dim), args.load_features)
         info = {"model": None, "weights": f"features of {args.load_features}", "num_classes": None}
     else:
         features, info = extract_splits(args, device, is_main)

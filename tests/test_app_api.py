@@ -4,7 +4,6 @@ fresh session, without another endpoint having been called first."""
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from dino_seg.app import weights_bar
 from dino_seg.app.config import ASSETS, BUNDLED_DAVIS, AppConfig
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
 from dino_seg.app.serve import queue
+from ports import free_port
 
 ENDPOINTS = {"/attention", "/refresh_attention", "/discover", "/check_weights", "/upload_weights", "/list_davis",
              "/davis_first_frame", "/video_first_frame", "/switch_video_source", "/propagate", "/show_frame",
@@ -30,16 +30,10 @@ ENDPOINTS = {"/attention", "/refresh_attention", "/discover", "/check_weights", 
              "/open_results", "/sequence_scores", "/compare_frame", "/open_training", "/use_checkpoint"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def client(cfg) -> Iterator[Client]:
     demo = app.build_demo(cfg)
-    queue(demo).launch(server_name="127.0.0.1", server_port=_free_port(),
+    queue(demo).launch(server_name="127.0.0.1", server_port=free_port(),
                                                    prevent_thread_lock=True, ssr_mode=False, quiet=True)
     try:
         yield Client(demo.local_url, verbose=False)

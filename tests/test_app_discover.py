@@ -53,12 +53,36 @@ def test_discovery_outputs_equal_the_library_on_the_attention_tabs_input(cfg, ti
     shown = _swan_input()
     expected = discover(extract_features(model, shown), "maskcut", tau=0.15)
     by_name = {Path(f).name: Path(f) for f in files}
-    assert set(by_name) == {"patches.npy", "masks.npy", "scores.npy", "boxes.json", "objects.png", "scores.png"}
+    assert set(by_name) == {"patches.npy", "masks.npy", "scores.npy", "boxes.json", "objects.json", "objects.png",
+                            "scores.png"}
     assert np.array_equal(np.load(by_name["masks.npy"]), expected.masks)
     assert json.loads(by_name["boxes.json"].read_text()) == [[round(v, 2) for v in b] for b in expected.boxes]
     assert objects.shape == heat.shape == (96, 160, 3)  # the pixels the attention maps show
     assert note.startswith(f"**MaskCut** (tau 0.15, up to 3 objects) · {len(expected.boxes)} object(s)")
     assert "(pixels of the 160x96 input)" in note
+
+
+def test_refined_masks_and_object_scores_are_shown(cfg, fresh_cache):
+    from dino_seg.refine import refine_objects
+
+    plain = attention_tab.run_discovery(str(SWAN), None, SIZE, "TokenCut", 0.2, 0.6, cfg)
+    objects, heat, files, note = attention_tab.run_discovery(str(SWAN), None, SIZE, "TokenCut", 0.2, 0.6, cfg,
+                                                             refine=True)
+    by_name = {Path(f).name: Path(f) for f in files}
+    assert {"objects.json", "refined.npy", "refined.png"} <= set(by_name)
+    masks = np.load(by_name["masks.npy"])  # the patch masks, as without refinement
+    expected = refine_objects(np.asarray(_swan_input()), masks)
+    np.testing.assert_allclose(np.load(by_name["refined.npy"]), expected.soft)
+    listed = json.loads(by_name["objects.json"].read_text())["objects"]
+    assert [o["refined_box"] for o in listed] == [[round(v, 2) for v in b] for b in expected.boxes]
+    assert [o["refined"] for o in listed] == expected.accepted
+    for i, obj in enumerate(listed):  # the note shows each object's score and what the refinement did
+        assert f"object {i + 1}: score {obj['score']:.2f}" in note and f"object {i + 1}: score" in plain[3]
+        state = "refined (IoU" if obj["refined"] else "refinement refused"
+        assert f"object {i + 1}: score {obj['score']:.2f} (1 − Ncut), {state}" in note
+        if not obj["refined"]:  # refused (the tiny random weights' mask): the patch mask is kept
+            np.testing.assert_array_equal(expected.masks[i], masks[i])
+    assert heat.shape == objects.shape
 
 
 def test_one_forward_pass_feeds_the_attention_maps_and_every_method(cfg, fresh_cache):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import torch
 
 from dino_seg import davis, metrics
 from dino_seg.models import build_backbone
+from ports import free_port
 
 # .ci/run installs Chromium and exports its path in DINO_SEG_CHROMIUM; elsewhere the chromium on PATH.
 CHROMIUM = os.environ.get("DINO_SEG_CHROMIUM") or shutil.which("chromium") or ""
@@ -35,12 +35,6 @@ pytestmark = [
     pytest.mark.skipif(not ON_CI and not Path(CHROMIUM).is_file(),
                        reason="no Chromium (apt-get install chromium, or set DINO_SEG_CHROMIUM to its path)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _results_folder(out: Path) -> Path:
@@ -85,7 +79,7 @@ def server(tiny_vit_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     base = tmp_path_factory.mktemp("app")
     results = _results_folder(base / "results")
     run = _train_folder(base / "run")
-    port = _free_port()
+    port = free_port()
     tmp = base / "tmp"  # the app's own temporary files go here, so that the test sees what it leaves behind
     tmp.mkdir()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(base / "gradio"),

@@ -18,21 +18,16 @@ from gradio_client.utils import Status
 
 import app
 from dino_seg.app.config import ASSETS
+from ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(tiny_vit_weights: Path, base: Path) -> tuple[subprocess.Popen, str, Path]:
     (base / "tmp").mkdir()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(base / "gradio"),
            "TMPDIR": str(base / "tmp"), "OMP_NUM_THREADS": "1"}
-    port = _free_port()
+    port = free_port()
     log = base / "app.log"
     proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--pretrained_weights", str(tiny_vit_weights),
                              "--device", "cpu", "--port", str(port)], cwd=base, env=env,

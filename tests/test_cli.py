@@ -143,3 +143,20 @@ def test_check_output_dir(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match=f"^--dump_features {tmp_path / 'f'}: is a file, expected a folder$"):
         check_output_dir(tmp_path / "f", "--dump_features")
+
+
+@pytest.mark.parametrize("module,arch,patch", [("eval.attention", "vit_small", 8), ("eval.video_attention", "vit_small", 8),
+                                               ("eval.davis", "vit_small", 16), ("eval.discover", "vit_small", 16)])
+def test_random_weights_are_the_commands_documented_default_model(module, arch, patch):
+    from eval.common import load_from_args
+
+    parser = importlib.import_module(module).get_args_parser()
+    required = ["--input_path", "x"] if module == "eval.video_attention" else []
+    model, description = load_from_args(parser.parse_args(["--pretrained_weights", "random", *required]), "cpu")
+    assert (model.arch, model.patch_size) == (arch, patch)
+    assert description == f"RANDOM weights {arch}/{patch} (pipeline check only, not DINO)"
+    # With --arch / --patch_size the flags decide; no official release of vit_tiny means random weights.
+    args = parser.parse_args(["--arch", "vit_tiny", *required])
+    model, description = load_from_args(args, "cpu")
+    assert (model.arch, model.patch_size) == ("vit_tiny", patch)
+    assert description == f"RANDOM weights vit_tiny/{patch}: there is no official DINO release for this model"

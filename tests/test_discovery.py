@@ -17,12 +17,13 @@ from dino_seg.discovery import (DiscoveryFeatures, discover, extract_features, m
                                 tokencut_object)
 from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD, ImageError
 from dino_seg.groundtruth import read_voc_boxes
-from dino_seg.masks import box_iou
+from dino_seg.masks import box_iou, mask_extent
 from dino_seg.pairing import match_objects
 from dino_seg.models import build_backbone
 from dino_seg.ncut import CosineGraph, second_eigenvector_dense, second_eigenvector_iterative
 from dino_seg.viz import davis_palette
 from eval import discover as cli
+from reference_vit import reference_forward
 
 PATCH = 16
 
@@ -121,67 +122,80 @@ def ref_dinoseg(attn, dims, patch_size, head):
     return [xmin * patch_size, ymin * patch_size, xmax * patch_size, ymax * patch_size], labeled_array == biggest_component
 
 
-def ref_maskcut(feats, dims, tau=0.15, N=3, eps=1e-5):
-    # CutLER maskcut_forward at patch level; feats (dim, num_patch) as CutLER holds them.
-    def affinity(feats):
+def cutler_cut(second_smallest_vec, dims):
+    # maskcut_forward's step from the eigenvector to the partition and seed (bipartition by the mean, the seed
+    # argmax |x|, reverse on 3+ corners or a seed outside, the new seed argmax of the reversed vector).
+    def check_num_fg_corners(bipartition, dims):
+        bipartition_ = bipartition.reshape(dims)
+        top_l, top_r = bipartition_[0][0], bipartition_[0][-1]
+        bottom_l, bottom_r = bipartition_[-1][0], bipartition_[-1][-1]
+        return int(top_l) + int(top_r) + int(bottom_l) + int(bottom_r)
+
+    eigenvec = np.copy(second_smallest_vec)
+    avg = np.sum(second_smallest_vec) / len(second_smallest_vec)
+    bipartition = second_smallest_vec > avg
+    seed = np.argmax(np.abs(second_smallest_vec))
+    nc = check_num_fg_corners(bipartition, dims)
+    if nc >= 3:
+        reverse = True
+    else:
+        reverse = bipartition[seed] != 1
+    if reverse:
+        eigenvec = eigenvec * -1
+        bipartition = np.logical_not(bipartition)
+        seed = np.argmax(eigenvec)
+    else:
+        seed = np.argmax(second_smallest_vec)
+    bipartition = bipartition.reshape(dims).astype(float)
+    _, cc = ref_detect_box(bipartition, seed, dims, (1, 1), dims)
+    return bipartition, seed, cc
+
+
+def cutler_maskcut(feats, dims, tau=0.15, N=3, eps=1e-5, flip=()):
+    # CutLER's maskcut_forward (maskcut/maskcut.py) at patch level, as written there: feats (dim, num_patch),
+    # masks at patch resolution. `flip`: the cuts whose eigenvector comes out negated (another LAPACK's sign).
+    # Also returns, per cut, whether removed patches could have decided it (where our deviation applies): one
+    # is in the seed's component, or one sits in a corner (the corner count includes it).
+    def get_affinity_matrix(feats, tau, eps=1e-5):
         feats = F.normalize(feats, p=2, dim=0)
         A = (feats.transpose(0, 1) @ feats).numpy()
         A = A > tau
         A = np.where(A.astype(float) == 0, eps, A)
-        return A, np.diag(np.sum(A, axis=1))
+        d_i = np.sum(A, axis=1)
+        D = np.diag(d_i)
+        return A, D
 
-    def corners(b):
-        b = b.reshape(dims)
-        return int(b[0][0]) + int(b[0][-1]) + int(b[-1][0]) + int(b[-1][-1])
-
-    bipartitions, seeds = [], []
-    current_mask = None
+    bipartitions, seeds, deviates = [], [], []
     for i in range(N):
-        if i > 0:
-            painting = torch.zeros(dims) + current_mask
+        if i == 0:
+            painting = torch.zeros(dims, dtype=torch.float64)
+        else:  # get_masked_affinity_matrix: found patches get zero features
+            dim, num_patch = feats.shape
+            painting = painting + current_mask.unsqueeze(0)
             painting[painting > 0] = 1
-            feats = ((1 - painting.reshape(1, -1)) * feats)
-        A, D = affinity(feats)
+            painting[painting <= 0] = 0
+            feats = ((1 - painting) * feats.clone().view(dim, *dims)).view(dim, num_patch).float()
+        A, D = get_affinity_matrix(feats, tau, eps)
         _, eigenvectors = eigh(D - A, D, subset_by_index=[1, 2])
-        # Our change 1: a fixed sign (argmax |x| positive) instead of LAPACK's arbitrary one.
-        vec = eigenvectors[:, 0] * np.sign(eigenvectors[np.argmax(np.abs(eigenvectors[:, 0])), 0])
-        eigenvec = np.copy(vec)
-        second_smallest_vec = vec
-        bipartition = second_smallest_vec > np.sum(second_smallest_vec) / len(second_smallest_vec)
-        seed = np.argmax(np.abs(second_smallest_vec))
-        # Our change 2: removed patches (zero features) never join the partition (CutLER leaves their
-        # side to round-off, as they sit next to the split point).
-        removed = (feats == 0).all(dim=0).numpy()
-        reverse = True if corners(bipartition & ~removed) >= 2 else bipartition[seed] != 1
-        if reverse:
-            eigenvec = eigenvec * -1
-            bipartition = np.logical_not(bipartition)
-            seed = np.argmax(eigenvec)
-        else:
-            seed = np.argmax(second_smallest_vec)
-        bipartition = bipartition & ~removed
-        if not bipartition[seed]:  # (change 2, continued) the seed among removed patches: nothing new
-            seed = np.argmax(np.where(removed, -np.inf, eigenvec))
-        bipartition = bipartition.reshape(dims).astype(float)
-        if bipartition.ravel()[seed]:
-            _, cc = ref_detect_box(bipartition, seed, dims, (1, 1), dims)
-        else:
-            cc = np.zeros(dims, dtype=bool)
-        pseudo_mask = torch.from_numpy(cc.astype(float))
+        second_smallest_vec = -eigenvectors[:, 0] if i in flip else eigenvectors[:, 0]
+        bipartition, seed, cc = cutler_cut(second_smallest_vec, dims)
+        removed = painting.reshape(dims).numpy() > 0
+        deviates.append(bool((cc & removed).any() or removed[[0, 0, -1, -1], [0, -1, 0, -1]].any()))
+        pseudo_mask = torch.from_numpy(cc.astype(np.float64))
         if i >= 1:
             ratio = torch.sum(pseudo_mask) / pseudo_mask.size()[0] / pseudo_mask.size()[1]
-            inter = (current_mask * pseudo_mask).sum()
-            union = ((current_mask + pseudo_mask) > 0).sum()
-            iou = inter / union if union > 0 else 0.0
-            if iou > 0.5 or ratio <= 0.01:
+            # TokenCut's metric.IoU of the two binary masks
+            inter = ((current_mask > 0.5) & (pseudo_mask > 0.5)).sum()
+            union = ((current_mask > 0.5) | (pseudo_mask > 0.5)).sum()
+            if inter / union > 0.5 or ratio <= 0.01:
                 pseudo_mask = torch.zeros(dims, dtype=torch.float64)
         current_mask = pseudo_mask
         masked_out = 0 if len(bipartitions) == 0 else np.sum(bipartitions, axis=0)
-        masked = pseudo_mask.numpy() - masked_out
-        masked[masked <= 0] = 0
-        bipartitions.append(masked)
+        bipartition_masked = pseudo_mask.numpy() - masked_out
+        bipartition_masked[bipartition_masked <= 0] = 0
+        bipartitions.append(bipartition_masked)
         seeds.append(seed)
-    return [b > 0 for b in bipartitions], seeds
+    return [b > 0 for b in bipartitions], seeds, deviates
 
 
 # ---- the methods against the transcriptions ----
@@ -225,17 +239,63 @@ def test_attention_baseline_equals_reference(head):
     assert mask.ravel()[result.seed]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-@pytest.mark.parametrize("solver", ["dense", "iterative"])
-def test_maskcut_equals_reference(seed, solver):
-    feats = blob_features(GRID, seed)
-    masks, seeds, _ = maskcut_objects(feats, GRID, n_objects=3, tau=0.15, solver=solver)
-    ref_masks, ref_seeds = ref_maskcut(feats.T.clone(), GRID)
-    kept = [(m, s) for m, s in zip(ref_masks, ref_seeds) if m.any()]
-    assert len(masks) == len(kept)
-    for ours, our_seed, (theirs, their_seed) in zip(masks, seeds, kept):
-        assert np.array_equal(ours, theirs)
-        assert our_seed == their_seed
+def test_maskcut_equals_cutler_up_to_the_documented_deviations():
+    compared = 0
+    for seed in range(8):
+        feats = blob_features(GRID, seed)
+        theirs, their_seeds, deviates = cutler_maskcut(feats.T.clone(), GRID)
+        # Up to the first cut that removed patches could decide (see the tests of each deviation below), the
+        # objects, in order, and their seeds are CutLER's; CutLER's empty masks are not listed.
+        agree = deviates.index(True) if True in deviates else len(deviates)
+        kept = [(m, s) for m, s in zip(theirs[:agree], their_seeds[:agree]) if m.any()]
+        for solver in ("dense", "iterative"):
+            masks, seeds, _ = maskcut_objects(feats, GRID, n_objects=3, tau=0.15, solver=solver)
+            assert len(masks) >= len(kept)
+            for ours, our_seed, (mask, their_seed) in zip(masks, seeds, kept):
+                assert np.array_equal(ours, mask) and our_seed == their_seed
+            if agree == len(deviates):
+                assert len(masks) == len(kept)
+        compared += agree
+    assert compared >= 8 + 2  # every first cut, and the later ones no removed patch decides
+
+
+def test_maskcut_lists_found_objects_only():
+    feats = blob_features(GRID, 1)
+    theirs, _, _ = cutler_maskcut(feats.T.clone(), GRID)
+    assert [int(m.sum()) for m in theirs] == [25, 0, 0]  # CutLER keeps the dropped cuts as empty masks
+    masks, _, _ = maskcut_objects(feats, GRID, n_objects=3, tau=0.15)
+    assert len(masks) == 1 and np.array_equal(masks[0], theirs[0])
+
+
+def test_maskcut_fixes_the_eigenvector_sign_before_the_corner_rule():
+    # The seed argmax |x| (patch 0) on the side holding 3 corners of a 3 x 3 grid: CutLER's answer then depends on
+    # the sign LAPACK returns; ours is the same for both signs.
+    x = np.array([5.0, -1, 1, -1, -1, -1, 1, -1, -1])
+    _, _, plus = cutler_cut(x, (3, 3))
+    _, _, minus = cutler_cut(-x, (3, 3))
+    assert plus.ravel().tolist() == [False, True, False, True, True, True, False, True, True]
+    assert minus.ravel().tolist() == [True] + [False] * 8
+    for vector in (x, -x):
+        from test_discovery_edges import _ScriptedCut
+
+        _ScriptedCut.vectors = [vector]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("dino_seg.discovery.NormalisedCut", _ScriptedCut)
+            masks, seeds, _ = maskcut_objects(torch.zeros(9, 4), (3, 3), n_objects=1)
+        assert seeds == [1] and np.array_equal(masks[0], plus)
+
+
+def test_maskcut_removed_patches_never_bridge_objects():
+    # Seed 0's second cut: CutLER's removed (zeroed) patches sit on the kept side of the split, so its component
+    # of the seed runs through the first object and collects patches beyond it, which stay as a separate island
+    # once the first object is subtracted. Removed patches join no side here: each object is one 4-connected piece.
+    feats = blob_features(GRID, 0)
+    theirs, their_seeds, deviates = cutler_maskcut(feats.T.clone(), GRID)
+    masks, seeds, _ = maskcut_objects(feats, GRID, n_objects=3, tau=0.15)
+    assert deviates[:2] == [False, True] and seeds[:2] == their_seeds[:2]
+    assert scipy.ndimage.label(theirs[1])[1] > 1  # islands joined only through the removed object
+    assert all(scipy.ndimage.label(m)[1] == 1 for m in masks)
+    assert (masks[1] & ~theirs[1]).sum() == 0 and theirs[1].sum() > masks[1].sum()
 
 
 def test_maskcut_corner_rule_and_removal():
@@ -325,7 +385,9 @@ def test_features_are_the_last_block_keys_with_heads_concatenated(tiny_model):
     k = qkv[1].transpose(1, 2).reshape(1, 13, -1)
     torch.testing.assert_close(feats.feats["k"], k[0, 1:], rtol=1e-4, atol=1e-5)
     assert feats.cls_attention.shape == (nh, 3, 4)
-    np.testing.assert_allclose(feats.cls_attention.reshape(nh, -1).sum(axis=1), 1, atol=0.2)
+    # The [CLS] row of the last block's attention, as a plain ViT forward computes it (zero padding included).
+    ref = reference_forward(tiny_model.state_dict(), x, heads=nh, return_last_attention=True)  # (1, nh, 13, 13)
+    np.testing.assert_allclose(feats.cls_attention, ref[0, :, 0, 1:].reshape(nh, 3, 4).numpy(), rtol=0, atol=1e-6)
 
 
 def test_a_huge_image_is_capped_not_fatal(tiny_model):
@@ -418,13 +480,17 @@ def test_cli_outputs_and_scores(tmp_path, tiny_vit_weights, capsys):
     assert summary["coarse"] == {"maxFbeta": 1.0, "IoU": 1.0, "Acc": 1.0, "CorLoc": 1.0, "Jaccard": 1.0}
     assert "refined" not in summary and summary["images"] == 2
 
-    # A box that misses: CorLoc 0 for that image; a disjoint mask: Jaccard 0.
+    # A box that misses: CorLoc 0 for that image; the complement of the predicted mask: Jaccard 0, and 0 for
+    # the saliency scores too (every pixel wrong); its CorLoc is the box overlap with the complement's extent.
     (gt / "Annotations" / "two.xml").write_text(
         "<annotation><object><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>3</xmax><ymax>3</ymax></bndbox></object>"
         "</annotation>")
     Image.fromarray((~masks[0]).astype(np.uint8) * 255).save(gt / "one.png")
-    assert cli.main(base + ["--output_dir", str(out), "--gt_dir", str(gt), "--method", "lost"]) == 0
+    assert cli.main(base + ["--output_dir", str(out), "--gt_dir", str(gt)]) == 0
     rows = (out / "scores.csv").read_text().splitlines()
+    box_one = json.loads((one / "boxes.json").read_text())[0]
+    hit = float(box_iou(box_one, mask_extent(~masks[0])) >= 0.5)
+    assert rows[1] == f"one.png,1,0.0000,{hit:.4f},0.0000,0.0000,0.0000"
     assert rows[2] == "sub/two.jpg,1,,0.0000,,,"
 
 

@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from dino_seg.knn import KnnError, extract_features, knn_classifier, load_featur
 from dino_seg.runs import knn_epochs, read_epoch_log, read_knn_results
 from dino_seg.weights import load_model
 from eval.knn import main as knn_main
+from ports import free_port
 from reference_knn import reference_knn_classifier
 from train.main import main as train_main
 from train_helpers import run_cli, textured_images, tiny_args, torch_threads
@@ -160,12 +160,6 @@ def test_bad_input_gets_one_line_errors(knn_data, tiny_vit_weights, tmp_path):
         f"error: --load_features: {dump / 'testlabels.pth'} is missing")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_gloo_extraction_equals_one_process(knn_data, tiny_vit_weights, tmp_path):
     one = tmp_path / "one"
@@ -176,7 +170,7 @@ def test_two_process_gloo_extraction_equals_one_process(knn_data, tiny_vit_weigh
         env.pop(key, None)
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "eval.knn", "--pretrained_weights", str(tiny_vit_weights),
+           "--master_port", str(free_port()), "-m", "eval.knn", "--pretrained_weights", str(tiny_vit_weights),
            "--data_path", str(knn_data), "--nb_knn", "3", "--dump_features", str(two), "--batch_size_per_gpu", "4",
            "--output_dir", str(tmp_path / "out"), *SMALL]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -226,7 +220,7 @@ def test_two_process_training_logs_the_knn_of_its_teacher(knn_data, tmp_path):
         env.pop(key, None)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "train",
+           "--master_port", str(free_port()), "-m", "train",
            *tiny_args(data, out, batch_size_per_gpu=2, knn_data_path=knn_data, knn_k=3)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -68,6 +68,15 @@ def test_table_runs_resumes_and_grows(tmp_path, tiny_vit_weights, table, monkeyp
     assert ran == [("lost", "voc12")]
 
 
+def test_default_backbones_follow_the_registry(table, monkeypatch):
+    from dino_seg import weights
+
+    presets = {"dino_vits16": None, "dino_vitb16": None, "dinov2_vits14": None, "dinov2_vits14_reg": None,
+               "dinov2_vitb14": None, "dinov3_vits16": None}
+    monkeypatch.setattr(weights, "PRESETS", presets)
+    assert table.default_backbones() == ["dino_vits16", "dinov2_vits14", "dinov2_vits14_reg", "dinov3_vits16"]
+
+
 def test_no_benchmark_found_is_one_line(tmp_path, table, capsys):
     assert table.main(["--data_path", str(tmp_path), "--output_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()

@@ -1,6 +1,5 @@
 """Sharding (split, gather to rank 0, global counts; two gloo processes), size batching and precision checks."""
 
-import socket
 from functools import partial
 
 import pytest
@@ -11,6 +10,7 @@ import torch.multiprocessing as mp
 from dino_seg.batching import batched, size_batches
 from dino_seg.precision import PrecisionError, autocast, check_precision, cpu_has_bf16
 from dino_seg.sharding import GlobalCounter, gather_to_main, merge_results, shard, shard_indices
+from ports import free_port
 
 
 def test_shard_indices_cover_every_item_once():
@@ -36,12 +36,6 @@ def test_single_process_gather_and_counter():
     assert counter.add() == 1 and counter.add(2) == 3 and counter.value() == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: dict) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -60,7 +54,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
 def test_two_gloo_processes_gather_on_rank_0_and_count_globally():
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+        mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
         out = dict(out)
     gathered, total, local = out[0]
     assert gathered == {0: (0, 0), 1: (1, 1), 2: (4, 0), 3: (9, 1), 4: (16, 0)}  # both ranks did work

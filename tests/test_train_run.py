@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 from dino_seg.weights import load_model
+from ports import free_port
 from train.main import main as train_main
 from train_helpers import run_cli, skimage_images, textured_images, tiny_args, torch_threads
 
@@ -228,12 +228,6 @@ def test_module_entry_point_help():
         assert flag in proc.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["vit_tiny", "resnet50"])
 def test_torchrun_two_processes_gloo_end_with_identical_weights(tmp_path, arch):
@@ -245,7 +239,7 @@ def test_torchrun_two_processes_gloo_end_with_identical_weights(tmp_path, arch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(REPO / "tests" / "train_ddp_probe.py"), str(probe),
+           "--master_port", str(free_port()), str(REPO / "tests" / "train_ddp_probe.py"), str(probe),
            *tiny_args(data, out, arch=arch, batch_size_per_gpu=2, epochs=1)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

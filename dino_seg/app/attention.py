@@ -21,9 +21,10 @@ from torchvision import transforms
 from dino_seg.attention import AttentionResult, resized_size
 from dino_seg.discovery import (DEFAULT_TAU, MAX_PATCHES, DiscoveryFeatures, DiscoveryResult, discover,
                                 extract_features, patches_to_pixels)
-from dino_seg.discovery_io import write_discovery
+from dino_seg.discovery_io import write_discovery, write_objects, write_refinement
 from dino_seg.files import file_digest, save_npy, save_png
 from dino_seg.images import ImageError, load_image
+from dino_seg.refine import RefinedObjects, refine_objects
 from dino_seg.viz import attention_panels, discovery_panels
 
 from .components import ImageView, Radio, Slider, UploadImage, clears_errors
@@ -241,8 +242,10 @@ def discovery_settings(method: str, tau: float | None = None,
 
 
 def discovery_for(image_path: str | Path, weights: str | None, image_size: int, settings: dict[str, Any],
-                  cfg: AppConfig) -> tuple[ImagePass, DiscoveryResult, str]:
-    """The objects a method finds in an image, cached per pass and per the settings the method reads (the
+                  cfg: AppConfig, refine: bool = False
+                  ) -> tuple[ImagePass, DiscoveryResult, RefinedObjects | None, str]:
+    """The objects a method finds in an image (with their scores, and with `refine` their bilateral-solver
+    refinement as eval.discover --refine), cached per pass and per the settings the method reads (the
     threshold only for the threshold method, tau only for TokenCut and MaskCut): moving the threshold never
     runs TokenCut or MaskCut again."""
     entry, description, key = image_pass(image_path, weights, image_size, cfg)
@@ -250,24 +253,37 @@ def discovery_for(image_path: str | Path, weights: str | None, image_size: int, 
     result_key = (key, settings["method"], *(settings[name] for name in reads))
     result = _lookup(DISCOVERY_CACHE, result_key)
     if result is None:
-        result = discover(entry.features, **settings)
+        result = discover(entry.features, score_objects=True, **settings)
         _store(DISCOVERY_CACHE, result_key, result)
-    return entry, result, description
+    refined = None
+    if refine:
+        refined = _lookup(DISCOVERY_CACHE, (*result_key, "refined"))
+        if refined is None:
+            refined = refine_objects(entry.attention.image, result.masks)
+            _store(DISCOVERY_CACHE, (*result_key, "refined"), refined)
+    return entry, result, refined, description
 
 
 @friendly
 def run_discovery(image_path: str | None, weights: str | None, image_size: float, method: str, tau: float,
-                  threshold: float, cfg: AppConfig) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+                  threshold: float, cfg: AppConfig, refine: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """(objects overlay with boxes, score map, download files, note) of one discovery method on one image, on
-    the pixels the attention maps show (boxes in their coordinates)."""
+    the pixels the attention maps show (boxes in their coordinates). With `refine` the overlay shows the
+    refined masks and their boxes (eval.discover --refine); the note gives each object's score either way."""
     if not image_path:
         raise gr.Error("Pick an example or upload an image first.")
     settings = discovery_settings(method, tau, threshold)
-    entry, result, _ = discovery_for(image_path, weights, int(image_size), settings, cfg)
+    entry, result, refined, _ = discovery_for(image_path, weights, int(image_size), settings, cfg, bool(refine))
     pixels, features = entry.attention.image, entry.features
-    objects, heat = discovery_panels(pixels, result.masks, result.boxes,
+    shown_masks, shown_boxes = (result.masks, result.boxes) if refined is None else (refined.masks, refined.boxes)
+    objects, heat = discovery_panels(pixels, shown_masks, shown_boxes,
                                      patches_to_pixels(result.scores[None], features)[0])
-    files = [str(f) for f in write_discovery(SCRATCH.new("discover"), pixels, features, result)]
+    folder = SCRATCH.new("discover")
+    files = [str(f) for f in write_discovery(folder, pixels, features, result)]
+    files.append(str(write_objects(folder, result, refined)))
+    if refined is not None:
+        files += [str(f) for f in write_refinement(folder, refined)]
     name, tau = settings["method"], settings["tau"]
     setting = {"attention": f"mean-map mask keeping {threshold:.0%} of the mass, largest component",
                "lost": "seed expanded by the 100 lowest-degree patches"}.get(name) or (
@@ -276,17 +292,23 @@ def run_discovery(image_path: str | None, weights: str | None, image_size: float
     h, w = pixels.shape[:2]
     lines = [f"**{method}** ({setting}) · {len(result.boxes)} object(s) · boxes {boxes} (pixels of the {w}x{h} "
              "input)"]
+    for i, score in enumerate(result.object_scores or []):
+        line = f"- object {i + 1}: score {score:.2f} (1 − Ncut)"
+        if refined is not None:
+            line += (f", refined (IoU {refined.ious[i]:.2f} with the patch mask)" if refined.accepted[i] else
+                     f", refinement refused (IoU {refined.ious[i]:.2f} < 0.5): patch mask kept")
+        lines.append(line)
     lines += [f"- note: {n}" for n in entry.notes]
     return objects, heat, files, "\n".join(lines)
 
 
 @friendly
 def refresh_discovery(image_path: str | None, weights: str | None, image_size: float, method: str, tau: float,
-                      threshold: float, cfg: AppConfig) -> tuple[Any, Any, Any, Any]:
-    """Method, tau or threshold changed: redo the discovery from the cached pass, if an image is there."""
+                      threshold: float, cfg: AppConfig, refine: bool = False) -> tuple[Any, Any, Any, Any]:
+    """Method, tau, threshold or refinement changed: redo the discovery from the cached pass, if an image is there."""
     if not image_path:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    return run_discovery(image_path, weights, image_size, method, tau, threshold, cfg)
+    return run_discovery(image_path, weights, image_size, method, tau, threshold, cfg, refine)
 
 
 def method_changed(method: str) -> dict:
@@ -315,6 +337,8 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                              label="tau (TokenCut / MaskCut graph threshold)",
                              info="A new method starts from its command-line default (TokenCut 0.2, MaskCut 0.15)",
                              elem_id="discover-tau")
+                refine = gr.Checkbox(False, label="Refine the object masks (TokenCut's bilateral solver, as "
+                                     "eval.discover --refine)", elem_id="discover-refine")
                 run_button = gr.Button("Compute attention", variant="primary", elem_id="attention-run")
             with gr.Column(scale=3):
                 note = gr.Markdown(elem_id="attention-note")
@@ -330,19 +354,26 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                                              height=300, format="png", elem_id="discover-objects")
                     scores_image = ImageView(label="Score map", interactive=False, height=300, format="png",
                                             elem_id="discover-scores")
-                discover_files = gr.File(label="Download objects (masks/patches/scores .npy, boxes.json, PNGs)",
+                discover_files = gr.File(label="Download objects (masks/patches/scores .npy, boxes.json, objects.json with "
+                                               "scores, PNGs; refined.npy/png when refined)",
                                          file_count="multiple", elem_id="discover-downloads")
 
     inputs = [image, shared.weights, image_size, threshold]
     outputs = [heat_gallery, mask_gallery, downloads, note]
     # Discovery shares one cached forward pass per image and size: the method, tau and threshold re-use it.
     # It runs after the attention succeeded (`.success`), so a bad upload says so once, not once per output.
-    d_inputs = [image, shared.weights, image_size, method, tau, threshold]
+    d_inputs = [image, shared.weights, image_size, method, tau, threshold, refine]
     d_outputs = [objects_image, scores_image, discover_files, discover_note]
-    d_refresh = functools.partial(refresh_discovery, cfg=cfg)
+
+    def d_run(image_path, weights, image_size, method, tau, threshold, refine):
+        return run_discovery(image_path, weights, image_size, method, tau, threshold, cfg, refine)
+
+    def d_refresh(image_path, weights, image_size, method, tau, threshold, refine):
+        return refresh_discovery(image_path, weights, image_size, method, tau, threshold, cfg, refine)
+
     clears_errors(run_button.click(functools.partial(run_attention, cfg=cfg), inputs, outputs, concurrency_id="model",
                                    api_name="attention").success(
-        functools.partial(run_discovery, cfg=cfg), d_inputs, d_outputs, concurrency_id="model", api_name="discover"))
+        d_run, d_inputs, d_outputs, concurrency_id="model", api_name="discover"))
     # The threshold re-uses the cached attention, so every change (drag or typed value) may refresh;
     # a new image size needs a forward pass, so only the end of a drag (or the button) recomputes.
     refresh = functools.partial(refresh_attention, cfg=cfg)
@@ -361,7 +392,9 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
         api_name="refresh_discover_method", api_visibility="private")
     tau.input(d_refresh, d_inputs, d_outputs, concurrency_id="model", trigger_mode="always_last",
               api_name="refresh_discover_tau", api_visibility="private")
+    refine.change(d_refresh, d_inputs, d_outputs, concurrency_id="model", trigger_mode="always_last",
+                  api_name="refresh_discover_refine", api_visibility="private")
     return {"image": image, "image_size": image_size, "threshold": threshold, "run": run_button, "note": note,
             "heat_gallery": heat_gallery, "mask_gallery": mask_gallery, "downloads": downloads, "method": method,
-            "tau": tau, "objects": objects_image, "scores": scores_image, "discover_files": discover_files,
+            "tau": tau, "refine": refine, "objects": objects_image, "scores": scores_image, "discover_files": discover_files,
             "discover_note": discover_note}

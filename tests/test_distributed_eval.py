@@ -1,0 +1,71 @@
+"""Evaluations under torchrun: two CPU/gloo processes give byte-identical outputs and scores to one process,
+both ranks do work, rank 0 alone scores and summarises, and an interrupted multi-process run resumes per item."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from davis_data import make_davis
+from ports import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS"):
+        env.pop(key, None)
+    return env
+
+
+def _launch(module: str, args: list, nproc: int) -> subprocess.CompletedProcess:
+    if nproc == 1:
+        cmd = [sys.executable, "-m", module]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+               "127.0.0.1", "--master_port", str(free_port()), "-m", module]
+    proc = subprocess.run(cmd + [str(a) for a in args], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _files(folder: Path, pattern: str) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob(pattern))}
+
+
+@pytest.mark.slow
+def test_davis_two_processes_equal_one(tmp_path, tiny_vit_weights):
+    root = make_davis(tmp_path / "davis", {"shapes": 4, "more": 3, "third": 3}, n_objects=2)
+    common = ["--pretrained_weights", tiny_vit_weights, "--data_path", root, "--short_side", 64, "--bs", 2,
+              "--device", "cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _launch("eval.davis", common + ["--output_dir", one], 1)
+    proc = _launch("eval.davis", common + ["--output_dir", two], 2)
+    assert proc.stdout.count("Global results for val") == 1  # rank 0 scores and prints alone
+    masks_one, masks_two = _files(one, "*.png"), _files(two, "*.png")
+    assert len(masks_one) == 10 and masks_one == masks_two  # byte-identical masks
+    for csv in ("global_results-val.csv", "per-sequence_results-val.csv"):
+        assert (one / csv).read_bytes() == (two / csv).read_bytes()
+    summary_one, summary = json.loads((one / "summary.json").read_text()), json.loads((two / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary_one["world_size"] == 1
+    assert summary["scores"] == summary_one["scores"]
+    # Strided shares: shapes and third on rank 0, more on rank 1.
+    assert {name: seq["rank"] for name, seq in summary["per_sequence"].items()} == {"shapes": 0, "more": 1, "third": 0}
+    record = json.loads((two / "provenance.json").read_text())
+    assert sorted(record["sequences"]) == ["more", "shapes", "third"]
+    assert not list(two.glob("provenance.rank*.json"))  # folded into provenance.json
+    # A run interrupted after rank 1 finished "more": its record makes a resumed run skip it.
+    (two / "provenance.json").write_text(json.dumps({**record, "sequences": ["shapes"]}))
+    (two / "provenance.rank1.json").write_text(json.dumps({**record, "sequences": ["more"]}))
+    (two / "third" / "00002.png").unlink()
+    proc = _launch("eval.davis", common + ["--output_dir", two], 1)  # any number of processes resumes
+    assert "skipped 2 complete sequence(s) (--overwrite true to redo): shapes, more" in proc.stderr
+    assert _files(two, "*.png") == masks_one
+    assert json.loads((two / "summary.json").read_text())["per_sequence"]["third"]["rank"] == 0
