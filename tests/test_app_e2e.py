@@ -18,6 +18,7 @@ import torch
 
 from dino_seg import davis, metrics
 from dino_seg.models import build_backbone
+from dino_seg.video import _video_codecs
 from ports import free_port
 
 # .ci/run installs Chromium and exports its path in DINO_SEG_CHROMIUM; elsewhere the chromium on PATH.
@@ -195,7 +196,9 @@ def test_video_tab_propagates_the_bundled_example(page):
     note = page.locator("#video-note").inner_text()
     assert "J&F" in note
     page.locator("#video-frame img").wait_for(timeout=30_000)
-    if "animated GIF" in note:  # this OpenCV build writes no browser codec: the GIF shows in the frame view
+    # The page's server runs this venv's OpenCV: the branch is the build's (both are forced in test_app_video).
+    assert ("animated GIF" in note) == (not _video_codecs())
+    if not _video_codecs():  # this OpenCV build writes no browser codec: the GIF shows in the frame view
         assert page.evaluate("document.querySelector('#video-frame img').src").endswith(".gif")
     else:  # the overlaid video (OpenCV's H.264 or VP8/VP9 output) plays in Chromium
         page.wait_for_function("(() => { const v = document.querySelector('#video-out video');"

@@ -31,7 +31,7 @@ def _jf_from_note(note: str) -> tuple[float, float, float]:
     return tuple(float(v) for v in match.groups())
 
 
-def test_davis_sequence_propagation_and_scores(cfg):
+def test_davis_sequence_propagation_and_scores(cfg, video_codec):
     update = video_tab.list_davis(None, cfg)
     assert update["choices"] == ["blackswan"] and update["value"] == "blackswan"
     first = video_tab.davis_first_frame(None, "blackswan", cfg)
@@ -41,8 +41,11 @@ def test_davis_sequence_propagation_and_scores(cfg):
     assert len(paths) == 4 and slider["maximum"] == 3
     assert video_tab.show_frame(paths, 2) == paths[2] and video_tab.show_frame(paths, 99) == paths[3]
     assert "only the first 4 of 12 frames are used" in note and "240-pixel short side" in note
-    if video is None:  # no browser-playable codec in this OpenCV: the GIF goes to the frame view
+    assert (video is None) == (video_codec == "gif")
+    if video_codec == "gif":  # no browser-playable codec in this OpenCV: the GIF goes to the frame view
         assert Path(first_overlay).suffix == ".gif" and "animated GIF" in note
+        with Image.open(first_overlay) as gif:
+            assert gif.n_frames == 4
     else:
         assert Path(video).suffix in (".mp4", ".webm") and first_overlay.shape == (480, 854, 3)
         capture = cv2.VideoCapture(video)
@@ -184,12 +187,13 @@ def test_errors_name_uploads_by_file_name_only(cfg, tmp_path, monkeypatch, capsy
     # The console gets the same single line, not a traceback.
     assert capsys.readouterr().err == f"run_video: {message}\n"
 
-def test_attention_video_of_a_davis_sequence(cfg):
+def test_attention_video_of_a_davis_sequence(cfg, video_codec):
     video, masks, note = video_tab.run_attention_video(
         video_tab.DAVIS_SOURCE, None, "blackswan", None, None, 3, 240, "heads", 0.6, cfg)
     assert "3 frames" in note and "short side 240 px" in note and "one per head" in note
     assert "only the first 3 of 12 frames are used" in note
-    if video is None:  # no browser-playable codec in this OpenCV build
+    assert (video is None) == (video_codec == "gif")
+    if video_codec == "gif":  # no browser-playable codec in this OpenCV build
         assert "no browser-playable video codec" in note and masks is None
         return
     model, _ = model_cache.get_model(None, cfg)
