@@ -230,3 +230,33 @@ def test_switching_mode_shows_one_set_of_controls():
     labels = [u["visible"] for u in video_tab.switch_video_mode(video_tab.PROPAGATION_MODE)]
     attention = [u["visible"] for u in video_tab.switch_video_mode(video_tab.ATTENTION_MODE)]
     assert labels == [True] * 4 + [False] * 3 and attention == [not v for v in labels]
+
+
+def test_writing_a_video_prints_nothing(tmp_path, capfd):
+    # Probing H.264 printed FFmpeg's hardware-encoder errors and WebM printed OpenCV's tag warning, even when the
+    # video was fine; the codec is now chosen without H.264 and OpenCV's output held back.
+    from dino_seg import video as video_lib
+
+    video_lib._video_codecs.cache_clear()  # the probe itself must be quiet too
+    frames = [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(3)]
+    path = video_lib.write_video(frames, tmp_path / "clip", 10)
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    assert path.suffix in (".webm", ".gif")  # VP8 when this OpenCV writes it (pip's does), else the GIF
+    if path.suffix == ".webm":
+        capture = cv2.VideoCapture(str(path))
+        count = 0
+        while capture.read()[0]:
+            count += 1
+        assert count == 3
+
+
+def test_quiet_opencv_passes_real_errors_on(capfd):
+    import os
+
+    from dino_seg.video import quiet_opencv
+
+    with quiet_opencv():
+        os.write(2, b"OpenCV: FFMPEG: tag 0x30385056/'VP80' is not supported with codec id 139 and format "
+                    b"'webm / WebM'\nsomething really failed\n")
+    assert capfd.readouterr().err == "something really failed\n"
