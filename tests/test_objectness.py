@@ -80,3 +80,27 @@ def test_auto_count_keeps_the_objects_and_stops_on_background():
     assert max(ncuts[:2]) < 1e-3 and count.stop_ncut == ncuts[2] > 0.9 and count.stop_score < 0.1
     assert auto_count([0.9]).kept == 0 and auto_count([0.9]).stop_score == pytest.approx(0.1)  # no object
     assert auto_count([0.1, 0.2]).stop_ncut is None and MAX_NCUT == 0.5
+
+
+def _features(feats, grid):
+    from dino_seg.discovery import DiscoveryFeatures
+
+    h, w = grid
+    return DiscoveryFeatures({"k": feats, "q": feats, "v": feats}, np.ones((1, h, w), dtype=np.float32), grid,
+                             (16.0, 16.0), (16 * h, 16 * w), (16 * h, 16 * w))
+
+
+def test_auto_gives_no_object_rather_than_a_forced_one():
+    from dino_seg.discovery import discover
+
+    feats, grid, objects = _two_objects()
+    found = discover(_features(feats, grid), "tokencut", n_objects="auto")
+    assert len(found.boxes) == 1 and found.object_scores[0] > 0.99 and found.stop_score is None
+    flat = torch.zeros(80, 16)
+    flat[:, 0] = 1.0  # featureless: every split is arbitrary
+    for method in ("tokencut", "maskcut", "lost"):
+        none = discover(_features(flat + 0.01 * torch.randn(80, 16, generator=torch.Generator().manual_seed(1)),
+                                  grid), method, n_objects="auto")
+        assert none.boxes == [] and none.masks.shape == (0, 128, 160) and none.stop_score < 0.5
+        forced = discover(_features(flat, grid), method, n_objects=1 if method == "maskcut" else 3)
+        assert len(forced.boxes) == 1 and forced.object_scores is None  # without auto: a forced box, no score
