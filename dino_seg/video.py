@@ -164,7 +164,7 @@ class VideoWriter:
             held = (len(self._gif) + 1) * self._size[0] * self._size[1] * 4
             if held > self.gif_max_bytes:
                 raise VideoError(
-                    f"{self.out_stem.name}: this OpenCV build writes neither H.264 nor VP8, and the GIF fallback "
+                    f"{self.out_stem.name}: this OpenCV build does not write VP8, and the GIF fallback "
                     f"holds every frame in memory: {len(self._gif) + 1} frames of {self._size[0]}x{self._size[1]} "
                     f"pass its cap of {self.gif_max_bytes / 2**20:.0f} MB; use fewer or smaller frames, or an "
                     "OpenCV with a video codec (opencv-python-headless from PyPI writes VP8)")
