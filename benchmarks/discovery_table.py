@@ -6,8 +6,9 @@
 
 Each (backbone, method, benchmark) cell is one `python -m eval.discover --benchmark ...` run (saliency benchmarks with
 --refine, so both TokenCut rows are measured) into OUTPUT_DIR/runs/<backbone>/<method>/<benchmark>/. A cell whose
-summary.json exists is not run again: an interrupted table resumes where it stopped, and a new method, backbone or
-benchmark only adds its own cells. leaderboard.md and leaderboard.csv are rewritten from every summary.json under
+summary.json exists is not run again, and an unfinished cell continues from its last finished image
+(eval.discover --resume): an interrupted table resumes where it stopped, and a new method, backbone or benchmark
+only adds its own cells. leaderboard.md and leaderboard.csv are rewritten from every summary.json under
 OUTPUT_DIR/runs after each cell. Published numbers are ViT-S/16 DINO (--backbones dino_vits16): LOST and TokenCut's
 papers for CorLoc, TokenCut's get_saliency.py results for saliency; they are shown beside every backbone's row for
 reference. --backbones takes anything --pretrained_weights takes (presets, files; every family the product loads).
@@ -69,7 +70,7 @@ def run_cell(backbone: str, method: str, benchmark: str, data_path: Path, cell: 
     from eval import discover
 
     argv = ["--pretrained_weights", backbone, "--method", method, "--benchmark", benchmark, "--data_path",
-            str(data_path), "--output_dir", str(cell), "--device", device, *extra]
+            str(data_path), "--output_dir", str(cell), "--device", device, "--resume", *extra]
     if BENCHMARKS[benchmark].kind == "saliency":
         argv.append("--refine")
     return discover.main(argv)

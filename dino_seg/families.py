@@ -66,7 +66,9 @@ class FamilyAdapter:
     def spec(self, sd: dict[str, torch.Tensor], source: object, num_heads: int | None = None) -> BackboneSpec:
         raise NotImplementedError
 
-    def build(self, sd: dict[str, torch.Tensor], source: object, num_heads: int | None = None) -> Backbone:
+    def build(self, sd: dict[str, torch.Tensor], source: object, num_heads: int | None = None,
+              drop_path_rate: float = 0.0) -> Backbone:
+        """The family's backbone holding `sd`; `drop_path_rate` (stochastic depth) is for training."""
         raise NotImplementedError
 
 
@@ -89,10 +91,10 @@ class DinoV1Adapter(FamilyAdapter):
         dim, heads = VIT_WIDTHS[arch]
         return BackboneSpec("dino", f"{arch}/{patch}", patch, dim, _depth(sd), heads, 0, "official")
 
-    def build(self, sd, source, num_heads=None):
+    def build(self, sd, source, num_heads=None, drop_path_rate=0.0):
         from .weights import build_from_state_dict
 
-        model = build_from_state_dict(sd, source)
+        model = build_from_state_dict(sd, source, drop_path_rate=drop_path_rate)
         if self.spec(sd, source).family == "resnet":
             return ResNetBackbone(model, "resnet50")
         return DinoV1Backbone(model, f"{model.arch}/{model.patch_size}")
@@ -147,7 +149,7 @@ class DinoV2Adapter(FamilyAdapter):
         return BackboneSpec(self.name, name, patch, width, _depth(sd), _heads(width, DINOV2_SIZES, num_heads, source),
                             registers, layout, swiglu)
 
-    def build(self, sd, source, num_heads=None):
+    def build(self, sd, source, num_heads=None, drop_path_rate=0.0):
         import timm
         from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -165,7 +167,7 @@ class DinoV2Adapter(FamilyAdapter):
         fc1 = sd.get("blocks.0.mlp.w12.weight", sd.get("blocks.0.mlp.fc1.weight"))
         kwargs = dict(img_size=grid * spec.patch_size, patch_size=spec.patch_size, embed_dim=spec.embed_dim,
                       depth=spec.depth, num_heads=spec.num_heads, mlp_ratio=(fc1.shape[0] + 0.5) / spec.embed_dim,
-                      num_classes=0, dynamic_img_size=True)
+                      num_classes=0, dynamic_img_size=True, drop_path_rate=drop_path_rate)
         if spec.num_registers:
             kwargs["reg_tokens"] = spec.num_registers
         model = timm.create_model(template, pretrained=False, **kwargs)
@@ -198,7 +200,7 @@ class DinoV3Adapter(FamilyAdapter):
         return BackboneSpec("dinov3", name, patch, width, _depth(sd), _heads(width, DINOV3_SIZES, num_heads, source),
                             registers, "official" if official else "timm", swiglu)
 
-    def build(self, sd, source, num_heads=None):
+    def build(self, sd, source, num_heads=None, drop_path_rate=0.0):
         import timm
         from timm.models.eva import checkpoint_filter_fn
 
@@ -217,7 +219,8 @@ class DinoV3Adapter(FamilyAdapter):
         model = timm.create_model(
             template, pretrained=False, patch_size=spec.patch_size, embed_dim=spec.embed_dim, depth=spec.depth,
             num_heads=spec.num_heads, num_reg_tokens=spec.num_registers,
-            mlp_ratio=(hidden.shape[0] + 0.5) / spec.embed_dim, num_classes=0, global_pool="token")
+            mlp_ratio=(hidden.shape[0] + 0.5) / spec.embed_dim, num_classes=0, global_pool="token",
+            drop_path_rate=drop_path_rate)
         converted = checkpoint_filter_fn(sd, model)
         _load_strict(model, converted, source, spec.name)
         if spec.layout == "official":
@@ -279,6 +282,18 @@ def build_backbone(sd: dict[str, torch.Tensor], source: object = "weights",
     `num_heads` is only needed for widths outside the released sizes (it cannot be read from the weights).
     """
     return adapter_for(sd, source).build(sd, source, num_heads)
+
+
+def training_backbone(sd: dict[str, torch.Tensor], source: object = "weights", drop_path_rate: float = 0.0
+                      ) -> torch.nn.Module:
+    """A trainable backbone initialised from a state dict of any family (`python -m train --init_weights`):
+    DINO's own network for DINO weights (as `--arch` builds it), a Backbone for the later generations; its
+    forward is the [CLS] token after the final norm, in train mode, with gradients."""
+    adapter = adapter_for(sd, source)
+    model = adapter.build(sd, source, drop_path_rate=drop_path_rate)
+    if adapter.name == "dino":
+        model = model.model  # our plain ViT or ResNet-50: training code and checkpoints as with --arch
+    return model.train().requires_grad_(True)
 
 
 # The later generations' presets live in weights.PRESETS (one registry); their files are fetched here.

@@ -208,6 +208,9 @@ def _extract_backbone(checkpoint: object, checkpoint_key: str, source: Path | st
         clean[key] = value
     if not clean:
         raise WeightsError(f"{source}: the checkpoint holds no backbone weights")
+    if all(key.startswith("model.") for key in clean):
+        # A dino_seg.backbones.Backbone trained by `python -m train --init_weights` wraps its network as "model".
+        clean = {key[len("model."):]: value for key, value in clean.items()}
     return clean
 
 
@@ -283,9 +286,9 @@ def load_model(
 
 
 def build_from_state_dict(sd: dict[str, torch.Tensor], source: str | Path, arch: str | None = None,
-                          patch_size: int | None = None) -> nn.Module:
+                          patch_size: int | None = None, drop_path_rate: float = 0.0) -> nn.Module:
     """A DINO v1 backbone (ViT or ResNet-50) holding a clean state dict; `arch` / `patch_size`, when given,
-    must agree with the weights."""
+    must agree with the weights; `drop_path_rate` is for training (stochastic depth)."""
     found_arch, found_patch = infer_arch(sd, source=source)
     if arch and arch not in ARCHS:
         raise WeightsError(f"--arch: unknown architecture {arch!r} (expected one of {', '.join(ARCHS)})")
@@ -298,7 +301,7 @@ def build_from_state_dict(sd: dict[str, torch.Tensor], source: str | Path, arch:
     grid = 224
     if found_patch:  # keep the checkpoint's positional grid: the reference interpolates from it
         grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) * found_patch
-    model = build_backbone(found_arch, found_patch or 16, img_size=grid)
+    model = build_backbone(found_arch, found_patch or 16, img_size=grid, drop_path_rate=drop_path_rate)
     missing, unexpected = _diff_keys(model.state_dict(), sd)
     if missing or unexpected:
         raise WeightsError(f"{source}: weights do not fit {found_arch}: missing keys "

@@ -7,10 +7,11 @@
 For each image, OUTPUT_DIR/<image path relative to --image_path, without suffix>/ (as eval.attention) gets patches.npy
 (bool, objects x h x w), masks.npy (bool, objects x H x W at the original size), scores.npy (float32,
 h x w), boxes.json ([x0, y0, x1, y1] per object, original-image pixels), objects.json (the same objects in the same
-order with their score, 1 - Ncut), objects.png (masks and boxes) and scores.png (the score map); with --refine also
-refined.npy (float32 H x W, the bilateral solver's soft output) and refined.png. With --gt_dir (mask PNGs or VOC XML,
-in the image's subfolder first) or --benchmark, scores.csv gets one row per image and summary.json a `coarse` and
-(with --refine) a `refined` block: maxFbeta, IoU, Acc (TokenCut's metric.py), CorLoc and Jaccard, as fractions.
+order with their score, 1 - Ncut), objects.png (masks and boxes) and scores.png (the score map); with --refine
+also refined.npy (float32 H x W, the bilateral solver's soft output), refined_masks.npy and refined.png. With
+--gt_dir (mask PNGs or VOC XML, in the image's subfolder first) or --benchmark, scores.csv gets one row per image
+and summary.json a `coarse` and (with --refine) a `refined` block: maxFbeta, IoU, Acc (TokenCut's metric.py), CorLoc
+and Jaccard, as fractions. --resume skips the images already complete in OUTPUT_DIR.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dino_seg.device import pick_device
 from dino_seg.coco_export import CocoExport
 from dino_seg.discovery import discover, extract_features
 from dino_seg.discovery_data import BENCHMARKS, load_benchmark
-from dino_seg.discovery_io import rounded_boxes, write_discovery, write_objects, write_refinement
+from dino_seg.discovery_io import is_complete, read_objects, write_discovery, write_objects, write_refinement
 from dino_seg.discovery_scores import STAGES, DiscoveryScores, GroundTruth, ground_truth
 from dino_seg.errors import UserError
 from dino_seg.files import save_text
@@ -57,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "the benchmark's, else pad.")
     parser.add_argument("--refine", action="store_true",
                         help="Also refine each mask at pixel level as TokenCut's get_saliency.py does (bilateral "
-                             "solver): refined.npy (soft), refined.png, refined boxes in objects.json.")
+                             "solver): refined.npy (soft), refined_masks.npy, refined.png, refined boxes in objects.json.")
     parser.add_argument("--benchmark", default=None, choices=list(BENCHMARKS),
                         help="Run a discovery benchmark under --data_path: its images, ground truth, "
                              "preprocessing and metrics (docs/discovery-benchmarks.md).")
@@ -70,6 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export", default=None, choices=("coco",),
                         help="coco: also write OUTPUT_DIR/coco.json, the run's objects as COCO pseudo-labels "
                              "(RLE masks = masks.npy, boxes = boxes.json, score).")
+    parser.add_argument("--resume", action="store_true",
+                        help="Skip the images whose outputs in OUTPUT_DIR are complete (from an interrupted run with "
+                             "the same flags); the scores and the export still count every image.")
     parser.add_argument("--gt_dir", default=None, type=str,
                         help="Ground truth: mask PNGs (binary, or palette with one object per index, 255 void) or "
                              "PASCAL VOC XML (also under Annotations/), found as eval.attention finds masks: "
@@ -120,7 +124,8 @@ def report_scores(scores: DiscoveryScores, output_dir: Path, provenance: dict) -
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return run_command(lambda: run(args), interrupted="the outputs written so far are complete (files are written whole)")
+    return run_command(lambda: run(args), interrupted="the outputs written so far are complete (files are written "
+                                                     "whole); --resume continues")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,37 +154,47 @@ def run(args: argparse.Namespace) -> int:
 
     output_dir = Path(args.output_dir)
     folders = output_folders(images, root)
-    scores = DiscoveryScores(refined=args.refine)
-    export = CocoExport() if args.export == "coco" else None
+    finished = {p for p in images if args.resume and is_complete(output_dir / folders[p], args.refine)}
+    if args.resume:
+        print(f"resume: {len(finished)} of {len(images)} image(s) already done in {output_dir}")
     done = 0
     try:
-        for path, (image, features, result) in each_image(images, work, args.method):
-            done += 1
+        for path, (image, features, result) in each_image([p for p in images if p not in finished], work,
+                                                          args.method):
             out_dir, pixels = output_dir / folders[path], np.asarray(image)
             write_discovery(out_dir, pixels, features, result)
             refined = refine_objects(pixels, result.masks) if args.refine else None
             if refined is not None:
                 write_refinement(out_dir, refined)
-            write_objects(out_dir, result, refined)
-            rel = path.relative_to(root).as_posix()
-            if export is not None:
-                export.add_image(rel, result.masks, rounded_boxes(result.boxes), result.object_scores)
+            write_objects(out_dir, result, refined)  # last: the image is complete
+            finished.add(path)
+            done += 1
             if features.note:
                 tqdm.write(f"note: {path.name}: {features.note}")
-            if path not in gt:
-                if gt:
-                    tqdm.write(f"warning: no ground truth for {path.name}; not scored")
-                continue
-            try:
-                scores.add(rel, gt[path](), result.masks, result.boxes, refined)
-            except ImageError as err:
-                tqdm.write(f"warning: {err}; not scored")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    skipped = len(images) - len(finished)
+    print(f"wrote the objects of {done} image(s) to {output_dir}" +
+          (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
 
-    skipped = f" ({len(images) - done} unreadable file(s) skipped)" if done < len(images) else ""
-    print(f"wrote the objects of {done} image(s) to {output_dir}{skipped}")
+    # Scores and the export read every image's objects back from its files, so that a resumed run counts
+    # the images of earlier runs exactly as it counts its own.
+    scores = DiscoveryScores(refined=args.refine)
+    export = CocoExport() if args.export == "coco" else None
+    for path in (p for p in images if p in finished):
+        saved = read_objects(output_dir / folders[path], args.refine)
+        rel = path.relative_to(root).as_posix()
+        if export is not None:
+            export.add_image(rel, saved.masks, saved.boxes, saved.scores)
+        if path not in gt:
+            if gt:
+                tqdm.write(f"warning: no ground truth for {rel}; not scored")
+            continue
+        try:
+            scores.add(rel, gt[path](), saved.masks, saved.boxes, saved.refined)
+        except ImageError as err:
+            tqdm.write(f"warning: {err}; not scored")
     if export is not None:
         print(f"COCO pseudo-labels of {len(export.images)} image(s) written to "
               f"{export.write(output_dir / COCO_FILE)}")

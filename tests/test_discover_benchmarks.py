@@ -87,6 +87,26 @@ def test_saliency_benchmark_with_refine_and_coco_export(tmp_path, tiny_vit_weigh
     assert len(rows) == 3 and rows[0].endswith("refined_maxFbeta,refined_IoU,refined_Acc,refined_CorLoc,refined_Jaccard")
 
 
+def test_resume_skips_finished_images_and_scores_them_all(tmp_path, tiny_vit_weights, monkeypatch, capsys):
+    _ecssd(tmp_path / "data", n=2)
+    out = tmp_path / "out"
+    argv = ["--pretrained_weights", str(tiny_vit_weights), "--device", "cpu", "--benchmark", "ecssd", "--data_path",
+            str(tmp_path / "data"), "--refine", "--export", "coco", "--output_dir", str(out)]
+    assert cli.main(argv) == 0
+    first = {name: (out / name).read_text() for name in ("summary.json", "scores.csv", "coco.json")}
+    (out / "ECSSD" / "img" / "0001" / "objects.json").unlink()  # as if interrupted while writing image 0001
+    seen = []
+    real = cli.extract_features
+    monkeypatch.setattr(cli, "extract_features", lambda model, image, *a, **k: seen.append(image.size) or
+                        real(model, image, *a, **k))
+    capsys.readouterr()
+    assert cli.main(argv + ["--resume"]) == 0
+    assert "resume: 1 of 2 image(s) already done" in capsys.readouterr().out
+    assert len(seen) == 1  # only the unfinished image ran again
+    assert {name: (out / name).read_text() for name in first} == first  # counted as the first run counted it
+    assert cli.main(argv) == 0 and len(seen) == 3  # without --resume every image runs again
+
+
 def test_voc_benchmark_corloc_and_maskcut_auto(tmp_path, tiny_vit_weights):
     base = tmp_path / "data" / "VOC2007" / "VOCdevkit" / "VOC2007"
     (base / "ImageSets" / "Main").mkdir(parents=True)

@@ -127,3 +127,29 @@ def test_davis_protocols_write_masks_and_scores(files, tmp_path, capsys, family,
     assert (out / "global_results-val.csv").is_file()
     settings = json.loads((out / "provenance.json").read_text())["settings"]
     assert settings["short_side"] == 64 and settings.get("protocol", "dino") == protocol
+
+
+@pytest.mark.parametrize("family", ["dinov2_reg", "dinov3"])
+def test_training_continues_from_any_generation(files, tmp_path, family):
+    from train.main import main as train_main
+    from train_helpers import run_cli, textured_images, tiny_args
+
+    textured_images(tmp_path / "data", 4, size=48)
+    out = tmp_path / "run"
+    patch = 14 if family.startswith("dinov2") else 16
+    # lr 0: the weights cannot move, so the checkpoint's teacher is the initial weights (up to the EMA's rounding).
+    argv = tiny_args(tmp_path / "data", out, init_weights=files[family], global_crops_size=2 * patch,
+                     local_crops_size=patch, lr=0, min_lr=0, out_dim=32)
+    code, stdout, stderr = run_cli(train_main, argv)
+    assert code == 0, stderr
+    assert f"initialised from {files[family]} (new heads)" in stdout
+    trained = load_model(str(out / "checkpoint.pth"))
+    initial = load_model(str(files[family]))
+    assert (trained.family, trained.num_registers) == (family, 4)
+    x = torch.randn(1, 3, 2 * patch, 3 * patch)
+    with torch.no_grad():
+        if family == "dinov3":  # a trained checkpoint holds timm's float32 RoPE periods, not the file's bfloat16
+            trained.model.rope.periods.copy_(initial.model.rope.periods)
+        torch.testing.assert_close(trained.tokens(x)[0], initial.tokens(x)[0], atol=1e-4, rtol=1e-4)
+    student = torch.load(out / "checkpoint.pth", weights_only=False)["student"]
+    assert "module.head.last_layer.weight_v" in student and "module.backbone.model.cls_token" in student

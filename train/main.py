@@ -20,7 +20,9 @@ from dino_seg.distributed import DistInfo, all_gather_objects, cleanup_distribut
 from dino_seg.errors import UserError
 from dino_seg.files import NoSpaceError, remove_stale_temp
 from dino_seg.flags import bool_flag
-from dino_seg.models import ARCHS, build_backbone
+from dino_seg.families import training_backbone
+from dino_seg.models import ARCHS, build_backbone, model_name
+from dino_seg.weights import load_state_dict
 from dino_seg.runs import EPOCH_LOG, METRICS_LOG, append_record, trim_records, write_record
 from dino_seg.seeding import epoch_seed, seed_everything
 from train.augment import AUGMENTATIONS, DataAugmentationDINO
@@ -45,6 +47,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Backbone (default vit_small); vit_tiny or vit_small for quick experiments.")
     p.add_argument("--patch_size", default=16, type=int, help="ViT patch size, 16 or 8 (default 16). With 8, "
                    "consider --use_fp16 false to avoid instabilities.")
+    p.add_argument("--init_weights", default="", type=str,
+                   help="Start student and teacher from these backbone weights, with new heads: a preset "
+                        "(dino_vits16, dinov2_vits14_reg, dinov3_vits16, ...) or a file of any supported ViT (DINO, "
+                        "DINOv2 with or without registers, DINOv3); the architecture comes from the weights "
+                        "(--arch and --patch_size are ignored). Continues DINO training on your own images. With "
+                        "patch 14, crops are cut down to whole patches (96 -> 84): --local_crops_size 98 avoids it.")
     p.add_argument("--out_dim", default=65536, type=int, help="Output dimension of the DINO head (default "
                    "65536; 1k-8k for small or custom data sets).")
     p.add_argument("--norm_last_layer", default=True, type=bool_flag, help="Weight-normalise the head's last "
@@ -119,11 +127,18 @@ def has_batchnorms(model: nn.Module) -> bool:
 
 
 def build_student_teacher(*, arch: str, patch_size: int, drop_path_rate: float, out_dim: int,
-                          use_bn_in_head: bool, norm_last_layer: bool) -> tuple[MultiCropWrapper, MultiCropWrapper]:
+                          use_bn_in_head: bool, norm_last_layer: bool, init_weights: str = ""
+                          ) -> tuple[MultiCropWrapper, MultiCropWrapper]:
     """Student (with stochastic depth) and teacher, backbone + DINO head each; the teacher gets the
-    student's weights and no gradients."""
-    student_backbone = build_backbone(arch, patch_size=patch_size, drop_path_rate=drop_path_rate)
-    teacher_backbone = build_backbone(arch, patch_size=patch_size)
+    student's weights and no gradients. With `init_weights`, both backbones start from those weights (any
+    DINO generation, its architecture taken from them) and the heads are new."""
+    if init_weights:
+        sd = load_state_dict(init_weights)
+        student_backbone = training_backbone(sd, init_weights, drop_path_rate=drop_path_rate)
+        teacher_backbone = training_backbone(sd, init_weights)
+    else:
+        student_backbone = build_backbone(arch, patch_size=patch_size, drop_path_rate=drop_path_rate)
+        teacher_backbone = build_backbone(arch, patch_size=patch_size)
     embed_dim = student_backbone.embed_dim
     student = MultiCropWrapper(student_backbone, DINOHead(embed_dim, out_dim, use_bn=use_bn_in_head,
                                                           norm_last_layer=norm_last_layer))
@@ -242,7 +257,7 @@ def build_networks(args: argparse.Namespace, info: DistInfo, precision: Precisio
     device = info.device
     student_core, teacher = build_student_teacher(
         arch=args.arch, patch_size=args.patch_size, drop_path_rate=args.drop_path_rate, out_dim=args.out_dim,
-        use_bn_in_head=args.use_bn_in_head, norm_last_layer=args.norm_last_layer)
+        use_bn_in_head=args.use_bn_in_head, norm_last_layer=args.norm_last_layer, init_weights=args.init_weights)
     student_core, teacher = student_core.to(device), teacher.to(device)
     with_bn = has_batchnorms(student_core)
     if with_bn and info.distributed and device.type == "cuda":
@@ -255,7 +270,12 @@ def build_networks(args: argparse.Namespace, info: DistInfo, precision: Precisio
     if info.distributed:
         student = nn.parallel.DistributedDataParallel(
             student_core, device_ids=[device.index] if device.type == "cuda" else None)
-    say(f"Student and teacher are built: they are both {args.arch} networks.")
+    name = model_name(student_core.backbone)
+    say(f"Student and teacher are built: they are both {name} networks" +
+        (f", initialised from {args.init_weights} (new heads)." if args.init_weights else "."))
+    licence = getattr(student_core.backbone, "licence", None)
+    if licence:
+        say(licence)
     dino_loss = DINOLoss(args.out_dim, args.local_crops_number + 2, args.warmup_teacher_temp, args.teacher_temp,
                          args.warmup_teacher_temp_epochs, args.epochs).to(device)
     schedules = Schedules(

@@ -27,7 +27,7 @@ from dino_seg.images import ImageError, load_image
 from dino_seg.refine import RefinedObjects, refine_objects
 from dino_seg.viz import attention_panels, discovery_panels
 
-from .components import ImageView, Radio, Slider, UploadImage
+from .components import ImageView, Radio, Slider, UploadImage, clears_errors
 from .config import ASSETS, AppConfig
 from .errors import friendly
 from .model_cache import model_or_error, weights_identity
@@ -371,9 +371,9 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
     def d_refresh(image_path, weights, image_size, method, tau, threshold, refine):
         return refresh_discovery(image_path, weights, image_size, method, tau, threshold, cfg, refine)
 
-    run_button.click(functools.partial(run_attention, cfg=cfg), inputs, outputs, concurrency_id="model",
-                     api_name="attention").success(
-        d_run, d_inputs, d_outputs, concurrency_id="model", api_name="discover")
+    clears_errors(run_button.click(functools.partial(run_attention, cfg=cfg), inputs, outputs, concurrency_id="model",
+                                   api_name="attention").success(
+        d_run, d_inputs, d_outputs, concurrency_id="model", api_name="discover"))
     # The threshold re-uses the cached attention, so every change (drag or typed value) may refresh;
     # a new image size needs a forward pass, so only the end of a drag (or the button) recomputes.
     refresh = functools.partial(refresh_attention, cfg=cfg)

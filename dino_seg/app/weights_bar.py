@@ -29,9 +29,19 @@ def _label(value: str) -> str:
     return value if shown == value else f"{shown} (uploaded)"
 
 
+WEIGHTS_LABEL = "Weights"
+UPLOAD_LABEL = "Upload a checkpoint (.pth)"
+
+
+def _other_presets(source: str) -> str:
+    """The dropdown's presets other than `source`, as the banner names them."""
+    return ", ".join(f"`{name}`" for name in VIT_PRESETS if name != source)
+
+
 @friendly
 def check_weights(choice: str | None, cfg: AppConfig) -> str:
-    """The banner (Markdown) for a weights choice: what is loaded, or what is missing and how to get it."""
+    """The banner (Markdown) for a weights choice: what is loaded, or what is missing and how to get it, in the
+    page's own words (the **Weights** dropdown, **Upload a checkpoint (.pth)**) and naming the dropdown's presets."""
     source, _, _ = model_key(choice, cfg)
     try:
         model, description = get_model(choice, cfg)
@@ -39,17 +49,21 @@ def check_weights(choice: str | None, cfg: AppConfig) -> str:
         name = Path(err.cache_path).name
         return (f"### Weights not available: `{source}`\n"
                 f"The file **{name}** is not in the local cache and cannot be downloaded from {err.url} "
-                "(no internet?). To use DINO's weights:\n"
-                f"- download it on another machine and put it at `{err.cache_path}`, then pick `{source}` again;\n"
-                "- or start the app with `python app.py --pretrained_weights PATH` (a preset name or a .pth file);\n"
-                "- or upload a checkpoint file below, or pick **random weights (pipeline check only)** "
-                "to try the page (its maps are meaningless).")
+                "(no internet?). To see what DINO learned:\n"
+                f"- download it on another machine, put it at `{err.cache_path}`, then pick `{source}` in "
+                f"**{WEIGHTS_LABEL}** again;\n"
+                f"- or pick another preset in **{WEIGHTS_LABEL}** ({_other_presets(source)}) whose file is in the "
+                "cache;\n"
+                f"- or use **{UPLOAD_LABEL}** below, or type the path of a .pth file in **{WEIGHTS_LABEL}**;\n"
+                f"- or pick **{RANDOM_WEIGHTS}** in **{WEIGHTS_LABEL}** to try the page (its maps are meaningless).")
     except WeightsError as err:
         return scrub_paths(f"### Weights cannot be used: `{source}`\n{one_line(err)}\n\n"
-                           "Upload another checkpoint below or pick **random weights (pipeline check only)**.")
+                           f"Use **{UPLOAD_LABEL}** below for another file, or pick a preset or "
+                           f"**{RANDOM_WEIGHTS}** in **{WEIGHTS_LABEL}**.")
     if source == RANDOM_WEIGHTS:
-        return (f"### {description}\nThese untrained weights only check the pipeline; pick DINO weights or "
-                "upload a checkpoint to see what DINO learned.")
+        return (f"### {description}\nThese untrained weights only check the pipeline: pick a preset in "
+                f"**{WEIGHTS_LABEL}** ({_other_presets(source)}) or use **{UPLOAD_LABEL}** to see what DINO "
+                "learned.")
     note = "" if is_vit(model) else " — ResNet-50 has no attention or patch features: pick a ViT."
     return f"Weights: **{description}** on {cfg.device}{note}"
 
@@ -67,10 +81,10 @@ def build_weights_bar(cfg: AppConfig, demo: gr.Blocks) -> tuple[gr.Dropdown, gr.
     banner = gr.Markdown(elem_id="weights-banner")
     choices = weight_choices(cfg)
     with gr.Row(equal_height=True):
-        weights = gr.Dropdown(choices, value=choices[0][1], label="Weights", allow_custom_value=True, scale=3,
-                              info="A preset, a .pth path, or random weights (pipeline check only)",
+        weights = gr.Dropdown(choices, value=choices[0][1], label=WEIGHTS_LABEL, allow_custom_value=True, scale=3,
+                              info=f"A preset, the path of a .pth file, or {RANDOM_WEIGHTS}",
                               elem_id="weights-dropdown")
-        upload = gr.File(label="Upload a checkpoint (.pth)", file_types=[".pth", ".pt", ".ckpt"], scale=2,
+        upload = gr.File(label=UPLOAD_LABEL, file_types=[".pth", ".pt", ".ckpt"], scale=2,
                          height=110)
     check = functools.partial(check_weights, cfg=cfg)
     demo.load(check, weights, banner, api_name="load_weights", api_visibility="private")  # = /check_weights
