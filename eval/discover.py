@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
             export.add_image(rel, saved.masks, saved.boxes, saved.scores)
         if path not in gt:
             if gt:
-                tqdm.write(f"warning: no ground truth for {path.name}; not scored")
+                tqdm.write(f"warning: no ground truth for {rel}; not scored")
             continue
         try:
             scores.add(rel, gt[path](), saved.masks, saved.boxes, saved.refined)
