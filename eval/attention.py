@@ -241,7 +241,7 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
                     continue
                 gt_path = gt_files[path]
                 if gt_path is None:
-                    tqdm.write(f"warning: no ground truth for {path.name} in {gt_dir}; not scored")
+                    tqdm.write(f"warning: no ground truth for {name} in {gt_dir}; not scored")
                     continue
                 try:
                     fg, void = load_mask(gt_path)
