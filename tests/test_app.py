@@ -20,7 +20,7 @@ from PIL import Image
 import app
 from app_fixtures import SIZE, SWAN, cfg, fresh_cache  # noqa: F401 - fixtures
 from dino_seg.app import attention as attention_tab
-from dino_seg.app import components, jobs, model_cache, weights_bar
+from dino_seg.app import components, jobs, model_cache, serve, weights_bar
 from dino_seg.app.config import BUNDLED_DAVIS
 from dino_seg.app.errors import friendly, scrub_paths
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
@@ -198,6 +198,29 @@ def test_page_has_four_tabs_and_the_flags_have_their_defaults(cfg):
     assert (args.pretrained_weights, args.host, args.port, args.share) == ("dino_vits16", "127.0.0.1", 7860, False)
     assert args.davis_root == str(BUNDLED_DAVIS)
     assert app.main(["--device", "nonsense"]) == 2
+
+
+def test_a_new_davis_root_redraws_the_preview_and_successes_close_error_toasts(cfg):
+    demo = app.build_demo(cfg)
+    fns = {fn.api_name: fn for fn in demo.fns.values()}
+    # The preview follows the listing of a submitted root, even when the dropdown keeps its value (no change).
+    redraw = fns["root_first_frame"]
+    assert redraw.trigger_after == fns["list_davis"]._id and redraw.trigger_only_on_success
+    assert [o.elem_id for o in redraw.outputs] == ["video-first"]
+    # Each run that can fail closes the earlier error toasts once it succeeds, in the browser (no request).
+    closing = [fn for fn in demo.fns.values() if fn.js == components.CLEAR_ERRORS_JS]
+    assert all(fn.fn is None and fn.trigger_only_on_success for fn in closing)
+    names = {fn._id: fn.api_name for fn in demo.fns.values()}
+    assert sorted(names[fn.trigger_after] for fn in closing) == [
+        "attention_video", "discover", "open_results", "open_training", "propagate", "use_checkpoint"]
+
+
+def test_the_start_up_line_names_share_not_gradios_launch_hint():
+    line = serve.started_line("127.0.0.1", 7861, share=False)
+    assert line == ("* Running on http://127.0.0.1:7861 (python app.py --share adds a public gradio.live link); "
+                    "Ctrl-C stops the app")
+    assert "launch()" not in line and "--share" not in serve.started_line("::1", 7861, share=True)
+    assert serve.started_line("::1", 7861, share=True).startswith("* Running on http://[::1]:7861;")
 
 
 def test_the_library_imports_without_gradio():
