@@ -1,5 +1,6 @@
 """Evaluations under torchrun: two CPU/gloo processes give byte-identical outputs and scores to one process,
-both ranks do work, rank 0 alone scores and summarises, and an interrupted multi-process run resumes per item."""
+both ranks do work, rank 0 alone scores and summarises, an interrupted multi-process run resumes per item, and
+--precision is checked and recorded."""
 
 from __future__ import annotations
 
@@ -115,3 +116,20 @@ def test_attention_two_processes_equal_one_and_batches_equal_single_images(tmp_p
         elif name.endswith("attention.npy"):
             np.testing.assert_allclose(np.load(one / name), np.load(batched / name), atol=1e-6, rtol=0)
     assert (one / "jaccard.csv").read_text() == (batched / "jaccard.csv").read_text()
+
+
+def test_davis_precision_is_checked_and_recorded(tmp_path, tiny_vit_weights, capsys):
+    from dino_seg.precision import cpu_has_bf16
+    from eval import davis
+
+    root = make_davis(tmp_path / "davis", {"shapes": 3}, n_objects=1)
+    common = ["--pretrained_weights", str(tiny_vit_weights), "--data_path", str(root), "--short_side", "64",
+              "--device", "cpu"]
+    assert davis.main(common + ["--output_dir", str(tmp_path / "a"), "--precision", "fp16"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --precision fp16: not supported on CPU (no float16 autocast "
+                                               "kernels there); use bf16 or fp32")
+    if not cpu_has_bf16():
+        return
+    assert davis.main(common + ["--output_dir", str(tmp_path / "b"), "--precision", "bf16"]) == 0
+    record = json.loads((tmp_path / "b" / "provenance.json").read_text())
+    assert record["settings"]["precision"] == "bf16"  # bf16 masks are not resumed as fp32 ones
