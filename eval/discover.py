@@ -40,10 +40,9 @@ from dino_seg.images import ImageError, load_image
 from dino_seg.preprocess import PREPROCESS
 from dino_seg.refine import refine_objects
 from dino_seg.sharding import gather_to_main, shard_indices
-from eval.common import (add_discovery_flags, add_launch_flags, add_weight_flags, collect_images, discovery_kwargs,
-                         each_image, load_from_args, output_folders, run_launched)
+from eval.common import (add_discovery_flags, add_image_flags, add_launch_flags, add_weight_flags, collect_images,
+                         discovery_kwargs, each_image, load_from_args, output_folders, run_launched)
 
-DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "blackswan.jpg"
 COCO_FILE = "coco.json"
 
 
@@ -52,8 +51,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_weight_flags(parser, reference_patch_size=16)
     add_discovery_flags(parser)
-    parser.add_argument("--image_path", default=str(DEFAULT_IMAGE), type=str, help="An image file or a folder of images.")
-    parser.add_argument("--output_dir", default=".", help="Where to write the results.")
+    add_image_flags(parser)
     add_launch_flags(parser)
     parser.add_argument("--preprocess", default=None, choices=PREPROCESS,
                         help="pad: zero padding to whole patches (LOST, main_tokencut.py); resize: LANCZOS resize "
