@@ -1,4 +1,5 @@
-"""Gradio app: DINO attention masks, DAVIS label propagation, evaluation results and training runs on one page.
+"""Gradio app: DINO's attention maps and masks, object discovery (threshold, LOST, TokenCut, MaskCut), DAVIS
+label propagation and attention videos, evaluation results and training runs on one page.
 
     python app.py                                      # 127.0.0.1:7860, official dino_vits16 (or a banner)
     python app.py --pretrained_weights runs/tiny/checkpoint.pth --davis_root DAVIS --results_dir out \
@@ -35,8 +36,9 @@ def build_demo(cfg: AppConfig) -> gr.Blocks:
     """The page: the weights bar above the four tabs, each built by its module and bound to `cfg`."""
     with gr.Blocks(title="DINO: attention, video segmentation, results, training", analytics_enabled=False,
                    delete_cache=(1800, 3600)) as demo:
-        gr.Markdown("# DINO self-supervised ViTs\nSee what DINO learned: the self-attention of the last block, "
-                    "video object segmentation by label propagation, DAVIS results and training runs.")
+        gr.Markdown("# DINO self-supervised ViTs\nSee what DINO learned: the self-attention of the last block and "
+                    "the objects it discovers (threshold, LOST, TokenCut, MaskCut), video object segmentation by "
+                    "label propagation and attention videos, DAVIS results and training runs.")
         weights, banner = build_weights_bar(cfg, demo)
         with gr.Tabs() as tabs:
             shared = Shared(demo=demo, weights=weights, banner=banner, tabs=tabs)

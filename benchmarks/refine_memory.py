@@ -5,8 +5,9 @@
     python benchmarks/refine_memory.py --agreement  # also: refined-mask IoU, downscaled vs full grid, at 3 MP
 
 Each case runs in its own process; peak memory is the largest growth of the NumPy/SciPy allocations during the
-refinement (tracemalloc, which NumPy reports its buffers to), above what the synthetic photo holds (a gradient with coloured ellipses and sensor-like noise, so the bilateral grid
-gets as many vertices as a real photo: a flat image would flatter it). "downscaled" is what --refine does above
+refinement (tracemalloc, which NumPy reports its buffers to), above what the synthetic photo holds (a gradient with
+coloured ellipses and sensor-like noise, so the bilateral grid gets as many vertices as a real photo: a flat image
+would flatter it). "downscaled" is what --refine does above
 dino_seg.bilateral.MAX_GRID_PIXELS; "full" is TokenCut's solver on every pixel.
 """
 
@@ -30,7 +31,8 @@ def photo(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     img = np.stack([90 + 80 * xx / w, 120 + 60 * yy / h, 160 - 60 * xx / w], axis=-1)
     for k in range(6):
-        cx, cy, rx, ry = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h, w / rng.uniform(5, 12), h / rng.uniform(5, 12)
+        cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
+        rx, ry = w / rng.uniform(5, 12), h / rng.uniform(5, 12)
         inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 < 1
         img[inside] = rng.uniform(0, 255, 3)
     img = np.clip(img + rng.normal(0, 6, img.shape).astype(np.float32), 0, 255).astype(np.uint8)

@@ -146,16 +146,30 @@ def compute_attention(
 ) -> AttentionResult:
     """Preprocess one image (any mode, read as RGB) and return its per-head [CLS] attention (and the registers' share, if any)."""
     backbone = _backbone(model)
+    return attention_results(model, preprocess(image, image_size, backbone.patch_size))[0]
+
+
+def attention_results(model: nn.Module, x: torch.Tensor) -> list[AttentionResult]:
+    """The attention of each image of a preprocessed batch x (B, 3, H, W) (see `preprocess`): one forward pass.
+    Runs on the model's device, under whatever autocast the caller set (maps come back as float32)."""
+    backbone = _backbone(model)
     device = next(backbone.parameters()).device
-    x = preprocess(image, image_size, backbone.patch_size)
     with torch.no_grad():
         attention = backbone.last_attention_cls(x.to(device))
-    maps = attention.maps[0].float().cpu().numpy()  # (heads, h, w)
-    share = attention.register_share[0].float().cpu().numpy() if backbone.num_registers else None  # (heads,)
+    maps = attention.maps.float().cpu().numpy()  # (B, heads, h, w)
+    shares = attention.register_share.float().cpu().numpy() if backbone.num_registers else None  # (B, heads)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    shown = ((x[0] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    return AttentionResult(maps=maps, image=shown, patch_size=backbone.patch_size, register_share=share)
+    shown = ((x.cpu().float() * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return [AttentionResult(maps=maps[i], image=shown[i], patch_size=backbone.patch_size,
+                            register_share=None if shares is None else shares[i]) for i in range(len(x))]
+
+
+def preprocessed_size(size_wh: tuple[int, int], image_size: int | tuple[int, ...], patch_size: int) -> tuple[int, int]:
+    """(H, W) of `preprocess`'s output for an image of PIL size (W, H): resized, then cropped to whole patches.
+    Images with equal values can share a batch."""
+    h, w = resized_size(size_wh, image_size)
+    return h - h % patch_size, w - w % patch_size
 
 
 def masks_to_image_size(masks: np.ndarray, resized_hw: tuple[int, int], original_hw: tuple[int, int]) -> np.ndarray:

@@ -55,14 +55,22 @@ class _Loaded(Dataset):
             return index, None, (str(err).splitlines() or [type(err).__name__])[0]
 
 
-def _collate(rows: list) -> Batch:
+def _collate(rows: list) -> list[Batch]:
+    """One Batch per tensor shape among the rows: normally one; more only where a size key was wrong (an image
+    whose header misstates its decoded size), which then costs a smaller batch, never an error."""
     ok = [(i, value) for i, value, error in rows if error is None]
-    tensors = [value[0] if isinstance(value, tuple) else value for _, value in ok]
-    extras = [value[1] if isinstance(value, tuple) else None for _, value in ok]
-    if len({tuple(t.shape) for t in tensors}) > 1:
-        raise ValueError("a batch mixes tensor shapes: the size keys do not match what `load` returns")
-    return Batch(indices=[i for i, _ in ok], tensor=torch.stack(tensors) if tensors else None, extras=extras,
-                 failed={i: error for i, _, error in rows if error is not None})
+    failed = {i: error for i, _, error in rows if error is not None}
+    shapes: dict[tuple, list[tuple[int, object]]] = {}
+    for i, value in ok:
+        tensor = value[0] if isinstance(value, tuple) else value
+        shapes.setdefault(tuple(tensor.shape), []).append((i, value))
+    batches = [Batch(indices=[i for i, _ in group],
+                     tensor=torch.stack([v[0] if isinstance(v, tuple) else v for _, v in group]),
+                     extras=[v[1] if isinstance(v, tuple) else None for _, v in group]) for group in shapes.values()]
+    if not batches:
+        return [Batch(indices=[], tensor=None, failed=failed)]
+    batches[0].failed = failed
+    return batches
 
 
 def batched(items: Sequence, load: Callable[[object], torch.Tensor | tuple[torch.Tensor, object]],
@@ -76,7 +84,8 @@ def batched(items: Sequence, load: Callable[[object], torch.Tensor | tuple[torch
                         num_workers=num_workers, collate_fn=_collate,
                         prefetch_factor=prefetch_factor if num_workers > 0 else None,
                         persistent_workers=False)
-    yield from loader
+    for batches in loader:
+        yield from batches
 
 
 _DONE = object()

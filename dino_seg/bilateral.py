@@ -98,7 +98,8 @@ def bistochastize(grid: BilateralGrid, maxiter: int = BISTOCHASTIC_ITERATIONS) -
 def bilateral_solve(image: np.ndarray, target: np.ndarray, confidence: float = CONFIDENCE,
                     sigma_spatial: float = SIGMA_SPATIAL, sigma_luma: float = SIGMA_LUMA,
                     sigma_chroma: float = SIGMA_CHROMA) -> np.ndarray:
-    """Edge-aware smoothing of a target (H, W) guided by an RGB image (H, W, 3): the solver's soft output (H, W) float64."""
+    """Edge-aware smoothing of a target (H, W) guided by an RGB image (H, W, 3): the solver's soft output (H, W)
+    float64."""
     h, w = target.shape
     if image.shape[:2] != (h, w):
         raise ValueError(f"guide image of {image.shape[1]}x{image.shape[0]}, target of {w}x{h}")

@@ -323,8 +323,10 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
              score_objects: bool = False) -> DiscoveryResult:
     """Run one discovery method on the features of one forward pass (`threshold`: the attention method's mass).
 
-    MaskCut's `n_objects` may be "auto" (objectness.py's rule). `score_objects` fills `object_scores`
-    (1 - Ncut on TokenCut's graph at this tau; MaskCut's objects each on the graph without the earlier ones)."""
+    `n_objects` "auto" keeps only objects (objectness.py's rule, score >= 0.5): MaskCut cuts until a cut is no
+    object, the one-object methods give no object rather than a forced one (TokenCut issue 20); `stop_score` is
+    the refused object's score. `score_objects` fills `object_scores` (1 - Ncut on TokenCut's graph at this tau;
+    MaskCut's objects each on the graph without the earlier ones)."""
     if method not in METHODS:
         raise UserError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if not features.is_vit and method != "lost":
@@ -355,10 +357,10 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
                                                AUTO_MAX_OBJECTS if auto else n_objects, tau, eps, solver)
     patches = np.stack(masks) if masks else np.zeros((0, *features.grid), dtype=bool)
     ncuts, stop_score = None, None
-    if method == "maskcut" and n_objects == "auto" or score_objects:
+    if n_objects == "auto" or score_objects:
         ncuts = object_ncuts(features.features(which_features), patches, tau, eps, sequential=method == "maskcut")
-    if method == "maskcut" and n_objects == "auto":
-        count = auto_count(ncuts)  # cutting stops at the first cut that is no object
+    if n_objects == "auto":
+        count = auto_count(ncuts)  # MaskCut stops at the first cut that is no object; the others keep theirs or none
         patches, seeds, ncuts = patches[:count.kept], seeds[:count.kept], ncuts[:count.kept]
         stop_score = count.stop_score
     boxes = [_to_original(patch_box(m, features.scale, features.input_hw), features) for m in patches]

@@ -38,7 +38,7 @@ def rounded_boxes(boxes: list[list[float]]) -> list[list[float]]:
     return [[round(v, 2) for v in b] for b in boxes]
 
 
-def write_objects(out_dir: str | Path, result: DiscoveryResult, refined=None) -> Path:
+def write_objects(out_dir: str | Path, result: DiscoveryResult, refined: RefinedObjects | None = None) -> Path:
     """objects.json beside boxes.json: {"objects": [...] in boxes.json's order, "stop_score": ...}.
 
     Each object has its box (as boxes.json), `score` (1 - Ncut, objectness.py; null when not computed) and
@@ -51,7 +51,8 @@ def write_objects(out_dir: str | Path, result: DiscoveryResult, refined=None) ->
         obj = {"box": box, "score": None if score is None else round(score, 4), "area": int(result.masks[i].sum())}
         if refined is not None:
             obj.update({"refined_box": rounded_boxes([refined.boxes[i]])[0],
-                        "refined_area": int(refined.masks[i].sum()), "refine_iou": round(refined.ious[i], 4), "refined": bool(refined.accepted[i])})
+                        "refined_area": int(refined.masks[i].sum()), "refine_iou": round(refined.ious[i], 4),
+                        "refined": bool(refined.accepted[i])})
         objects.append(obj)
     stop = None if result.stop_score is None else round(result.stop_score, 4)
     path = Path(out_dir) / "objects.json"
@@ -59,7 +60,7 @@ def write_objects(out_dir: str | Path, result: DiscoveryResult, refined=None) ->
     return path
 
 
-def write_refinement(out_dir: str | Path, refined) -> list[Path]:
+def write_refinement(out_dir: str | Path, refined: RefinedObjects) -> list[Path]:
     """refined.npy (float32 (H, W), the solver's soft output), refined.png (0/255, the refined objects) and
     refined_masks.npy (bool, objects x H x W, each object's refined mask, or its coarse one where refused)."""
     out_dir = Path(out_dir)

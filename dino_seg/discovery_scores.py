@@ -15,6 +15,7 @@ from .groundtruth import read_gt_objects, read_voc_boxes
 from .images import ImageError
 from .localization import best_jaccard, corloc_hit
 from .masks import mask_extent
+from .refine import RefinedObjects
 from .saliency import SaliencyScores
 
 BLOCK = ("maxFbeta", "IoU", "Acc", "CorLoc", "Jaccard")
@@ -85,8 +86,8 @@ class DiscoveryScores:
         self.rows: list[dict[str, float | str | int]] = []
 
     def add(self, image: str, gt: GroundTruth, masks: np.ndarray, boxes: list[list[float]],
-            refined=None) -> dict:
-        """Score one image: coarse masks (objects, H, W) and boxes; `refined` a refine.RefinedObjects."""
+            refined: RefinedObjects | None = None) -> dict:
+        """Score one image: coarse masks (objects, H, W) and boxes, and with a refined run its refinement."""
         masks = np.asarray(masks, dtype=bool)
         _check_shape(gt, masks, image)
         union = masks.any(axis=0) if len(masks) else np.zeros(masks.shape[1:], dtype=bool)

@@ -7,8 +7,10 @@ The graph takes `image` (B, 3, H, W), normalised with ImageNet's mean and std, a
 last block's [CLS] row over the patches, softmax over all tokens). Batch, height and width are dynamic: the
 reference's bicubic positional interpolation (scale factor (n + 0.1) / 14) is written as two small weight
 matrices computed in the graph from the input size, so one file serves every size that is a multiple of the
-patch (--image_size is the size the export is traced and checked at). With onnxruntime installed (the `export`
-extra), the file is checked against the torch model and the largest differences printed.
+patch (--image_size is the size the export is traced and checked at). DINOv2 (with or without registers) and
+DINOv3 (RoPE) weights export through the Backbone interface at --image_size only, batch still dynamic: one file
+per size. With onnxruntime installed (the `export` extra), the file is checked against the torch model and the
+largest differences printed.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dino_seg.backbones import Backbone, DinoV1Backbone, as_backbone, cls_attention_row
 from dino_seg.errors import UserError
 from dino_seg.models import DinoVisionTransformer, is_vit
 
@@ -101,6 +104,43 @@ class ExportedViT(nn.Module):
         return x[:, 0], x[:, 1:], probs[:, :, 0, 1:]
 
 
+class ExportedBackbone(nn.Module):
+    """Any ViT generation through the Backbone interface (DINOv2 with or without registers, DINOv3 with RoPE),
+    traced at one input size: the same three outputs, registers dropped from `patch_tokens`, the [CLS] row's
+    softmax over every token (registers included) restricted to the patches."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        if not backbone.is_vit:
+            raise ExportError("--pretrained_weights: ONNX export needs a ViT (ResNet-50 has no patch tokens or "
+                              "attention)")
+        self.backbone = backbone
+        self.patch_size = backbone.patch_size
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        bb = self.backbone
+        tokens, _, context = bb._prepare(image)  # (B, P + N, D), and RoPE for DINOv3
+        blocks = bb.blocks
+        for block in blocks[:-1]:
+            tokens = bb._run_block(block, tokens, context)
+        q, k, _, _, _ = bb._qkv(blocks[-1], tokens, context)  # (B, heads, P + N, hd), as the attention uses them
+        attention = cls_attention_row(q, k, float(blocks[-1].attn.scale))  # (B, heads, P + N)
+        out = bb._norm(bb._run_block(blocks[-1], tokens, context))  # (B, P + N, D)
+        p = bb.num_prefix_tokens
+        return out[:, 0], out[:, p:], attention[..., p:]
+
+
+def exportable(model: nn.Module) -> tuple[nn.Module, bool]:
+    """(the module to trace, whether its height and width can be dynamic): DINO ViTs get the in-graph
+    positional interpolation; the later generations are traced at one size (one file per size)."""
+    if isinstance(model, DinoVisionTransformer):
+        return ExportedViT(model).eval(), True
+    backbone = as_backbone(model)
+    if isinstance(backbone, DinoV1Backbone):
+        return ExportedViT(backbone.model).eval(), True
+    return ExportedBackbone(backbone).eval(), False
+
+
 def check_size(image_size: tuple[int, int], patch_size: int) -> None:
     h, w = image_size
     if h <= 0 or w <= 0 or h % patch_size or w % patch_size:
@@ -117,10 +157,12 @@ def check_opset(opset: int) -> None:
                           f"and this onnx {onnx.__version__})")
 
 
-def export_onnx(model: DinoVisionTransformer, output: str | Path, image_size: tuple[int, int], *,
+def export_onnx(model: nn.Module, output: str | Path, image_size: tuple[int, int], *,
                 opset: int = MIN_OPSET, dynamic_size: bool = True) -> Path:
-    """Write `model` as ONNX to `output` (atomically); dynamic batch, and dynamic height and width unless
-    `dynamic_size` is False. Raises ExportError for a size that is not a multiple of the patch or a bad opset."""
+    """Write `model` (a DINO ViT or a Backbone of a later generation) as ONNX to `output` (atomically); dynamic
+    batch, and dynamic height and width for DINO ViTs unless `dynamic_size` is False (the later generations are
+    traced at `image_size` only). Raises ExportError for a size that is not a multiple of the patch or a bad
+    opset."""
     try:
         import onnx  # noqa: F401  (torch.onnx needs onnx and onnxscript)
         import onnxscript  # noqa: F401
@@ -129,7 +171,11 @@ def export_onnx(model: DinoVisionTransformer, output: str | Path, image_size: tu
                           "'dino-seg[export]'") from None
     from dino_seg.files import atomic_path
 
-    wrapper = ExportedViT(model).eval()
+    if not is_vit(model):
+        raise ExportError("--pretrained_weights: ONNX export needs a ViT (ResNet-50 has no patch tokens or "
+                          "attention)")
+    wrapper, can_be_dynamic = exportable(model)
+    dynamic_size = dynamic_size and can_be_dynamic
     p = wrapper.patch_size
     check_size(image_size, p)
     check_opset(opset)
@@ -148,14 +194,14 @@ def export_onnx(model: DinoVisionTransformer, output: str | Path, image_size: tu
 
 
 @torch.no_grad()
-def check_onnx(model: DinoVisionTransformer, path: str | Path, sizes: list[tuple[int, int, int]]) -> list[dict]:
+def check_onnx(model: nn.Module, path: str | Path, sizes: list[tuple[int, int, int]]) -> list[dict]:
     """Largest absolute difference of each output between onnxruntime and the torch model on random normalised
     images of each (batch, height, width) in `sizes`."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     model = model.float().cpu()
-    rows = []
+    rows: list[dict] = []
     gen = torch.Generator().manual_seed(0)
     for b, h, w in sizes:
         image = torch.randn(b, 3, h, w, generator=gen)
@@ -169,11 +215,16 @@ def check_onnx(model: DinoVisionTransformer, path: str | Path, sizes: list[tuple
 
 
 @torch.no_grad()
-def reference_outputs(model: DinoVisionTransformer, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def reference_outputs(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The three outputs from the model's own code paths (forward_features and the attention module's
-    last_block_qkv), not from the traced wrapper: what the export is checked against."""
+    last_block_qkv, or the Backbone interface), not from the traced wrapper: what the export is checked against."""
     from dino_seg.attention import cls_row_attention, last_block_qkv
 
+    if not isinstance(model, DinoVisionTransformer):
+        backbone = as_backbone(model)
+        out = backbone.forward_features(image)
+        maps = backbone.last_attention_cls(image).maps  # (B, heads, h, w)
+        return out.cls, out.patch_tokens, maps.flatten(2)
     tokens = model.forward_features(image)  # (B, 1 + N, D)
     q, k, _ = last_block_qkv(model, image)
     return tokens[:, 0], tokens[:, 1:], cls_row_attention(q, k, model.blocks[-1].attn.scale)
@@ -211,11 +262,16 @@ def run(args: argparse.Namespace) -> int:
                        checkpoint_key=args.checkpoint_key)
     if not is_vit(model):
         raise ExportError("--pretrained_weights: ONNX export needs a ViT (ResNet-50 has no patch tokens or attention)")
-    check_size(tuple(args.image_size), model.patch_size)
+    _, can_be_dynamic = exportable(model)
+    patch = as_backbone(model).patch_size
+    check_size(tuple(args.image_size), patch)
     h, w = args.image_size
-    export_onnx(model, output, (h, w), opset=args.opset, dynamic_size=not args.static_size)
-    shape = "batch dynamic, " + (f"size fixed to {h}x{w}" if args.static_size else
-                                  f"height and width dynamic (multiples of {model.patch_size})")
+    static = args.static_size or not can_be_dynamic
+    export_onnx(model, output, (h, w), opset=args.opset, dynamic_size=not static)
+    shape = "batch dynamic, " + (f"size fixed to {h}x{w}" if static else
+                                 f"height and width dynamic (multiples of {patch})")
+    if not can_be_dynamic:
+        shape += ": this generation's positional encoding is traced at one size; export one file per size"
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB; {shape}; opset {args.opset})")
     if args.check == "off":
         return 0
@@ -226,8 +282,7 @@ def run(args: argparse.Namespace) -> int:
             raise ExportError("--check on: onnxruntime is not installed (pip install 'dino-seg[export]')") from None
         print("not checked: onnxruntime is not installed (pip install 'dino-seg[export]')")
         return 0
-    p = model.patch_size
-    sizes = [(1, h, w)] if args.static_size else [(1, h, w), (2, h + p, w + 2 * p)]
+    sizes = [(1, h, w), (2, h, w)] if static else [(1, h, w), (2, h + patch, w + 2 * patch)]
     print("largest |onnxruntime - torch| per output:")
     for row in check_onnx(model, output, sizes):
         b, hh, ww = row["size"]

@@ -19,28 +19,47 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .ncut import CosineGraph
 
 MAX_NCUT = 0.5
 AUTO_MAX_OBJECTS = 10
+_CHUNK_ROWS = 1024
 
 
-def ncut_value(graph: CosineGraph, mask: np.ndarray, removed: np.ndarray | None = None) -> float:
-    """Ncut of `mask` (N,) bool against the rest of the graph's patches, without the `removed` (N,) ones.
+def affinity_product(feats: torch.Tensor, u: np.ndarray, tau: float, eps: float = 1e-5) -> np.ndarray:
+    """A @ u for TokenCut's graph A = eps + (1 - eps) [cos > tau] of the features (N, D), u (N, m): (N, m).
 
-    1 (no better than chance) when the mask or the rest is empty."""
-    keep = np.ones(graph.n, dtype=bool) if removed is None else ~np.asarray(removed, dtype=bool)
-    inside = np.asarray(mask, dtype=bool) & keep
-    rest = keep & ~inside
-    if not inside.any() or not rest.any():
-        return 1.0
-    u = np.stack([inside, rest], axis=1).astype(np.float64)  # (N, 2) indicators, 0 on removed patches
-    au = graph.matmat(u, None if removed is None else keep.astype(np.float64))  # (N, 2)
-    cut = float(u[:, 0] @ au[:, 1])
-    assoc_in = cut + float(u[:, 0] @ au[:, 0])
-    assoc_rest = cut + float(u[:, 1] @ au[:, 1])
-    return cut / assoc_in + cut / assoc_rest
+    One pass over A's rows in chunks (float32 cosines, as ncut.CosineGraph), never N x N and without the sparse
+    copy of the graph, which would cost as much as the cut itself."""
+    f = F.normalize(feats.float(), p=2, dim=-1)  # (N, D)
+    ut = torch.from_numpy(np.ascontiguousarray(u, dtype=np.float32))
+    b_u = torch.cat([((f[i:i + _CHUNK_ROWS] @ f.T) > tau).float() @ ut for i in range(0, len(f), _CHUNK_ROWS)])
+    return eps * u.sum(axis=0, keepdims=True) + (1 - eps) * b_u.double().numpy()
+
+
+def ncut_values(feats: torch.Tensor, masks: np.ndarray, removed: np.ndarray | None, tau: float,
+                eps: float = 1e-5) -> list[float]:
+    """Ncut of each mask (k, N) bool against the rest of the patches, without its `removed` (k, N) ones.
+
+    1 (no better than chance) where the mask or the rest is empty. All masks share one pass over the graph:
+    removed patches need no change to A, since both indicators are zero on them."""
+    masks = np.asarray(masks, dtype=bool)
+    keep = np.ones_like(masks) if removed is None else ~np.asarray(removed, dtype=bool)
+    inside, rest = masks & keep, keep & ~masks
+    u = np.concatenate([inside, rest]).T.astype(np.float64)  # (N, 2k): every object's two indicators
+    au = affinity_product(feats, u, tau, eps)
+    k = len(masks)
+    values = []
+    for i in range(k):
+        if not inside[i].any() or not rest[i].any():
+            values.append(1.0)
+            continue
+        cut = float(u[:, i] @ au[:, k + i])
+        assoc_in = cut + float(u[:, i] @ au[:, i])
+        assoc_rest = cut + float(u[:, k + i] @ au[:, k + i])
+        values.append(cut / assoc_in + cut / assoc_rest)
+    return values
 
 
 def score_from_ncut(ncut: float) -> float:
@@ -54,14 +73,12 @@ def object_ncuts(feats: torch.Tensor, patches: np.ndarray, tau: float, eps: floa
     `sequential`: as MaskCut found them, each on the graph without the earlier objects' patches."""
     if len(patches) == 0:
         return []
-    graph = CosineGraph(feats, tau, eps)
-    removed = np.zeros(graph.n, dtype=bool)
-    values = []
-    for mask in np.asarray(patches, dtype=bool).reshape(len(patches), -1):
-        values.append(ncut_value(graph, mask, removed if sequential and removed.any() else None))
-        if sequential:
-            removed |= mask
-    return values
+    masks = np.asarray(patches, dtype=bool).reshape(len(patches), -1)
+    removed = None
+    if sequential:  # object i without objects 0..i-1
+        removed = np.zeros_like(masks)
+        removed[1:] = np.logical_or.accumulate(masks, axis=0)[:-1]
+    return ncut_values(feats, masks, removed, tau, eps)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from dino_seg.batching import prefetched
+from dino_seg.precision import autocast
 from dino_seg.davis import DavisError, first_frame_labels, num_objects, read_frame
 from dino_seg.errors import UserError
 from dino_seg.models import patch_features
@@ -264,14 +265,16 @@ def soft_to_mask(soft: torch.Tensor, patch_size: int, original_hw: tuple[int, in
 
 @torch.no_grad()
 def frame_features(model: nn.Module, frames: Iterable[torch.Tensor], *, bs: int = 6,
-                   device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-    """Patch features (h, w, D) of each frame (3, H, W), the backbone run on batches of `bs` frames."""
+                   device: torch.device | str = "cpu", precision: str = "fp32") -> Iterator[torch.Tensor]:
+    """Patch features (h, w, D) of each frame (3, H, W), the backbone run on batches of `bs` frames at
+    `precision` (dino_seg.precision; the features come back as float32, so propagation stays fp32)."""
     if bs < 1:
         raise UserError(f"--bs: expected a positive batch size, got {bs}")
     batch: list[torch.Tensor] = []
 
     def run(items: list[torch.Tensor]) -> Iterator[torch.Tensor]:
-        feats = patch_features(model, torch.stack(items).to(device))  # (B, h, w, D)
+        with autocast(precision, device):
+            feats = patch_features(model, torch.stack(items).to(device))  # (B, h, w, D)
         yield from feats.float().unbind(0)
 
     for frame in frames:
@@ -328,6 +331,7 @@ def segment_sequence(
     bs: int = 6,
     device: torch.device | str = "cpu",
     short_side: int = 480,
+    precision: str = "fp32",
 ) -> Iterator[tuple[int, np.ndarray]]:
     """(frame index, (H, W) uint8 object indices) for frames 1.. of a sequence, given the first frame's
     annotation (H, W) uint8 (255 = void). Frames are read as the reference reads them."""
@@ -350,7 +354,7 @@ def segment_sequence(
             yield x
 
     # Frames are decoded by a thread up to two batches ahead, while the backbone and propagation run.
-    feats = frame_features(model, prefetched(read_all(), depth=2 * bs), bs=bs, device=device)
+    feats = frame_features(model, prefetched(read_all(), depth=2 * bs), bs=bs, device=device, precision=precision)
     softs = propagate_sequence(feats, labels, n_last_frames=n_last_frames, topk=topk, radius=radius,
                                temperature=temperature)
     for idx, soft in enumerate(softs, start=1):

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
+import re
 import shutil
+import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -132,11 +137,14 @@ class VideoWriter:
     def _open(self, w: int, h: int) -> None:
         for fourcc, suffix in self.codecs:
             target = AtomicFile(self.out_stem.with_suffix(suffix))
-            writer = cv2.VideoWriter(str(target.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, (w, h))
-            if writer.isOpened():
+            with quiet_opencv():
+                writer = cv2.VideoWriter(str(target.tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, (w, h))
+                opened = writer.isOpened()
+                if not opened:
+                    writer.release()
+            if opened:
                 self._target, self._writer, self.fourcc = target, writer, fourcc
                 return
-            writer.release()
             target.discard()
         self._target, self.fourcc = AtomicFile(self.out_stem.with_suffix(".gif")), "GIF"
 
@@ -156,7 +164,7 @@ class VideoWriter:
             held = (len(self._gif) + 1) * self._size[0] * self._size[1] * 4
             if held > self.gif_max_bytes:
                 raise VideoError(
-                    f"{self.out_stem.name}: this OpenCV build writes neither H.264 nor VP8, and the GIF fallback "
+                    f"{self.out_stem.name}: this OpenCV build does not write VP8, and the GIF fallback "
                     f"holds every frame in memory: {len(self._gif) + 1} frames of {self._size[0]}x{self._size[1]} "
                     f"pass its cap of {self.gif_max_bytes / 2**20:.0f} MB; use fewer or smaller frames, or an "
                     "OpenCV with a video codec (opencv-python-headless from PyPI writes VP8)")
@@ -202,7 +210,7 @@ class VideoWriter:
 
 def write_video(frames: Iterable[np.ndarray], out_stem: Path, fps: float,
                 codecs: tuple[tuple[str, str], ...] | None = None) -> Path:
-    """RGB frames as a video that Chromium plays: H.264 MP4 if OpenCV has it, else VP8 WebM, else an animated GIF.
+    """RGB frames as a video that Chromium plays: VP8 WebM if OpenCV writes it, else an animated GIF.
 
     `codecs` overrides the (fourcc, suffix) pairs probed from this OpenCV build; the suffix replaces
     `out_stem`'s. `frames` may be a generator: frames are written as they come, to a temporary file
@@ -215,12 +223,12 @@ def write_video(frames: Iterable[np.ndarray], out_stem: Path, fps: float,
 
 def format_codecs(video_format: str | None) -> tuple[tuple[str, str], ...]:
     """The (fourcc, suffix) pairs to try for a container: None is the browser-playable default; "mp4" is
-    H.264 when this build has it, else MPEG-4 part 2 as video_generation.py writes ('MP4V', which browsers
-    do not play); "avi" is Xvid as video_generation.py writes; "webm" is VP8."""
+    MPEG-4 part 2 as video_generation.py writes ('MP4V', which browsers do not play; H.264 is not asked for:
+    see BROWSER_CODECS); "avi" is Xvid as video_generation.py writes; "webm" is VP8."""
     if video_format is None:
         return _video_codecs()
     if video_format == "mp4":
-        return (("avc1", ".mp4"),) if ("avc1", ".mp4") in _video_codecs() else (("mp4v", ".mp4"),)
+        return (("mp4v", ".mp4"),)
     if video_format == "avi":
         return (("XVID", ".avi"),)
     if video_format == "webm":
@@ -233,24 +241,61 @@ def plays_in_browser(fourcc: str | None) -> bool:
     return fourcc in ("avc1", "VP80", "GIF")
 
 
+# Tried in this order: VP8 in WebM (Chromium plays it, pip's OpenCV writes it). H.264 ('avc1') is not tried:
+# asking FFmpeg for it probes hardware encoders (h264_v4l2m2m ...), which print errors on every machine without
+# one, and pip's OpenCV has no software H.264 encoder anyway.
+BROWSER_CODECS = (("VP80", ".webm"),)
+# What OpenCV prints (a plain fprintf, not its logging) for any fourcc in WebM, whose muxer has no tag table,
+# before it writes the requested codec anyway: harmless, so dropped.
+_HARMLESS = re.compile(r"^OpenCV: FFMPEG: tag 0x[0-9a-f]{8}/'.{4}' is not supported with codec id \d+ and format "
+                       r"'webm / WebM'$")
+_QUIET_LOCK = threading.Lock()
+
+
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """Open or close a cv2.VideoWriter without console noise: OpenCV's logging is silenced, and what FFmpeg and
+    OpenCV print on the process's stderr meanwhile is held back, then passed on without the harmless WebM tag
+    line. A successful write prints nothing; a real error still shows."""
+    with _QUIET_LOCK:  # one at a time: each swaps file descriptor 2
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as held:
+            os.dup2(held.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                cv2.utils.logging.setLogLevel(level)
+                held.seek(0)
+                lines = held.read().decode(errors="replace").splitlines()
+                kept = [line for line in lines if line.strip() and not _HARMLESS.match(line)]
+                if kept:  # another thread's lines, or a real error: shown, only later
+                    print("\n".join(kept), file=sys.stderr, flush=True)
+
+
 @functools.lru_cache(maxsize=1)
 def _video_codecs() -> tuple[tuple[str, str], ...]:
-    """The (fourcc, suffix) pairs this OpenCV build can write, best first; probed once.
+    """The browser-playable (fourcc, suffix) pairs this OpenCV build can write, best first; probed once, quietly.
 
-    pip's headless OpenCV usually lacks H.264 (avc1) and writes MPEG-4 part 2 ('mp4v'), which Chromium
-    does not play; VP8 in WebM it writes and Chromium plays."""
+    pip's headless OpenCV writes VP8 in WebM, which Chromium plays; MPEG-4 part 2 ('mp4v') it writes too, but
+    Chromium does not play it."""
     found = []
     probe = Path(tempfile.mkdtemp(prefix="dino-seg-codec-"))
     try:
-        for fourcc, suffix in (("avc1", ".mp4"), ("VP80", ".webm")):
-            writer = cv2.VideoWriter(str(probe / f"probe{suffix}"), cv2.VideoWriter_fourcc(*fourcc), 5, (64, 64))
-            if writer.isOpened():
-                writer.write(np.zeros((64, 64, 3), np.uint8))
+        for fourcc, suffix in BROWSER_CODECS:
+            with quiet_opencv():
+                writer = cv2.VideoWriter(str(probe / f"probe{suffix}"), cv2.VideoWriter_fourcc(*fourcc), 5,
+                                         (64, 64))
+                opened = writer.isOpened()
+                if opened:
+                    writer.write(np.zeros((64, 64, 3), np.uint8))
                 writer.release()
-                if (probe / f"probe{suffix}").stat().st_size > 0:
-                    found.append((fourcc, suffix))
-            else:
-                writer.release()
+            if opened and (probe / f"probe{suffix}").stat().st_size > 0:
+                found.append((fourcc, suffix))
     finally:
         shutil.rmtree(probe, ignore_errors=True)
     return tuple(found)

@@ -13,6 +13,11 @@ Any DINO generation: DINO, DINOv2 (with or without registers) and DINOv3 weights
 The maps are the last block's [CLS] query row, softmax over every token (registers included; DINOv3 with RoPE
 applied as its attention does), restricted to the patches. For a model with registers, register_share.csv
 gives, per image and head, the share of the [CLS] attention that goes to the registers.
+Folders: --batch_size images of equal preprocessed size per forward pass, decoded by --num_workers loader
+processes; --precision bf16/fp16 autocast (fp32, the default, is exact). Under torchrun or SLURM the images are
+split over the processes (every world_size-th image); rank 0 writes the tables and summary.json (world_size, and
+the rank that made each image's outputs). The outputs equal those of one process.
+
 Input size: --image_size H W resizes to exactly H x W (multiples of the patch, 14 for DINOv2 and 16 for DINOv3,
 are used as given); one value resizes the short side; the pixels past the last whole patch are then cropped.
 """
@@ -22,22 +27,29 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import sys
+import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from dino_seg.attention import compute_attention, masks_to_image_size, resized_size
-from dino_seg.cli import check_output_dir, run_command
-from dino_seg.device import pick_device
+from dino_seg.attention import attention_results, masks_to_image_size, preprocess, preprocessed_size, resized_size
+from dino_seg.backbones import as_backbone
+from dino_seg.batching import batched
+from dino_seg.cli import check_output_dir
+from dino_seg.distributed import DistInfo
 from dino_seg.files import remove_stale_temp, save_npy, save_png, save_text
 from dino_seg.groundtruth import ground_truth_files, load_mask
 from dino_seg.images import ImageError, list_images, load_image
 from dino_seg.masks import mask_iou
 from dino_seg.models import is_vit
+from dino_seg.precision import PRECISIONS, autocast, check_precision
+from dino_seg.sharding import GlobalCounter, gather_to_main, shard_indices
 from dino_seg.viz import attention_panels
-from eval.common import add_weight_flags, load_from_args, output_folders
+from eval.common import add_launch_flags, add_weight_flags, load_from_args, output_folders, run_launched
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "blackswan.jpg"
 
@@ -57,8 +69,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gt_dir", default=None, type=str,
                         help="Folder of ground-truth masks (binary or palette PNGs) matched by file stem: "
                              "score the masks by Jaccard.")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    parser.add_argument("--batch_size", default=1, type=int,
+                        help="Images per forward pass; images of the same preprocessed size are batched together.")
+    parser.add_argument("--num_workers", default=0, type=int,
+                        help="Loader processes decoding and resizing images ahead of the model (0: in this process).")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp32 (exact, the default); bf16 (CUDA, or a CPU with bfloat16) or fp16 (CUDA) autocast.")
+    add_launch_flags(parser)
     return parser
+
+
+def _load(path: Path, image_size: tuple[int, ...], patch_size: int):
+    """(preprocessed image (3, H, W), original (W, H)): what a loader worker makes of one file."""
+    # A huge JPEG may be decoded reduced, as long as that still covers the size the model gets.
+    need = image_size * 2 if len(image_size) == 1 else image_size[::-1]
+    image = load_image(path, min_size=(need[0], need[1]))
+    return preprocess(image, image_size, patch_size)[0], image.size
+
+
+def _size_key(path: Path, image_size: tuple[int, ...], patch_size: int) -> tuple[int, int] | None:
+    """The preprocessed size of an image from its header (EXIF rotation included), without decoding it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees on load
+                w, h = h, w
+    except Exception:  # noqa: BLE001 -- an unreadable file is reported when the loader opens it
+        return None
+    return preprocessed_size((w, h), image_size, patch_size)
 
 
 def write_outputs(out_dir: Path, result, threshold: float) -> np.ndarray:
@@ -104,10 +144,17 @@ def _mean_row(rows: list[dict], columns: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return run_command(lambda: run(args), interrupted="the outputs written so far are complete (files are written whole)")
+    return run_launched(args, lambda info, say: run(args, info),
+                        interrupted="the outputs written so far are complete (files are written whole)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
+    """Under torchrun or SLURM (`info`), every rank computes its share of the images (every world_size-th) and
+    rank 0 alone writes the score tables and summary.json."""
+    import torch
+
+    info = info or DistInfo(0, 1, 0, torch.device("cpu"), None, "none")
+    say = print if info.is_main else (lambda *a, **k: None)
     # The inputs are checked before the weights are loaded (or downloaded): a wrong path fails at once.
     image_path = Path(args.image_path)
     if image_path.is_dir():
@@ -134,61 +181,97 @@ def run(args: argparse.Namespace) -> int:
 
     output_dir = Path(args.output_dir)
     check_output_dir(output_dir)
-    model, description = load_from_args(args, pick_device(args.device))
+    if args.batch_size < 1:
+        print(f"error: --batch_size: expected at least 1, got {args.batch_size}", file=sys.stderr)
+        return 2
+    check_precision(args.precision, info.device)
+    model, description = load_from_args(args, info.device)
     if not is_vit(model):
         print("error: --arch resnet50 has no self-attention; use a ViT", file=sys.stderr)
         return 2
-    print(f"weights: {description}")
+    say(f"weights: {description}" + (f" (x{info.world_size} processes, {info.backend})" if info.distributed else ""))
     # Temporary files of a run killed mid-write (kill -9) are never completed: remove them from the folders this
     # run writes (not the whole tree under OUTPUT_DIR, which defaults to the working directory).
-    stale = remove_stale_temp(output_dir, recursive=False)
-    for folder in sorted(set(folders.values())):
-        stale += remove_stale_temp(output_dir / folder, recursive=False)
+    mine = [images[i] for i in shard_indices(len(images), info.rank, info.world_size)]
+    stale = remove_stale_temp(output_dir, recursive=False) if info.is_main else []
+    for path in mine:
+        stale += remove_stale_temp(output_dir / folders[path], recursive=False)
     if stale:
         print(f"removed {len(stale)} stale temporary file(s) of an interrupted run")
     rows: list[dict[str, float | str]] = []
     shares: list[dict[str, float | str]] = []  # register share per image and head (models with registers)
-    skipped = 0
-    for path in tqdm(images, desc="images", unit="img", disable=len(images) == 1):
-        try:
-            # A huge JPEG may be decoded reduced, as long as that still covers the size the model gets.
-            need = args.image_size * 2 if len(args.image_size) == 1 else args.image_size[::-1]
-            image = load_image(path, min_size=(need[0], need[1]))
-            result = compute_attention(model, image, tuple(args.image_size))
-        except (ImageError, ValueError) as err:
-            if len(images) == 1:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
-            tqdm.write(f"warning: skipped {err}")
-            skipped += 1
-            continue
-        try:
-            masks = write_outputs(output_dir / folders[path], result, args.threshold)
-        except OSError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        name = path.name if image_path == path else path.relative_to(image_path).as_posix()
-        if result.register_share is not None:
-            shares.append({"image": name, **{f"head{j}": float(v) for j, v in enumerate(result.register_share)},
-                           "mean_head": float(result.register_share.mean())})
-        if gt_dir is None:
-            continue
-        gt_path = gt_files[path]
-        if gt_path is None:
-            tqdm.write(f"warning: no ground truth for {path.name} in {gt_dir}; not scored")
-            continue
-        try:
-            fg, void = load_mask(gt_path)
-        except ImageError as err:
-            tqdm.write(f"warning: {err}; not scored")
-            continue
-        # Score at the ground truth's own resolution: the masks go back through the crop and resize.
-        resized = resized_size(image.size, args.image_size)
-        full = masks_to_image_size(masks, resized, fg.shape)
-        scores = [mask_iou(m, fg, void, empty=1.0) for m in full]
-        rows.append({"image": name, **{f"head{j}": s for j, s in enumerate(scores[:-1])},
-                     "best_head": max(scores[:-1]), "mean_map": scores[-1]})
+    failed: dict[str, str] = {}  # unreadable images: name -> reason
+    made: dict[str, int] = {}  # image name -> the rank that made its outputs
+    heads = 0
+    patch = as_backbone(model).patch_size
+    image_size = tuple(args.image_size)
+    counter = GlobalCounter("attention_images")
 
+    def rel_name(path: Path) -> str:
+        return path.name if image_path == path else path.relative_to(image_path).as_posix()
+
+    loader = batched(mine, partial(_load, image_size=image_size, patch_size=patch),
+                     [_size_key(p, image_size, patch) for p in mine], batch_size=args.batch_size,
+                     num_workers=args.num_workers)
+    with tqdm(total=len(images), desc="images", unit="img", file=sys.stderr,
+              disable=len(images) == 1 or not info.is_main) as bar:
+        for batch in loader:
+            for index, reason in batch.failed.items():
+                if len(images) == 1:
+                    print(f"error: {reason}", file=sys.stderr)
+                    return 2
+                tqdm.write(f"warning: skipped {reason}")
+                failed[rel_name(mine[index])] = reason
+                bar.update(counter.add() - bar.n)
+            if batch.tensor is None:
+                continue
+            with autocast(args.precision, info.device):
+                results = attention_results(model, batch.tensor)
+            for index, result, original_wh in zip(batch.indices, results, batch.extras):
+                path = mine[index]
+                masks = write_outputs(output_dir / folders[path], result, args.threshold)
+                heads = len(masks) - 1
+                name = rel_name(path)
+                made[name] = info.rank
+                bar.update(counter.add() - bar.n)
+                if result.register_share is not None:
+                    shares.append({"image": name, **{f"head{j}": float(v) for j, v in enumerate(result.register_share)},
+                                   "mean_head": float(result.register_share.mean())})
+                if gt_dir is None:
+                    continue
+                gt_path = gt_files[path]
+                if gt_path is None:
+                    tqdm.write(f"warning: no ground truth for {name} in {gt_dir}; not scored")
+                    continue
+                try:
+                    fg, void = load_mask(gt_path)
+                except ImageError as err:
+                    tqdm.write(f"warning: {err}; not scored")
+                    continue
+                # Score at the ground truth's own resolution: the masks go back through the crop and resize.
+                full = masks_to_image_size(masks, resized_size(original_wh, args.image_size), fg.shape)
+                scores = [mask_iou(m, fg, void, empty=1.0) for m in full]
+                rows.append({"image": name, **{f"head{j}": s for j, s in enumerate(scores[:-1])},
+                             "best_head": max(scores[:-1]), "mean_map": scores[-1]})
+        while info.is_main and info.distributed and counter.value() < len(images):  # the other ranks' images
+            bar.update(counter.value() - bar.n)
+            time.sleep(0.2)
+        bar.update(counter.value() - bar.n)
+    parts = gather_to_main({"rows": rows, "shares": shares, "failed": failed, "made": made, "heads": heads},
+                           info.rank, info.world_size)
+    if parts is None:
+        return 0  # ranks other than 0: rank 0 writes the tables and the summary
+    order = {rel_name(p): i for i, p in enumerate(images)}  # tables in image order, whatever the split
+    rows = sorted((r for part in parts for r in part["rows"]), key=lambda r: order[r["image"]])
+    shares = sorted((r for part in parts for r in part["shares"]), key=lambda r: order[r["image"]])
+    failed = {k: v for part in parts for k, v in part["failed"].items()}
+    made = dict(sorted(((k, v) for part in parts for k, v in part["made"].items()), key=lambda kv: order[kv[0]]))
+    heads = max(part["heads"] for part in parts)
+    skipped = len(failed)
+    save_text(output_dir / "summary.json", json.dumps({
+        "world_size": info.world_size, "batch_size": args.batch_size, "precision": args.precision,
+        "weights": description, "images": {name: {"rank": rank} for name, rank in made.items()},
+        "skipped": failed}, indent=2) + "\n")
     done = len(images) - skipped
     print(f"wrote attention maps and masks of {done} image(s) to {output_dir}" +
           (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
@@ -205,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         if not rows:
             print(f"error: no image had a ground-truth mask in {gt_dir}", file=sys.stderr)
             return 2
-        text = score_table(rows, heads=len(masks) - 1)
+        text = score_table(rows, heads=heads)
         try:
             save_text(output_dir / "jaccard.csv", text)
         except OSError as err:

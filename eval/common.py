@@ -129,8 +129,9 @@ def add_discovery_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eps", default=1e-5, type=float, help="Affinity of the pairs under tau.")
     parser.add_argument("--k_patches", default=100, type=int, help="LOST: lowest-degree patches that may expand the seed.")
     parser.add_argument("--n_objects", default="3", type=str,
-                        help="MaskCut: most objects per image, or 'auto': cut until a cut is no object "
-                             "(its Ncut over 0.5; dino_seg/objectness.py).")
+                        help="MaskCut: most objects per image, or 'auto': keep only objects (score 1 - Ncut >= 0.5; "
+                             "dino_seg/objectness.py): MaskCut cuts until a cut is no object, the other methods "
+                             "give no object rather than a forced one.")
     parser.add_argument("--which_features", default="k", choices=("k", "q", "v"),
                         help="Last-block features the graph is built on.")
     parser.add_argument("--dinoseg_head", default="0", type=str,

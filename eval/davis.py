@@ -43,6 +43,7 @@ from dino_seg.propagation import segment_sequence
 from dino_seg.propagation_v3 import TrackingConfig, segment_sequence_v3
 from dino_seg.provenance import (differences, rank_sequences, read_provenance, remove_rank_provenance,
                                  weights_identity, write_provenance, write_rank_provenance)
+from dino_seg.precision import PRECISIONS, check_precision
 from dino_seg.sharding import GlobalCounter, gather_to_main, shard_indices
 from dino_seg.weights import PRESETS
 from dino_seg.flags import bool_flag
@@ -74,6 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="Frames are resized to this short side: --protocol dino 480, the long side floored to a "
                              "multiple of 64; --protocol dinov3 960, both sides rounded up to multiples of the patch "
                              "(smaller is faster but scores differ from the published ones).")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="The backbone's precision: fp32 (exact, the default); bf16 (CUDA, or a CPU with "
+                             "bfloat16) or fp16 (CUDA) autocast. Propagation stays fp32.")
     add_launch_flags(parser)
     parser.add_argument("--overwrite", default=False, type=bool_flag, nargs="?", const=True,
                         help="Redo sequences whose outputs are already complete.")
@@ -198,6 +202,7 @@ def run_settings(args: argparse.Namespace, model: torch.nn.Module) -> dict:
         "patch_size": model.patch_size,
         "short_side": args.short_side,
         **({"protocol": args.protocol} if args.protocol != "dino" else {}),  # folders of earlier runs stay valid
+        **({"precision": args.precision} if getattr(args, "precision", "fp32") != "fp32" else {}),  # likewise
         "n_last_frames": args.n_last_frames,
         "topk": args.topk,
         "size_mask_neighborhood": args.size_mask_neighborhood,
@@ -273,6 +278,9 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
         plan.append((name, frames, first_gt))
 
     device = info.device
+    check_precision(args.precision, device)
+    if args.precision != "fp32" and args.protocol != "dino":
+        raise DavisError(f"--precision {args.precision}: only with --protocol dino for now (use fp32)")
     model, description = load_from_args(args, device)
     if not is_vit(model):
         raise DavisError("--arch: label propagation needs a ViT (patch features); ResNet-50 has none")
@@ -325,7 +333,7 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
             else:
                 masks = segment_sequence(model, frames, annotation, n_last_frames=args.n_last_frames,
                                          topk=args.topk, radius=args.size_mask_neighborhood, bs=args.bs,
-                                         device=device, short_side=args.short_side)
+                                         device=device, short_side=args.short_side, precision=args.precision)
             write_indexed_png(seq_dir / f"{frames[0].stem}.png", np.where(annotation == VOID_LABEL, 0, annotation))
             for idx, mask in masks:
                 write_indexed_png(seq_dir / f"{frames[idx].stem}.png", mask)

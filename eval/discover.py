@@ -9,8 +9,9 @@ For each image, OUTPUT_DIR/<image path relative to --image_path, without suffix>
 h x w), boxes.json ([x0, y0, x1, y1] per object, original-image pixels), objects.json (the same objects in the same
 order with their score, 1 - Ncut), objects.png (masks and boxes) and scores.png (the score map); with --refine
 also refined.npy (float32 H x W, the bilateral solver's soft output), refined_masks.npy and refined.png. With
---gt_dir (mask PNGs or VOC XML, in the image's subfolder first) or --benchmark, scores.csv gets one row per image and summary.json a `coarse` and
-(with --refine) a `refined` block: maxFbeta, IoU, Acc (TokenCut's metric.py), CorLoc and Jaccard, as fractions.
+--gt_dir (mask PNGs or VOC XML, in the image's subfolder first) or --benchmark, scores.csv gets one row per image
+and summary.json a `coarse` and (with --refine) a `refined` block: maxFbeta, IoU, Acc (TokenCut's metric.py), CorLoc
+and Jaccard, as fractions. --resume skips the images already complete in OUTPUT_DIR.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
             export.add_image(rel, saved.masks, saved.boxes, saved.scores)
         if path not in gt:
             if gt:
-                tqdm.write(f"warning: no ground truth for {path.name}; not scored")
+                tqdm.write(f"warning: no ground truth for {rel}; not scored")
             continue
         try:
             scores.add(rel, gt[path](), saved.masks, saved.boxes, saved.refined)

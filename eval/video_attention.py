@@ -50,9 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", default=None, type=float,
                         help=f"Frame rate of the video written (default: the input video's, else {DEFAULT_FPS}).")
     parser.add_argument("--video_format", default=None, choices=["mp4", "webm", "avi"],
-                        help="Container: mp4 is H.264 when this OpenCV build has it, else MPEG-4 part 2 (as the "
-                             "reference; browsers do not play it); avi is Xvid (as the reference); webm is VP8. "
-                             "Default: one the browser plays (H.264 MP4, else VP8 WebM).")
+                        help="Container: mp4 is MPEG-4 part 2 (as the reference; browsers do not play it); avi is "
+                             "Xvid (as the reference); webm is VP8. Default: one the browser plays (VP8 WebM).")
     parser.add_argument("--masks", default=None, nargs="?", const="mean", choices=MASK_MODES,
                         help="Also write masks.<format>: the masks keeping --threshold of the attention mass over "
                              "the frames, of the mean map (--masks or --masks mean) or one per head (--masks heads).")

@@ -26,3 +26,16 @@ def _private_cache_dir(tmp_path_factory, monkeypatch) -> Path:
     folder = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("DINO_SEG_CACHE_DIR", str(folder))
     return folder
+
+
+@pytest.fixture(params=["codec", "gif"])
+def video_codec(request, monkeypatch) -> str:
+    """Runs a test once per branch of the video writers: "codec", the build's best browser-playable codec, and
+    "gif", the animated-GIF fallback of an OpenCV build without one (forced by emptying the codec list)."""
+    from dino_seg import video
+
+    if request.param == "gif":
+        monkeypatch.setattr(video, "_video_codecs", lambda: ())
+    elif not video._video_codecs():
+        pytest.skip("this OpenCV build writes no browser-playable codec: only the GIF branch can run")
+    return request.param

@@ -20,12 +20,14 @@ from PIL import Image
 import app
 from app_fixtures import SIZE, SWAN, cfg, fresh_cache  # noqa: F401 - fixtures
 from dino_seg.app import attention as attention_tab
-from dino_seg.app import components, jobs, model_cache, weights_bar
+from dino_seg.app import components, jobs, model_cache, serve, weights_bar
 from dino_seg.app.config import BUNDLED_DAVIS
 from dino_seg.app.errors import friendly, scrub_paths
 from dino_seg.app.model_cache import RANDOM_WEIGHTS
 from dino_seg.app.scratch import SCRATCH, VIEWS, Scratch
+from dino_seg.files import NoSpaceError
 from dino_seg.models import build_backbone
+from dino_seg.weights import WeightsError
 
 
 def test_models_load_once_per_source(cfg):
@@ -64,7 +66,14 @@ def test_unavailable_preset_gives_a_banner_not_a_crash(cfg, tmp_path, monkeypatc
     assert "Weights not available: `dino_vits16`" in banner
     assert f"`{cache_path}`" in banner
     assert "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth" in banner
-    assert "--pretrained_weights PATH" in banner and RANDOM_WEIGHTS in banner
+    # The page's own words, and the presets the dropdown lists (all but the missing one).
+    assert "**Weights**" in banner and "**Upload a checkpoint (.pth)**" in banner and f"**{RANDOM_WEIGHTS}**" in banner
+    named = re.search(r"another preset in \*\*Weights\*\* \(([^)]*)\)", banner).group(1)
+    dropdown = [value for _, value in weights_bar.weight_choices(cfg) if value in model_cache.PRESETS]
+    # "DINO: `a`, `b`; DINOv2: `c`, ...": the generations' groups in the dropdown's order
+    listed = [name for group in named.replace("`", "").split("; ") for name in group.split(": ")[1].split(", ")]
+    assert listed == [v for v in dropdown if v != "dino_vits16"]
+    assert "`dino_resnet50`" not in banner  # no attention: not in the dropdown either
     with pytest.raises(gr.Error, match=re.escape(str(cache_path))):
         attention_tab.run_attention(str(SWAN), "dino_vits16", SIZE, 0.6, cfg)
 
@@ -129,14 +138,26 @@ def test_scratch_never_deletes_a_folder_in_use():
     assert not scratch.root.exists()
 
 
-def test_unexpected_errors_become_one_line(capsys):
+@pytest.mark.parametrize("error", [KeyError("boom"), ValueError("boom"), OSError("boom")])
+def test_unexpected_errors_become_one_line(capsys, error):
+    # Only the project's input errors are the person's fault: a ValueError or OSError of ours is a bug.
     @friendly
     def broken() -> None:
-        raise KeyError("boom")
+        raise error
 
-    with pytest.raises(gr.Error, match=r"unexpected error \(KeyError\): 'boom'"):
+    with pytest.raises(gr.Error, match=rf"unexpected error \({type(error).__name__}\): .*boom"):
         broken()
     assert "Traceback" in capsys.readouterr().err  # the console keeps the trace; the page does not
+
+
+def test_full_disks_and_refused_paths_are_the_persons_to_fix(capsys, tmp_path):
+    @friendly
+    def full() -> None:
+        raise NoSpaceError(tmp_path / "out.webm")
+
+    with pytest.raises(gr.Error, match="no space left on device while writing"):
+        full()
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_user_errors_are_one_line_on_the_console_without_temporary_paths(capsys, monkeypatch, tmp_path):
@@ -145,7 +166,7 @@ def test_user_errors_are_one_line_on_the_console_without_temporary_paths(capsys,
 
     @friendly
     def refuse(path: str) -> None:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ('{path}' is text)")
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ('{path}' is text)")
 
     with pytest.raises(gr.Error) as raised:
         refuse(str(upload))
@@ -177,6 +198,29 @@ def test_page_has_four_tabs_and_the_flags_have_their_defaults(cfg):
     assert (args.pretrained_weights, args.host, args.port, args.share) == ("dino_vits16", "127.0.0.1", 7860, False)
     assert args.davis_root == str(BUNDLED_DAVIS)
     assert app.main(["--device", "nonsense"]) == 2
+
+
+def test_a_new_davis_root_redraws_the_preview_and_successes_close_error_toasts(cfg):
+    demo = app.build_demo(cfg)
+    fns = {fn.api_name: fn for fn in demo.fns.values()}
+    # The preview follows the listing of a submitted root, even when the dropdown keeps its value (no change).
+    redraw = fns["root_first_frame"]
+    assert redraw.trigger_after == fns["list_davis"]._id and redraw.trigger_only_on_success
+    assert [o.elem_id for o in redraw.outputs] == ["video-first"]
+    # Each run that can fail closes the earlier error toasts once it succeeds, in the browser (no request).
+    closing = [fn for fn in demo.fns.values() if fn.js == components.CLEAR_ERRORS_JS]
+    assert all(fn.fn is None and fn.trigger_only_on_success for fn in closing)
+    names = {fn._id: fn.api_name for fn in demo.fns.values()}
+    assert sorted(names[fn.trigger_after] for fn in closing) == [
+        "attention_video", "discover", "open_results", "open_training", "propagate", "use_checkpoint"]
+
+
+def test_the_start_up_line_names_share_not_gradios_launch_hint():
+    line = serve.started_line("127.0.0.1", 7861, share=False)
+    assert line == ("* Running on http://127.0.0.1:7861 (python app.py --share adds a public gradio.live link); "
+                    "Ctrl-C stops the app")
+    assert "launch()" not in line and "--share" not in serve.started_line("::1", 7861, share=True)
+    assert serve.started_line("::1", 7861, share=True).startswith("* Running on http://[::1]:7861;")
 
 
 def test_the_library_imports_without_gradio():

@@ -31,7 +31,7 @@ def _jf_from_note(note: str) -> tuple[float, float, float]:
     return tuple(float(v) for v in match.groups())
 
 
-def test_davis_sequence_propagation_and_scores(cfg):
+def test_davis_sequence_propagation_and_scores(cfg, video_codec):
     update = video_tab.list_davis(None, cfg)
     assert update["choices"] == ["blackswan"] and update["value"] == "blackswan"
     first = video_tab.davis_first_frame(None, "blackswan", cfg)
@@ -41,8 +41,11 @@ def test_davis_sequence_propagation_and_scores(cfg):
     assert len(paths) == 4 and slider["maximum"] == 3
     assert video_tab.show_frame(paths, 2) == paths[2] and video_tab.show_frame(paths, 99) == paths[3]
     assert "only the first 4 of 12 frames are used" in note and "240-pixel short side" in note
-    if video is None:  # no browser-playable codec in this OpenCV: the GIF goes to the frame view
+    assert (video is None) == (video_codec == "gif")
+    if video_codec == "gif":  # no browser-playable codec in this OpenCV: the GIF goes to the frame view
         assert Path(first_overlay).suffix == ".gif" and "animated GIF" in note
+        with Image.open(first_overlay) as gif:
+            assert gif.n_frames == 4
     else:
         assert Path(video).suffix in (".mp4", ".webm") and first_overlay.shape == (480, 854, 3)
         capture = cv2.VideoCapture(video)
@@ -184,12 +187,13 @@ def test_errors_name_uploads_by_file_name_only(cfg, tmp_path, monkeypatch, capsy
     # The console gets the same single line, not a traceback.
     assert capsys.readouterr().err == f"run_video: {message}\n"
 
-def test_attention_video_of_a_davis_sequence(cfg):
+def test_attention_video_of_a_davis_sequence(cfg, video_codec):
     video, masks, note = video_tab.run_attention_video(
         video_tab.DAVIS_SOURCE, None, "blackswan", None, None, 3, 240, "heads", 0.6, cfg)
     assert "3 frames" in note and "short side 240 px" in note and "one per head" in note
     assert "only the first 3 of 12 frames are used" in note
-    if video is None:  # no browser-playable codec in this OpenCV build
+    assert (video is None) == (video_codec == "gif")
+    if video_codec == "gif":  # no browser-playable codec in this OpenCV build
         assert "no browser-playable video codec" in note and masks is None
         return
     model, _ = model_cache.get_model(None, cfg)
@@ -226,3 +230,33 @@ def test_switching_mode_shows_one_set_of_controls():
     labels = [u["visible"] for u in video_tab.switch_video_mode(video_tab.PROPAGATION_MODE)]
     attention = [u["visible"] for u in video_tab.switch_video_mode(video_tab.ATTENTION_MODE)]
     assert labels == [True] * 4 + [False] * 3 and attention == [not v for v in labels]
+
+
+def test_writing_a_video_prints_nothing(tmp_path, capfd):
+    # Probing H.264 printed FFmpeg's hardware-encoder errors and WebM printed OpenCV's tag warning, even when the
+    # video was fine; the codec is now chosen without H.264 and OpenCV's output held back.
+    from dino_seg import video as video_lib
+
+    video_lib._video_codecs.cache_clear()  # the probe itself must be quiet too
+    frames = [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(3)]
+    path = video_lib.write_video(frames, tmp_path / "clip", 10)
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    assert path.suffix in (".webm", ".gif")  # VP8 when this OpenCV writes it (pip's does), else the GIF
+    if path.suffix == ".webm":
+        capture = cv2.VideoCapture(str(path))
+        count = 0
+        while capture.read()[0]:
+            count += 1
+        assert count == 3
+
+
+def test_quiet_opencv_passes_real_errors_on(capfd):
+    import os
+
+    from dino_seg.video import quiet_opencv
+
+    with quiet_opencv():
+        os.write(2, b"OpenCV: FFMPEG: tag 0x30385056/'VP80' is not supported with codec id 139 and format "
+                    b"'webm / WebM'\nsomething really failed\n")
+    assert capfd.readouterr().err == "something really failed\n"

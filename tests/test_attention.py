@@ -297,7 +297,7 @@ def test_decompression_bombs_are_skipped_or_decoded_reduced(tmp_path, tiny_vit_w
     assert f"warning: skipped {images / 'a_bomb.png'}: too large to decode safely (Image size (4096 pixels) " \
            "exceeds limit of 3000 pixels" in captured.out + captured.err
     assert "of 2 image(s)" in captured.out and "1 unreadable file(s) skipped" in captured.out
-    assert sorted(p.name for p in out.iterdir()) == ["b_big", "c_small"]
+    assert sorted(p.name for p in out.iterdir()) == ["b_big", "c_small", "summary.json"]
     assert Image.open(out / "b_big" / "img.png").size == (32, 32)
     # The reduced decode is libjpeg's 1/8 scale: 32 x 32, the size asked for.
     assert load_image(images / "b_big.jpg", min_size=(32, 32)).size == (32, 32)
@@ -319,7 +319,7 @@ def test_cli_output_dir_that_is_a_file_and_ctrl_c_are_one_line(tmp_path, tiny_vi
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "compute_attention", interrupted)
+    monkeypatch.setattr(cli, "attention_results", interrupted)
     assert cli.main(common + ["--output_dir", str(tmp_path / "out")]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "interrupted: the outputs written so far are complete (files are written whole)"

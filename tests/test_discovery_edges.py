@@ -181,3 +181,27 @@ def test_zero_annotation_labels_take_the_paired_ids_and_drop_the_rest():
     assert objects_to_labels(found)[0].tolist() == [0] + [1] * 6 + [0] * 5 + [3] * 2 + [0] + [4] * 4 + [0]
     with pytest.raises(ValueError, match="annotation of"):
         objects_to_labels(found, annotation[:, :10])
+
+
+def test_eval_discover_scores_a_shared_stem_only_against_its_own_subfolder(tmp_path, tiny_vit_weights, capsys):
+    from eval import discover as cli
+
+    rng = np.random.default_rng(5)
+    images = tmp_path / "images"
+    for sub in ("a", "b"):
+        (images / sub).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(images / sub / "x.png")
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    Image.fromarray(np.full((32, 48), 255, np.uint8)).save(gt / "x.png")  # names both images' stem
+    base = ["--pretrained_weights", str(tiny_vit_weights), "--image_path", str(images), "--device", "cpu",
+            "--gt_dir", str(gt), "--output_dir", str(tmp_path / "out")]
+    # a/x.png and b/x.png share the stem: gt/x.png is neither's (before, both were scored against it).
+    assert cli.main(base) == 2
+    assert "no mask PNG or VOC XML named like any of the 2 image(s)" in capsys.readouterr().err
+    (gt / "a").mkdir()
+    Image.fromarray(np.full((32, 48), 255, np.uint8)).save(gt / "a" / "x.png")
+    assert cli.main(base) == 0
+    rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["a/x.png"]
+    assert "warning: no ground truth for b/x.png; not scored" in capsys.readouterr().out

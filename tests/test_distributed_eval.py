@@ -1,5 +1,6 @@
 """Evaluations under torchrun: two CPU/gloo processes give byte-identical outputs and scores to one process,
-both ranks do work, rank 0 alone scores and summarises, and an interrupted multi-process run resumes per item."""
+both ranks do work, rank 0 alone scores and summarises, an interrupted multi-process run resumes per item, and
+--precision is checked and recorded."""
 
 from __future__ import annotations
 
@@ -69,3 +70,66 @@ def test_davis_two_processes_equal_one(tmp_path, tiny_vit_weights):
     assert "skipped 2 complete sequence(s) (--overwrite true to redo): shapes, more" in proc.stderr
     assert _files(two, "*.png") == masks_one
     assert json.loads((two / "summary.json").read_text())["per_sequence"]["third"]["rank"] == 0
+
+
+def _images(folder: Path) -> tuple[Path, Path]:
+    import numpy as np
+    from PIL import Image
+
+    images, gts = folder / "images", folder / "gt"
+    for i, hw in enumerate([(64, 96), (48, 48), (64, 96), (32, 80), (48, 48)]):
+        (images / f"s{i % 2}").mkdir(parents=True, exist_ok=True)
+        (gts / f"s{i % 2}").mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(images / f"s{i % 2}" / f"im{i}.png")
+        gt = np.zeros(hw, np.uint8)
+        gt[hw[0] // 4: 3 * hw[0] // 4, hw[1] // 4: hw[1] // 2] = 255
+        Image.fromarray(gt).save(gts / f"s{i % 2}" / f"im{i}.png")
+    return images, gts
+
+
+@pytest.mark.slow
+def test_attention_two_processes_equal_one_and_batches_equal_single_images(tmp_path, tiny_vit_weights):
+    import numpy as np
+
+    from eval import attention
+
+    images, gts = _images(tmp_path)
+    common = ["--pretrained_weights", tiny_vit_weights, "--image_path", images, "--gt_dir", gts,
+              "--image_size", 64, "--device", "cpu"]
+    one, two, batched = tmp_path / "one", tmp_path / "two", tmp_path / "batched"
+    _launch("eval.attention", common + ["--output_dir", one], 1)
+    proc = _launch("eval.attention", common + ["--output_dir", two], 2)
+    assert proc.stdout.count("Jaccard at threshold 0.6 over 5 image(s)") == 1  # rank 0 scores alone
+    files_one = _files(one, "*.*")
+    files_one.pop("summary.json")
+    assert files_one == {k: v for k, v in _files(two, "*.*").items() if k != "summary.json"}  # byte-identical
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert [v["rank"] for v in summary["images"].values()] == [0, 1, 0, 1, 0]  # both ranks did work
+    # Batches of equal sizes (3 per pass, 2 loader workers): the same masks, attention to float rounding.
+    assert attention.main([str(a) for a in common + ["--output_dir", batched, "--batch_size", 3,
+                                                      "--num_workers", 2]]) == 0
+    for name in files_one:
+        if name.endswith("masks.npy"):
+            assert np.array_equal(np.load(one / name), np.load(batched / name)), name
+        elif name.endswith("attention.npy"):
+            np.testing.assert_allclose(np.load(one / name), np.load(batched / name), atol=1e-6, rtol=0)
+    assert (one / "jaccard.csv").read_text() == (batched / "jaccard.csv").read_text()
+
+
+def test_davis_precision_is_checked_and_recorded(tmp_path, tiny_vit_weights, capsys):
+    from dino_seg.precision import cpu_has_bf16
+    from eval import davis
+
+    root = make_davis(tmp_path / "davis", {"shapes": 3}, n_objects=1)
+    common = ["--pretrained_weights", str(tiny_vit_weights), "--data_path", str(root), "--short_side", "64",
+              "--device", "cpu"]
+    assert davis.main(common + ["--output_dir", str(tmp_path / "a"), "--precision", "fp16"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --precision fp16: not supported on CPU (no float16 autocast "
+                                               "kernels there); use bf16 or fp32")
+    if not cpu_has_bf16():
+        return
+    assert davis.main(common + ["--output_dir", str(tmp_path / "b"), "--precision", "bf16"]) == 0
+    record = json.loads((tmp_path / "b" / "provenance.json").read_text())
+    assert record["settings"]["precision"] == "bf16"  # bf16 masks are not resumed as fp32 ones

@@ -31,6 +31,7 @@ PARSERS = {
     "eval.knn": "eval.knn",
     "eval.linear": "eval.linear",
     "eval.video_attention": "eval.video_attention",
+    "dino_seg.export": "dino_seg.export",
     "app.py": "app",
 }
 

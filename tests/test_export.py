@@ -86,3 +86,26 @@ def test_resnet_is_refused(tmp_path, capsys):
     code = main(["--arch", "resnet50", "--output", str(tmp_path / "m.onnx")])
     assert code == 2
     assert "ONNX export needs a ViT" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["dinov2", "dinov2_reg", "dinov3"])
+def test_later_generations_export_at_one_size_with_dynamic_batch(tmp_path, family):
+    from dino_seg.export import export_onnx
+    from dino_seg.families import build_backbone as build_family
+    from reference_dinov23 import dinov2_state_dict, dinov3_state_dict
+
+    sd = dinov3_state_dict() if family == "dinov3" else dinov2_state_dict(registers=4 if family == "dinov2_reg" else 0)
+    backbone = build_family(sd, "t", num_heads=3)
+    assert backbone.family == family
+    p = backbone.patch_size
+    out = export_onnx(backbone, tmp_path / "m.onnx", (3 * p, 4 * p))  # dynamic sizes asked: one size given
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[2:] == [3 * p, 4 * p]
+    for b in (1, 3):
+        image = torch.randn(b, 3, 3 * p, 4 * p, generator=torch.Generator().manual_seed(b))
+        got = session.run(None, {"image": image.numpy()})
+        want = reference_outputs(backbone, image)  # registers dropped, [CLS] row over the patches
+        assert got[1].shape == (b, 12, 48) and got[2].shape == (b, 3, 12)
+        for name, ours, theirs in zip(("cls", "patch_tokens", "attention"), got, want):
+            np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-4, rtol=0, err_msg=f"{family} {name} batch {b}")

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from dino_seg.discovery import maskcut_objects
-from dino_seg.ncut import CosineGraph
-from dino_seg.objectness import MAX_NCUT, auto_count, ncut_value, object_ncuts, score_from_ncut
+from dino_seg.objectness import MAX_NCUT, affinity_product, auto_count, ncut_values, object_ncuts, score_from_ncut
 
 
 def _dense_ncut(feats, mask, keep, tau=0.2, eps=1e-5):
@@ -33,15 +32,22 @@ def _scene(grid=(6, 8), seed=0):
 def test_ncut_matches_dense_definition():
     feats, obj = _scene()
     rng = np.random.default_rng(0)
-    graph = CosineGraph(feats, 0.2, 1e-5)
-    for _ in range(3):
-        mask = rng.random(feats.shape[0]) < 0.3
-        removed = rng.random(feats.shape[0]) < 0.2
-        keep = ~removed
-        assert ncut_value(graph, mask, removed) == pytest.approx(_dense_ncut(feats, mask & keep, keep), rel=1e-5)
-    assert ncut_value(graph, obj.ravel()) == pytest.approx(_dense_ncut(feats, obj.ravel(), np.ones(48, bool)))
-    assert ncut_value(graph, obj.ravel()) < 1e-3  # joined to nothing outside it
-    assert ncut_value(graph, np.ones(48, bool)) == 1.0  # nothing left to split from
+    masks = rng.random((3, feats.shape[0])) < 0.3
+    removed = rng.random((3, feats.shape[0])) < 0.2
+    values = ncut_values(feats, masks, removed, 0.2)  # three masks, one pass
+    for value, mask, gone in zip(values, masks, removed):
+        assert value == pytest.approx(_dense_ncut(feats, mask & ~gone, ~gone), rel=1e-5)
+    u = rng.random((48, 2))
+    f = torch.nn.functional.normalize(feats.double(), dim=-1).numpy()
+    np.testing.assert_allclose(affinity_product(feats, u, 0.2), np.where(f @ f.T > 0.2, 1.0, 1e-5) @ u, rtol=1e-6)
+    alone = ncut_values(feats, obj.reshape(1, -1), None, 0.2)[0]
+    assert alone == pytest.approx(_dense_ncut(feats, obj.ravel(), np.ones(48, bool)))
+    assert alone < 1e-3  # joined to nothing outside it
+    assert ncut_values(feats, np.ones((1, 48), bool), None, 0.2) == [1.0]  # nothing left to split from
+    # sequential: each object without the earlier ones, as MaskCut found them
+    two = np.stack([obj.ravel(), masks[0]])
+    sequential = object_ncuts(feats, two.reshape(2, 6, 8), 0.2, sequential=True)
+    assert sequential[1] == pytest.approx(_dense_ncut(feats, masks[0] & ~obj.ravel(), ~obj.ravel()), rel=1e-5)
 
 
 def test_featureless_graph_scores_about_zero():
@@ -80,3 +86,27 @@ def test_auto_count_keeps_the_objects_and_stops_on_background():
     assert max(ncuts[:2]) < 1e-3 and count.stop_ncut == ncuts[2] > 0.9 and count.stop_score < 0.1
     assert auto_count([0.9]).kept == 0 and auto_count([0.9]).stop_score == pytest.approx(0.1)  # no object
     assert auto_count([0.1, 0.2]).stop_ncut is None and MAX_NCUT == 0.5
+
+
+def _features(feats, grid):
+    from dino_seg.discovery import DiscoveryFeatures
+
+    h, w = grid
+    return DiscoveryFeatures({"k": feats, "q": feats, "v": feats}, np.ones((1, h, w), dtype=np.float32), grid,
+                             (16.0, 16.0), (16 * h, 16 * w), (16 * h, 16 * w))
+
+
+def test_auto_gives_no_object_rather_than_a_forced_one():
+    from dino_seg.discovery import discover
+
+    feats, grid, objects = _two_objects()
+    found = discover(_features(feats, grid), "tokencut", n_objects="auto")
+    assert len(found.boxes) == 1 and found.object_scores[0] > 0.99 and found.stop_score is None
+    flat = torch.zeros(80, 16)
+    flat[:, 0] = 1.0  # featureless: every split is arbitrary
+    for method in ("tokencut", "maskcut", "lost"):
+        none = discover(_features(flat + 0.01 * torch.randn(80, 16, generator=torch.Generator().manual_seed(1)),
+                                  grid), method, n_objects="auto")
+        assert none.boxes == [] and none.masks.shape == (0, 128, 160) and none.stop_score < 0.5
+        forced = discover(_features(flat, grid), method, n_objects=1 if method == "maskcut" else 3)
+        assert len(forced.boxes) == 1 and forced.object_scores is None  # without auto: a forced box, no score

@@ -83,3 +83,12 @@ class ImageView(gr.Image):
             save_png(path, value)
             value = str(path)
         return super().postprocess(value)
+
+
+# Gradio keeps an error toast until it is closed: a run that succeeds closes those of the runs before it.
+CLEAR_ERRORS_JS = "() => { document.querySelectorAll('[data-testid=\"toast-close\"]').forEach((b) => b.click()); }"
+
+
+def clears_errors(event: Any) -> Any:
+    """After `event` succeeds, close the page's error toasts in the browser (no request: JavaScript only)."""
+    return event.success(None, None, None, js=CLEAR_ERRORS_JS, queue=False, api_visibility="private")

@@ -15,17 +15,17 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-from dino_seg import davis
-from dino_seg.images import ImageError
-from dino_seg.video import VideoError
-from dino_seg.weights import WeightsError
+from dino_seg.errors import UserError
+from dino_seg.files import NoSpaceError
 
 from .jobs import AppClosing, job
 from .scratch import SCRATCH
 
 T = TypeVar("T")
 
-USER_ERRORS = (ImageError, WeightsError, davis.DavisError, VideoError, ValueError, OSError)
+# What a person can fix: the project's input errors (images, videos, weights, DAVIS folders, refused paths...)
+# and a full disk. Any other ValueError or OSError is a bug: its trace stays on the console.
+USER_ERRORS = (UserError, NoSpaceError)
 _PATH_END = r"[^\s'\"`,;()\[\]]*"  # a path runs until a space, a quote or a bracket
 
 

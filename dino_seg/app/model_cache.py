@@ -12,13 +12,20 @@ import torch
 from torch import nn
 
 from dino_seg.models import is_vit, model_name
+from dino_seg.families import PresetUnavailable
 from dino_seg.weights import PRESETS, WeightsUnavailable, load_model
 
 from .config import AppConfig
 from .paths import check_path
 
 RANDOM_WEIGHTS = "random weights (pipeline check only)"
-VIT_PRESETS = [name for name, preset in PRESETS.items() if preset.arch.startswith("vit")]
+# The presets with attention, grouped by DINO generation (the dropdown and the banner list them in this order).
+PRESET_GROUPS: dict[str, list[str]] = {
+    group: [name for name, p in PRESETS.items() if p.family == family and p.arch != "resnet50"]
+    for group, family in (("DINO", "dino"), ("DINOv2", "dinov2"), ("DINOv2 with registers", "dinov2_reg"),
+                          ("DINOv3", "dinov3"))}
+VIT_PRESETS = [name for names in PRESET_GROUPS.values() for name in names]
+PRESET_GROUP = {name: group for group, names in PRESET_GROUPS.items() for name in names}
 
 _MODEL_LOCK = threading.Lock()
 
@@ -101,14 +108,25 @@ def describe_model(model: nn.Module, source: str) -> str:
     if source == RANDOM_WEIGHTS:
         return f"RANDOM weights, {arch} (pipeline check only: not DINO, the maps are meaningless)"
     if source in PRESETS:
-        return f"official DINO weights {source} ({arch})"
+        return f"official {PRESET_GROUP.get(source, 'DINO')} weights {source} ({arch})"
     return f"{Path(source).name} ({arch})"
+
+
+def licence_line(model: nn.Module) -> str | None:
+    """The licence line to show while `model` is in use (DINOv3's), None for the others."""
+    return getattr(model, "licence", None)
 
 
 def model_or_error(choice: str | None, cfg: AppConfig) -> tuple[nn.Module, str]:
     """The ViT of a weights choice for a tab's handler; gr.Error when it cannot be had or is a ResNet."""
     try:
         model, description = get_model(choice, cfg)
+    except PresetUnavailable as err:
+        if PRESETS[model_key(choice, cfg)[0]].gated:  # DINOv3: the library's line (request at URL, put at PATH)
+            raise gr.Error(str(err)) from None
+        raise gr.Error(f"weights {model_key(choice, cfg)[0]!r} are not available: put the file at "
+                       f"{err.cache_path}, pass --pretrained_weights PATH, upload a checkpoint, or pick "
+                       f"'{RANDOM_WEIGHTS}'") from None
     except WeightsUnavailable as err:
         raise gr.Error(f"weights {model_key(choice, cfg)[0]!r} are not available: put the file at "
                        f"{err.cache_path}, pass --pretrained_weights PATH, upload a checkpoint, or pick "

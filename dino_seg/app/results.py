@@ -14,7 +14,7 @@ from dino_seg import davis, metrics
 from dino_seg.images import load_image
 from dino_seg.viz import label_color, overlay_labels
 
-from .components import FrameSlider, ImageView
+from .components import FrameSlider, ImageView, clears_errors
 from .config import AppConfig
 from .errors import friendly
 from .paths import check_path, check_sequence
@@ -157,7 +157,7 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
 
     opening, scoring, comparing = (functools.partial(fn, cfg=cfg) for fn in (open_results, sequence_scores,
                                                                             compare_frame))
-    open_button.click(opening, results_dir, [summary, table, chart, sequence], api_name="open_results")
+    clears_errors(open_button.click(opening, results_dir, [summary, table, chart, sequence], api_name="open_results"))
     compare_inputs = [results_dir, root, sequence, frame]
     compare_outputs = [gt_view, pred_view, compare_note]
     # .then: the frame slider may keep its value for a new sequence, and then fires no change event.

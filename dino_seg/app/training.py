@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from dino_seg import runs
 
+from .components import clears_errors
 from .config import AppConfig
 from .errors import friendly, one_line
 from .paths import check_path
@@ -151,10 +152,9 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
                 checkpoint = gr.Dropdown(label="Checkpoint", allow_custom_value=True)
                 use_button = gr.Button("Use in the Attention tab", elem_id="use-checkpoint")
 
-    open_button.click(functools.partial(open_training_run, cfg=cfg), train_dir, [summary, curves, table, checkpoint],
-                      api_name="open_training")
-    use_button.click(functools.partial(use_checkpoint, cfg=cfg), checkpoint,
-                     [shared.weights, shared.tabs, shared.banner],
-                     api_name="use_checkpoint")
+    clears_errors(open_button.click(functools.partial(open_training_run, cfg=cfg), train_dir,
+                                    [summary, curves, table, checkpoint], api_name="open_training"))
+    clears_errors(use_button.click(functools.partial(use_checkpoint, cfg=cfg), checkpoint,
+                                   [shared.weights, shared.tabs, shared.banner], api_name="use_checkpoint"))
     return {"train_dir": train_dir, "open": open_button, "summary": summary, "curves": curves, "table": table,
             "checkpoint": checkpoint, "use": use_button}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import gradio as gr
@@ -22,10 +23,10 @@ from dino_seg.video import DEFAULT_FPS, read_video_frames, video_info, write_vid
 from dino_seg.video_attention import MASK_MODES, folder_frames, make_attention_video, video_frames
 from dino_seg.viz import overlay_labels
 
-from .components import FrameSlider, ImageView, Radio, Slider
+from .components import FrameSlider, ImageView, Radio, Slider, clears_errors
 from .config import BUNDLED_DAVIS, AppConfig
 from .errors import friendly
-from .attention import DEFAULT_METHOD, DISCOVERY_METHODS, discovery_settings
+from .attention import DEFAULT_METHOD, DEFAULT_THRESHOLD, DISCOVERY_METHODS, discovery_settings
 from .jobs import check_open
 from .model_cache import model_or_error
 from .paths import check_path, check_sequence
@@ -386,102 +387,130 @@ def switch_video_mode(mode: str) -> tuple[dict, ...]:
     return tuple(gr.update(visible=v) for v in (labels,) * 4 + (not labels,) * 3)
 
 
+def _source_inputs(cfg: AppConfig) -> dict[str, Any]:
+    """Where the frames come from: a DAVIS root and sequence (with the first frame's preview), or an uploaded
+    video with its first-frame mask (uploaded or drawn)."""
+    c: dict[str, Any] = {}
+    c["mode"] = Radio([PROPAGATION_MODE, ATTENTION_MODE], value=PROPAGATION_MODE, label="Make",
+                      elem_id="video-mode")
+    c["source"] = Radio([DAVIS_SOURCE, UPLOAD_SOURCE], value=DAVIS_SOURCE, label="Frames")
+    with gr.Group(visible=True) as c["davis_group"]:
+        c["root"] = gr.Textbox(cfg.davis_root, label="DAVIS root",
+                               info="JPEGImages/480p and Annotations/480p (bundled: 12 frames of blackswan)")
+        # Any name is accepted: the choices are set per root in a session, and an API call that names a
+        # sequence must not depend on /list_davis having run first.
+        c["sequence"] = gr.Dropdown(label="Sequence", allow_custom_value=True, elem_id="video-sequence")
+        c["first"] = ImageView(label="First frame and its annotation", interactive=False, height=240,
+                               elem_id="video-first")
+    with gr.Group(visible=False) as c["upload_group"]:
+        c["video_in"] = gr.Video(label="Video file", sources=["upload"], height=240, elem_id="video-in")
+        with gr.Column(visible=True) as c["mask_inputs"]:
+            c["mask_in"] = gr.File(label="First-frame mask (PNG; palette or black/white)", file_types=["image"],
+                                   elem_id="video-mask")
+            c["draw_hint"] = gr.Markdown(elem_id="video-draw-hint")
+            c["drawing"] = gr.ImageEditor(label="…or draw the object on the first frame", type="numpy", sources=[],
+                                          height=300, layers=False,
+                                          brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
+                                          elem_id="video-draw")
+    return c
+
+
+def _run_options() -> dict[str, Any]:
+    """The frame cap and size, the attention video's masks, the first-frame mask's origin, and the two buttons."""
+    c: dict[str, Any] = {}
+    c["max_frames"] = Slider(2, MAX_VIDEO_FRAMES, value=12, step=1, label="Frames",
+                             info=f"Capped at {MAX_VIDEO_FRAMES}: a few seconds a frame on a CPU at 480 px",
+                             elem_id="video-frames")
+    c["short_side"] = Radio(list(VIDEO_SHORT_SIDES), value=480, label="Short side (px)",
+                            info="480 as the reference; smaller is faster", elem_id="video-short-side")
+    with gr.Column(visible=False) as c["attention_options"]:
+        c["attention_masks"] = Radio(MASK_CHOICES, value="mean", label="Masks video",
+                                     info="The masks keeping a share of the attention mass, with contours",
+                                     elem_id="video-attention-masks-mode")
+        c["threshold"] = Slider(0.05, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Share of the attention mass",
+                                info="0.6 as the paper", elem_id="video-attention-threshold")
+    with gr.Row(visible=True) as c["first_mask_options"]:
+        c["first_mask"] = Radio([GIVEN, DISCOVERED], value=GIVEN, label="First-frame mask",
+                                info="given: the annotation, uploaded or drawn; discovered: found by a method with "
+                                     "the Attention tab's default settings", elem_id="video-first-mask")
+        c["first_method"] = gr.Dropdown(list(DISCOVERY_METHODS), value=DEFAULT_METHOD, label="Discovery method",
+                                        elem_id="video-first-method")
+    c["run"] = gr.Button("Propagate", variant="primary", elem_id="video-run")
+    c["attention_run"] = gr.Button("Make the attention video", variant="primary", visible=False,
+                                   elem_id="video-attention-run")
+    return c
+
+
+def _outputs() -> dict[str, Any]:
+    """Propagation's video, frame slider and frame view, or the attention and masks videos."""
+    c: dict[str, Any] = {}
+    with gr.Column(visible=True) as c["propagation_outputs"]:
+        c["note"] = gr.Markdown(elem_id="video-note")
+        c["video_out"] = gr.Video(label="Propagated labels", autoplay=True, loop=True, interactive=False, height=360,
+                                  elem_id="video-out")
+        c["frame_index"] = FrameSlider(0, 1, value=0, step=1, label="Frame", interactive=False)
+        c["frame_view"] = ImageView(label="Frame", interactive=False, height=360, elem_id="video-frame")
+        c["frame_paths"] = gr.State([])
+    with gr.Column(visible=False) as c["attention_outputs"]:
+        c["attention_note"] = gr.Markdown(elem_id="video-attention-note")
+        c["attention_out"] = gr.Video(label="Attention (mean of the heads' [CLS] attention)", autoplay=True,
+                                      loop=True, interactive=False, height=360, elem_id="video-attention-out")
+        c["attention_masks_out"] = gr.Video(label="Masks", autoplay=True, loop=True, interactive=False, height=360,
+                                            elem_id="video-attention-masks")
+    return c
+
+
+def _wire(c: dict[str, Any], cfg: AppConfig, shared: Shared) -> None:
+    """The tab's events on its components `c`."""
+    listing = functools.partial(list_davis, cfg=cfg)
+    shared.demo.load(listing, c["root"], c["sequence"], api_name="load_davis",
+                     api_visibility="private")  # = /list_davis
+    first_frame = functools.partial(davis_first_frame, cfg=cfg)
+    # A new root whose first sequence has the old one's name leaves the dropdown's value as it was, so no change
+    # event would follow: the preview is redrawn after every listing.
+    c["root"].submit(listing, c["root"], c["sequence"], api_name="list_davis").success(
+        first_frame, [c["root"], c["sequence"]], c["first"], api_name="root_first_frame", api_visibility="private")
+    c["sequence"].change(first_frame, [c["root"], c["sequence"]], c["first"], api_name="davis_first_frame")
+    c["source"].change(switch_video_source, c["source"], [c["davis_group"], c["upload_group"]],
+                       api_name="switch_video_source")
+    c["mode"].change(switch_video_mode, c["mode"],
+                     [c[k] for k in ("mask_inputs", "first_mask_options", "run", "propagation_outputs",
+                                     "attention_options", "attention_run", "attention_outputs")],
+                     api_name="switch_video_mode")
+    c["video_in"].change(functools.partial(video_first_frame, cfg=cfg), c["video_in"], [c["drawing"], c["draw_hint"]],
+                         api_name="video_first_frame")
+
+    def propagate(source, root, sequence, video_in, mask_in, drawing, weights, max_frames, short_side, first_mask,
+                  first_method, progress=gr.Progress()):
+        return run_video(source, root, sequence, video_in, mask_in, drawing, weights, max_frames, short_side, cfg,
+                         first_mask, first_method, progress)
+
+    # Propagation is the slow job: one at a time, in its own queue, so attention requests still run.
+    clears_errors(c["run"].click(
+        propagate, [c["source"], c["root"], c["sequence"], c["video_in"], c["mask_in"], c["drawing"], shared.weights,
+                    c["max_frames"], c["short_side"], c["first_mask"], c["first_method"]],
+        [c["video_out"], c["frame_paths"], c["frame_index"], c["frame_view"], c["note"]],
+        concurrency_limit=1, concurrency_id="video", api_name="propagate"))
+    # The attention video shares propagation's queue: both are the tab's slow jobs.
+    clears_errors(c["attention_run"].click(
+        functools.partial(run_attention_video, cfg=cfg),
+        [c["source"], c["root"], c["sequence"], c["video_in"], shared.weights, c["max_frames"], c["short_side"],
+         c["attention_masks"], c["threshold"]],
+        [c["attention_out"], c["attention_masks_out"], c["attention_note"]],
+        concurrency_limit=1, concurrency_id="video", api_name="attention_video"))
+    c["frame_index"].change(show_frame, [c["frame_paths"], c["frame_index"]], c["frame_view"], api_name="show_frame")
+
+
 def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Component]:
     """The Video tab's components and events (endpoints /list_davis, /davis_first_frame, /video_first_frame,
     /propagate, /attention_video, /show_frame, /switch_video_source, /switch_video_mode)."""
     with gr.Tab("Video", id="video"):
         with gr.Row():
             with gr.Column(scale=2):
-                mode = Radio([PROPAGATION_MODE, ATTENTION_MODE], value=PROPAGATION_MODE, label="Make",
-                             elem_id="video-mode")
-                source = Radio([DAVIS_SOURCE, UPLOAD_SOURCE], value=DAVIS_SOURCE, label="Frames")
-                with gr.Group(visible=True) as davis_group:
-                    root = gr.Textbox(cfg.davis_root, label="DAVIS root",
-                                      info="JPEGImages/480p and Annotations/480p (bundled: 12 frames of blackswan)")
-                    # Any name is accepted: the choices are set per root in a session, and an API call
-                    # that names a sequence must not depend on /list_davis having run first.
-                    sequence = gr.Dropdown(label="Sequence", allow_custom_value=True, elem_id="video-sequence")
-                    first = ImageView(label="First frame and its annotation", interactive=False, height=240,
-                                     elem_id="video-first")
-                with gr.Group(visible=False) as upload_group:
-                    video_in = gr.Video(label="Video file", sources=["upload"], height=240, elem_id="video-in")
-                    with gr.Column(visible=True) as mask_inputs:
-                        mask_in = gr.File(label="First-frame mask (PNG; palette or black/white)",
-                                          file_types=["image"], elem_id="video-mask")
-                        draw_hint = gr.Markdown(elem_id="video-draw-hint")
-                        drawing = gr.ImageEditor(label="…or draw the object on the first frame", type="numpy",
-                                                 sources=[], height=300, layers=False,
-                                                 brush=gr.Brush(colors=["#ff0000"], color_mode="fixed"),
-                                                 elem_id="video-draw")
-                max_frames = Slider(2, MAX_VIDEO_FRAMES, value=12, step=1, label="Frames",
-                                       info=f"Capped at {MAX_VIDEO_FRAMES}: a few seconds a frame on a CPU at 480 px",
-                                       elem_id="video-frames")
-                short_side = Radio(list(VIDEO_SHORT_SIDES), value=480, label="Short side (px)",
-                                      info="480 as the reference; smaller is faster", elem_id="video-short-side")
-                with gr.Column(visible=False) as attention_options:
-                    attention_masks = Radio(MASK_CHOICES, value="mean", label="Masks video",
-                                               info="The masks keeping a share of the attention mass, with contours",
-                                               elem_id="video-attention-masks-mode")
-                    threshold = Slider(0.05, 1.0, value=0.6, step=0.05, label="Share of the attention mass",
-                                          info="0.6 as the paper", elem_id="video-attention-threshold")
-                with gr.Row(visible=True) as first_mask_options:
-                    first_mask = Radio([GIVEN, DISCOVERED], value=GIVEN, label="First-frame mask",
-                                       info="given: the annotation, uploaded or drawn; discovered: found by a method",
-                                       elem_id="video-first-mask")
-                    first_method = gr.Dropdown(list(DISCOVERY_METHODS), value=DEFAULT_METHOD, label="Discovery method",
-                                               elem_id="video-first-method")
-                run_button = gr.Button("Propagate", variant="primary", elem_id="video-run")
-                attention_button = gr.Button("Make the attention video", variant="primary", visible=False,
-                                             elem_id="video-attention-run")
+                c = _source_inputs(cfg) | _run_options()
             with gr.Column(scale=3):
-                with gr.Column(visible=True) as propagation_outputs:
-                    note = gr.Markdown(elem_id="video-note")
-                    video_out = gr.Video(label="Propagated labels", autoplay=True, loop=True, interactive=False,
-                                         height=360, elem_id="video-out")
-                    frame_index = FrameSlider(0, 1, value=0, step=1, label="Frame", interactive=False)
-                    frame_view = ImageView(label="Frame", interactive=False, height=360, elem_id="video-frame")
-                    frame_paths = gr.State([])
-                with gr.Column(visible=False) as attention_outputs:
-                    attention_note = gr.Markdown(elem_id="video-attention-note")
-                    attention_out = gr.Video(label="Attention (mean of the heads' [CLS] attention)", autoplay=True,
-                                             loop=True, interactive=False, height=360, elem_id="video-attention-out")
-                    attention_masks_out = gr.Video(label="Masks", autoplay=True, loop=True, interactive=False,
-                                                   height=360, elem_id="video-attention-masks")
-
-    listing = functools.partial(list_davis, cfg=cfg)
-    shared.demo.load(listing, root, sequence, api_name="load_davis", api_visibility="private")  # = /list_davis
-    root.submit(listing, root, sequence, api_name="list_davis")
-    sequence.change(functools.partial(davis_first_frame, cfg=cfg), [root, sequence], first,
-                    api_name="davis_first_frame")
-    source.change(switch_video_source, source, [davis_group, upload_group], api_name="switch_video_source")
-    mode.change(switch_video_mode, mode, [mask_inputs, first_mask_options, run_button, propagation_outputs,
-                                          attention_options, attention_button, attention_outputs],
-                api_name="switch_video_mode")
-    video_in.change(functools.partial(video_first_frame, cfg=cfg), video_in, [drawing, draw_hint],
-                    api_name="video_first_frame")
-    # Propagation is the slow job: one at a time, in its own queue, so attention requests still run.
-    def propagate(source, root, sequence, video_in, mask_in, drawing, weights, max_frames, short_side, first_mask,
-                  first_method, progress=gr.Progress()):
-        return run_video(source, root, sequence, video_in, mask_in, drawing, weights, max_frames, short_side, cfg,
-                         first_mask, first_method, progress)
-
-    run_button.click(propagate,
-                     [source, root, sequence, video_in, mask_in, drawing, shared.weights, max_frames, short_side,
-                      first_mask, first_method],
-                     [video_out, frame_paths, frame_index, frame_view, note],
-                     concurrency_limit=1, concurrency_id="video", api_name="propagate")
-    # The attention video shares propagation's queue: both are the tab's slow jobs.
-    attention_button.click(functools.partial(run_attention_video, cfg=cfg),
-                           [source, root, sequence, video_in, shared.weights, max_frames, short_side, attention_masks,
-                            threshold],
-                           [attention_out, attention_masks_out, attention_note],
-                           concurrency_limit=1, concurrency_id="video", api_name="attention_video")
-    frame_index.change(show_frame, [frame_paths, frame_index], frame_view, api_name="show_frame")
-    return {"source": source, "root": root, "sequence": sequence, "first": first, "video_in": video_in,
-            "mask_in": mask_in, "drawing": drawing, "max_frames": max_frames, "short_side": short_side,
-            "first_mask": first_mask, "first_method": first_method,
-            "run": run_button, "note": note, "video_out": video_out, "frame_index": frame_index,
-            "frame_view": frame_view, "frame_paths": frame_paths, "mode": mode,
-            "attention_masks": attention_masks, "threshold": threshold, "attention_run": attention_button,
-            "attention_note": attention_note, "attention_out": attention_out,
-            "attention_masks_out": attention_masks_out}
+                c |= _outputs()
+    _wire(c, cfg, shared)
+    hidden = ("davis_group", "upload_group", "mask_inputs", "draw_hint", "attention_options", "first_mask_options",
+              "propagation_outputs", "attention_outputs")
+    return {name: component for name, component in c.items() if name not in hidden}

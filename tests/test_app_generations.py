@@ -1,0 +1,74 @@
+"""The app with every DINO generation, called directly with tiny random weights in each release's key format:
+presets grouped by generation, the DINOv3 licence line, and the DINOv3 preset without its file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from app_fixtures import cfg  # noqa: F401 - fixture
+from dino_seg.app import model_cache, weights_bar
+from dino_seg.app.config import AppConfig
+from dino_seg.backbones import DINOV3_LICENCE
+from dino_seg.families import DINOV3_DOWNLOADS
+from reference_dinov23 import dinov2_state_dict, dinov3_state_dict
+
+
+@pytest.fixture(scope="module")
+def family_weights(tmp_path_factory, tiny_vit_weights: Path) -> dict[str, str]:
+    """A tiny file of each generation, in the released key format: DINO (vit_tiny/16), DINOv2 (2 heads),
+    DINOv2 with 4 registers, DINOv3 (RoPE, 4 storage tokens, 3 heads)."""
+    folder = tmp_path_factory.mktemp("families")
+    files = {"dino": str(tiny_vit_weights)}
+    for family, sd in (("dinov2", dinov2_state_dict(dim=128)), ("dinov2_reg", dinov2_state_dict(dim=128, registers=4)),
+                       ("dinov3", dinov3_state_dict(dim=48, heads=3))):
+        path = folder / f"{family}_tiny_pretrain.pth"
+        torch.save(sd, path)
+        files[family] = str(path)
+    return files
+
+
+def test_presets_are_grouped_by_generation_in_the_dropdown_and_the_banner(cfg):
+    choices = weights_bar.weight_choices(cfg)
+    presets = [(label, value) for label, value in choices if value in model_cache.PRESETS]
+    assert presets[0] == ("DINO · dino_vits16", "dino_vits16")
+    assert ("DINOv2 · dinov2_vits14", "dinov2_vits14") in presets
+    assert ("DINOv2 with registers · dinov2_vits14_reg", "dinov2_vits14_reg") in presets
+    assert ("DINOv3 · dinov3_vits16", "dinov3_vits16") in presets
+    groups = [label.split(" · ")[0] for label, _ in presets]
+    # Each generation once, in order: DINO, DINOv2, DINOv2 with registers, DINOv3 (no ResNet: no attention).
+    assert list(dict.fromkeys(groups)) == ["DINO", "DINOv2", "DINOv2 with registers", "DINOv3"]
+    assert groups == sorted(groups, key=["DINO", "DINOv2", "DINOv2 with registers", "DINOv3"].index)
+    assert "dino_resnet50" not in [value for _, value in presets]
+    banner = weights_bar.check_weights(model_cache.RANDOM_WEIGHTS, cfg)
+    listed = re.search(r"pick a preset in \*\*Weights\*\* \(([^)]*)\)", banner).group(1)
+    assert listed.startswith("DINO: `dino_vits16`, `dino_vits8`") and "; DINOv2 with registers: `dinov2_vits14_reg`" in listed
+    flat = [n.strip("`") for part in listed.split("; ") for n in part.split(": ")[1].split(", ")]
+    assert flat == [value for _, value in presets]
+
+
+def test_the_dinov3_licence_line_shows_whenever_dinov3_weights_are_in_use(family_weights):
+    for family, path in family_weights.items():
+        cfg = AppConfig(weights=path, device="cpu", allowed_roots=None)
+        banner = weights_bar.check_weights(path, cfg)
+        assert banner.startswith("Weights: **"), banner
+        assert (DINOV3_LICENCE in banner) == (family == "dinov3"), family
+    banner = weights_bar.check_weights(family_weights["dinov3"], AppConfig(weights=family_weights["dino"],
+                                                                          device="cpu", allowed_roots=None))
+    assert "dinov3_vits16" not in banner and banner.endswith(DINOV3_LICENCE)
+
+
+def test_a_dinov3_preset_without_its_file_says_where_to_request_it_and_where_to_put_it(cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    banner = weights_bar.check_weights("dinov3_vits16", cfg)
+    path = tmp_path / "torch" / "hub" / "checkpoints" / "dinov3_vits16_pretrain_lvd1689m-08c60483.pth"
+    line = banner.splitlines()[1]
+    assert banner.startswith("### Weights not available: `dinov3_vits16`")
+    assert DINOV3_DOWNLOADS in line and str(path) in line  # one line: request at URL, put the file at PATH
+    assert "no internet" not in banner and DINOV3_LICENCE in banner
+    with pytest.raises(Exception, match="licence-gated"):
+        model_cache.model_or_error("dinov3_vits16", cfg)
+
