@@ -177,7 +177,7 @@ def test_uploaded_video_with_a_discovered_first_frame(cfg, tiny_vit_weights, tmp
     # An upload has no annotation: every discovered object is propagated, numbered in discovery order.
     import cv2
 
-    root = make_davis(tmp_path / "davis", {"shapes": 4}, n_objects=2)
+    root = make_davis(tmp_path / "davis", {"shapes": 3}, n_objects=2)
     frames = sorted((root / "JPEGImages" / "480p" / "shapes").glob("*.jpg"))
     clip = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
@@ -185,8 +185,8 @@ def test_uploaded_video_with_a_discovered_first_frame(cfg, tiny_vit_weights, tmp
         writer.write(cv2.imread(str(f)))
     writer.release()
     video, paths, _, _, note = video_tab.run_video(video_tab.UPLOAD_SOURCE, None, None, str(clip), None, None, None,
-                                                   4, 64, cfg, video_tab.DISCOVERED, "TokenCut")
-    assert len(paths) == 4 and "first-frame objects discovered by TokenCut (tau 0.20" in note
+                                                   3, 64, cfg, video_tab.DISCOVERED, "TokenCut")
+    assert len(paths) == 3 and "first-frame objects discovered by TokenCut (tau 0.20" in note
     assert "paired" not in note and "J&F" not in note
     model = load_model(str(tiny_vit_weights), device="cpu").eval()
     first = load_image(Path(paths[0]).parent.parent / "frames" / "00000.jpg")

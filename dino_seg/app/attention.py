@@ -317,53 +317,60 @@ def method_changed(method: str) -> dict:
     return gr.update() if tau is None else gr.update(value=tau)
 
 
-def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Component]:
-    """The Attention tab's components and events (endpoints /attention and /refresh_attention)."""
-    with gr.Tab("Attention", id="attention"):
-        with gr.Row():
-            with gr.Column(scale=2):
-                image = UploadImage(label="Image", type="filepath", image_mode=None, height=320,
-                                    sources=["upload", "clipboard"], elem_id="attention-image")
-                gr.Examples(example_images(), inputs=image, label="Examples", examples_per_page=8,
-                            elem_id="attention-examples")
-                image_size = Slider(128, 960, value=480, step=16, label="Image size (short side, px)")
-                threshold = Slider(0.05, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Mass threshold",
-                                      info="Share of each map's attention mass the mask keeps (paper: 0.6)",
-                                      elem_id="attention-threshold")
-                method = Radio(list(DISCOVERY_METHODS), value=DEFAULT_METHOD, label="Object discovery",
-                                  info="threshold: DINO's 60%-mass mask; LOST, TokenCut, MaskCut on the last keys",
-                                  elem_id="discover-method")
-                tau = Slider(0.05, 0.95, value=default_tau(DEFAULT_METHOD), step=0.05,
-                             label="tau (TokenCut / MaskCut graph threshold)",
-                             info="A new method starts from its command-line default (TokenCut 0.2, MaskCut 0.15)",
-                             elem_id="discover-tau")
-                refine = gr.Checkbox(False, label="Refine the object masks (TokenCut's bilateral solver, as "
-                                     "eval.discover --refine)", elem_id="discover-refine")
-                run_button = gr.Button("Compute attention", variant="primary", elem_id="attention-run")
-            with gr.Column(scale=3):
-                note = gr.Markdown(elem_id="attention-note")
-                heat_gallery = gr.Gallery(label="Attention heat map of each head", columns=3, height=330,
-                                          format="png", elem_id="heat-gallery")
-                mask_gallery = gr.Gallery(label="Mask of each head and of the mean map (with contours)",
-                                          columns=4, height=330, format="png", elem_id="mask-gallery")
-                downloads = gr.File(label="Download masks (PNG zip, .npy) and attention (.npy)",
-                                    file_count="multiple", elem_id="attention-downloads")
-                discover_note = gr.Markdown(elem_id="discover-note")
-                with gr.Row():
-                    objects_image = ImageView(label="Discovered objects (masks and boxes)", interactive=False,
-                                             height=300, format="png", elem_id="discover-objects")
-                    scores_image = ImageView(label="Score map", interactive=False, height=300, format="png",
-                                            elem_id="discover-scores")
-                discover_files = gr.File(label="Download objects (masks/patches/scores .npy, boxes.json, objects.json with "
-                                               "scores, PNGs; refined.npy/png when refined)",
-                                         file_count="multiple", elem_id="discover-downloads")
+def _controls() -> dict[str, Any]:
+    """The image (examples below it), its size, the mass threshold, the discovery method, tau, refinement, the button."""
+    c: dict[str, Any] = {}
+    c["image"] = UploadImage(label="Image", type="filepath", image_mode=None, height=320,
+                             sources=["upload", "clipboard"], elem_id="attention-image")
+    gr.Examples(example_images(), inputs=c["image"], label="Examples", examples_per_page=8,
+                elem_id="attention-examples")
+    c["image_size"] = Slider(128, 960, value=480, step=16, label="Image size (short side, px)")
+    c["threshold"] = Slider(0.05, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Mass threshold",
+                            info="Share of each map's attention mass the mask keeps (paper: 0.6)",
+                            elem_id="attention-threshold")
+    c["method"] = Radio(list(DISCOVERY_METHODS), value=DEFAULT_METHOD, label="Object discovery",
+                        info="threshold: DINO's 60%-mass mask; LOST, TokenCut, MaskCut on the last keys",
+                        elem_id="discover-method")
+    c["tau"] = Slider(0.05, 0.95, value=default_tau(DEFAULT_METHOD), step=0.05,
+                      label="tau (TokenCut / MaskCut graph threshold)",
+                      info="A new method starts from its command-line default (TokenCut 0.2, MaskCut 0.15)",
+                      elem_id="discover-tau")
+    c["refine"] = gr.Checkbox(False, label="Refine the object masks (TokenCut's bilateral solver, as "
+                              "eval.discover --refine)", elem_id="discover-refine")
+    c["run"] = gr.Button("Compute attention", variant="primary", elem_id="attention-run")
+    return c
 
-    inputs = [image, shared.weights, image_size, threshold]
-    outputs = [heat_gallery, mask_gallery, downloads, note]
+
+def _outputs() -> dict[str, Any]:
+    """The heat maps, masks and downloads of the attention, then the discovered objects, score map and downloads."""
+    c: dict[str, Any] = {}
+    c["note"] = gr.Markdown(elem_id="attention-note")
+    c["heat_gallery"] = gr.Gallery(label="Attention heat map of each head", columns=3, height=330, format="png",
+                                   elem_id="heat-gallery")
+    c["mask_gallery"] = gr.Gallery(label="Mask of each head and of the mean map (with contours)", columns=4,
+                                   height=330, format="png", elem_id="mask-gallery")
+    c["downloads"] = gr.File(label="Download masks (PNG zip, .npy) and attention (.npy)", file_count="multiple",
+                             elem_id="attention-downloads")
+    c["discover_note"] = gr.Markdown(elem_id="discover-note")
+    with gr.Row():
+        c["objects"] = ImageView(label="Discovered objects (masks and boxes)", interactive=False, height=300,
+                                 format="png", elem_id="discover-objects")
+        c["scores"] = ImageView(label="Score map", interactive=False, height=300, format="png",
+                                elem_id="discover-scores")
+    c["discover_files"] = gr.File(label="Download objects (masks/patches/scores .npy, boxes.json, objects.json with "
+                                        "scores, PNGs; refined.npy/png when refined)",
+                                  file_count="multiple", elem_id="discover-downloads")
+    return c
+
+
+def _wire(c: dict[str, Any], cfg: AppConfig, shared: Shared) -> None:
+    """The tab's events on its components `c`."""
+    inputs = [c["image"], shared.weights, c["image_size"], c["threshold"]]
+    outputs = [c["heat_gallery"], c["mask_gallery"], c["downloads"], c["note"]]
     # Discovery shares one cached forward pass per image and size: the method, tau and threshold re-use it.
     # It runs after the attention succeeded (`.success`), so a bad upload says so once, not once per output.
-    d_inputs = [image, shared.weights, image_size, method, tau, threshold, refine]
-    d_outputs = [objects_image, scores_image, discover_files, discover_note]
+    d_inputs = [c["image"], shared.weights, c["image_size"], c["method"], c["tau"], c["threshold"], c["refine"]]
+    d_outputs = [c["objects"], c["scores"], c["discover_files"], c["discover_note"]]
 
     def d_run(image_path, weights, image_size, method, tau, threshold, refine):
         return run_discovery(image_path, weights, image_size, method, tau, threshold, cfg, refine)
@@ -371,30 +378,38 @@ def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Compone
     def d_refresh(image_path, weights, image_size, method, tau, threshold, refine):
         return refresh_discovery(image_path, weights, image_size, method, tau, threshold, cfg, refine)
 
-    clears_errors(run_button.click(functools.partial(run_attention, cfg=cfg), inputs, outputs, concurrency_id="model",
-                                   api_name="attention").success(
+    clears_errors(c["run"].click(functools.partial(run_attention, cfg=cfg), inputs, outputs, concurrency_id="model",
+                                 api_name="attention").success(
         d_run, d_inputs, d_outputs, concurrency_id="model", api_name="discover"))
     # The threshold re-uses the cached attention, so every change (drag or typed value) may refresh;
     # a new image size needs a forward pass, so only the end of a drag (or the button) recomputes.
     refresh = functools.partial(refresh_attention, cfg=cfg)
-    threshold.change(refresh, inputs, outputs, concurrency_id="model", trigger_mode="always_last",
-                     api_name="refresh_attention").success(
+    c["threshold"].change(refresh, inputs, outputs, concurrency_id="model", trigger_mode="always_last",
+                          api_name="refresh_attention").success(
         d_refresh, d_inputs, d_outputs, concurrency_id="model", api_name="refresh_discover_threshold",
         api_visibility="private")
-    image_size.release(refresh, inputs, outputs, concurrency_id="model", api_name="refresh_attention_size",
-                       api_visibility="private").success(  # the same endpoint as /refresh_attention
+    c["image_size"].release(refresh, inputs, outputs, concurrency_id="model", api_name="refresh_attention_size",
+                            api_visibility="private").success(  # the same endpoint as /refresh_attention
         d_refresh, d_inputs, d_outputs, concurrency_id="model", api_name="refresh_discover_size",
         api_visibility="private")
     # A new method first takes its default tau; only a person's own tau moves (`input`) refresh on their own,
     # so that the method's tau update does not run the discovery a second time.
-    method.change(method_changed, method, tau, api_name="method_tau", api_visibility="private").then(
+    c["method"].change(method_changed, c["method"], c["tau"], api_name="method_tau", api_visibility="private").then(
         d_refresh, d_inputs, d_outputs, concurrency_id="model", trigger_mode="always_last",
         api_name="refresh_discover_method", api_visibility="private")
-    tau.input(d_refresh, d_inputs, d_outputs, concurrency_id="model", trigger_mode="always_last",
-              api_name="refresh_discover_tau", api_visibility="private")
-    refine.change(d_refresh, d_inputs, d_outputs, concurrency_id="model", trigger_mode="always_last",
-                  api_name="refresh_discover_refine", api_visibility="private")
-    return {"image": image, "image_size": image_size, "threshold": threshold, "run": run_button, "note": note,
-            "heat_gallery": heat_gallery, "mask_gallery": mask_gallery, "downloads": downloads, "method": method,
-            "tau": tau, "refine": refine, "objects": objects_image, "scores": scores_image, "discover_files": discover_files,
-            "discover_note": discover_note}
+    c["tau"].input(d_refresh, d_inputs, d_outputs, concurrency_id="model", trigger_mode="always_last",
+                   api_name="refresh_discover_tau", api_visibility="private")
+    c["refine"].change(d_refresh, d_inputs, d_outputs, concurrency_id="model", trigger_mode="always_last",
+                       api_name="refresh_discover_refine", api_visibility="private")
+
+
+def build_tab(cfg: AppConfig, shared: Shared) -> dict[str, gr.components.Component]:
+    """The Attention tab's components and events (endpoints /attention, /refresh_attention and /discover)."""
+    with gr.Tab("Attention", id="attention"):
+        with gr.Row():
+            with gr.Column(scale=2):
+                c = _controls()
+            with gr.Column(scale=3):
+                c |= _outputs()
+    _wire(c, cfg, shared)
+    return c
