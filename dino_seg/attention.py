@@ -14,7 +14,7 @@ from torch import nn
 
 from .backbones import Backbone, as_backbone
 from .errors import UserError
-from .images import IMAGENET_MEAN, IMAGENET_STD, to_rgb
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageError, check_sizes, to_rgb
 
 
 def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480), patch_size: int = 16) -> torch.Tensor:
@@ -24,9 +24,7 @@ def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480
     Any image mode is read as 8-bit RGB first (grayscale, RGBA and 16-bit images too, as `load_image`).
     """
     image = to_rgb(image)
-    size = [image_size] if isinstance(image_size, int) else list(image_size)
-    if len(size) not in (1, 2) or min(size) < patch_size:
-        raise UserError(f"--image_size: expected one or two sizes of at least the patch size {patch_size}, got {size}")
+    size = check_sizes(image_size, "--image_size", patch_size)
     tensor = transforms.Compose([
         transforms.Resize(size if len(size) == 2 else size[0]),
         transforms.ToTensor(),
@@ -34,7 +32,7 @@ def preprocess(image: Image.Image, image_size: int | tuple[int, ...] = (480, 480
     ])(image)
     h, w = tensor.shape[1] - tensor.shape[1] % patch_size, tensor.shape[2] - tensor.shape[2] % patch_size
     if h == 0 or w == 0:
-        raise UserError(f"image of {image.width}x{image.height} is smaller than one {patch_size}-pixel patch after resizing")
+        raise ImageError(f"image of {image.width}x{image.height} is smaller than one {patch_size}-pixel patch after resizing")
     return tensor[:, :h, :w].unsqueeze(0)
 
 

@@ -21,7 +21,7 @@ from torchvision import transforms
 from .attention import resized_size, threshold_masks
 from .backbones import as_backbone, cls_attention_row
 from .errors import UserError
-from .images import IMAGENET_MEAN, IMAGENET_STD, ImageError, to_rgb
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageError, check_sizes, to_rgb
 from .masks import mask_extent, mask_iou
 from .models import is_vit
 from .ncut import NormalisedCut, second_eigenvector
@@ -91,8 +91,8 @@ def preprocess(image: Image.Image, patch_size: int, resize: int | tuple[int, ...
     Returns the padded batch (1, 3, Hp, Wp), the unpadded processed size and a note when capped.
     """
     image = to_rgb(image)
-    if resize is not None and len([resize] if isinstance(resize, int) else list(resize)) not in (1, 2):
-        raise UserError(f"--resize: expected one or two sizes, got {list(resize)}")
+    if resize is not None:
+        resize = check_sizes(resize, "--resize", patch_size)
     h, w = (image.height, image.width) if resize is None else resized_size(image.size, resize)
     note = ""
     n = math.ceil(h / patch_size) * math.ceil(w / patch_size)

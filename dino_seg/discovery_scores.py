@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from .localization import best_jaccard, corloc_hit
 from .masks import mask_extent
 from .refine import RefinedObjects
 from .saliency import SaliencyScores
+from .tables import score_table
 
 BLOCK = ("maxFbeta", "IoU", "Acc", "CorLoc", "Jaccard")
 STAGES = ("coarse", "refined")
@@ -113,9 +112,4 @@ class DiscoveryScores:
         fields = ["image", "objects", "jaccard", "corloc", "maxFbeta", "IoU", "Acc"]
         if "refined" in self.stages:
             fields += [f"refined_{k}" for k in BLOCK]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows:
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-        return buf.getvalue()
+        return score_table(self.rows, fields)

@@ -98,9 +98,18 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+def _group_ready() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) in the process group, (0, 1) without one."""
+    return (dist.get_rank(), dist.get_world_size()) if _group_ready() else (0, 1)
+
+
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over all processes (itself without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _group_ready():
         return value
     value = value.clone()
     dist.all_reduce(value)
@@ -109,8 +118,28 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
 
 def all_gather_objects(obj: object) -> list[object]:
     """Every process's `obj`, in rank order ([obj] without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not _group_ready():
         return [obj]
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_strided(local: torch.Tensor, total: int) -> torch.Tensor | None:
+    """The rows (total, D) of which each process holds its strided share `local` (rows rank::world_size, as
+    sharding.shard_indices splits items), put back in order on rank 0; None on the other ranks, `local`
+    itself without a process group. all_gather of equal-sized padded blocks: gloo and NCCL both take it."""
+    rank, world = process_group()
+    if world == 1:
+        return local
+    per_rank = -(-total // world)
+    padded = local.new_zeros(per_rank, local.shape[1])  # (ceil(total / world), D)
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    if rank != 0:
+        return None
+    out = local.new_empty(total, local.shape[1])
+    for r, part in enumerate(parts):
+        out[r::world] = part[: len(range(r, total, world))]
     return out

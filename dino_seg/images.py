@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,16 @@ _ORIENTATION_AXES = {
     4: ((0, False), (1, True)), 5: ((1, False), (0, False)), 6: ((1, True), (0, False)),
     7: ((1, True), (0, True)), 8: ((1, False), (0, True)),
 }
+
+
+def check_sizes(sizes: int | Sequence[int], flag: str, patch_size: int) -> list[int]:
+    """A "one or two sizes" flag (--image_size, --resize) as a list: one size resizes the short side and keeps the
+    aspect ratio, two are H W (torchvision's Resize takes `size[0]` or `size` alike); each must cover a patch.
+    UserError naming `flag` otherwise."""
+    size = [int(sizes)] if isinstance(sizes, int) else [int(s) for s in sizes]
+    if len(size) not in (1, 2) or min(size) < patch_size:
+        raise UserError(f"{flag}: expected one or two sizes of at least the patch size {patch_size}, got {size}")
+    return size
 
 
 def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:

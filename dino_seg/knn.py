@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .distributed import gather_strided, process_group
 from .errors import UserError
+from .sharding import shard_indices
 
 FEATURE_FILES = ("trainfeat.pth", "testfeat.pth", "trainlabels.pth", "testlabels.pth")
 # Memory the (chunk, N_train) similarity block may take: 1.28 M training features give chunks of 50
@@ -25,15 +26,9 @@ class KnnError(UserError):
     """Inputs the k-NN classifier cannot work with (k too large, features of different widths)."""
 
 
-def _dist_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def shard(dataset: Dataset, rank: int, world_size: int) -> Dataset:
     """This process's share of `dataset`: items rank, rank + W, rank + 2W, ... (no padding, no repeats)."""
-    return dataset if world_size == 1 else Subset(dataset, range(rank, len(dataset), world_size))
+    return dataset if world_size == 1 else Subset(dataset, shard_indices(len(dataset), rank, world_size))
 
 
 @torch.no_grad()
@@ -48,7 +43,7 @@ def extract_features(model: nn.Module, dataset: Dataset, *, batch_size: int = 12
     `wrap` decorates the batch iterator (a progress bar).
     """
     device = torch.device(device)
-    rank, world = _dist_world() if gather else (0, 1)
+    rank, world = process_group() if gather else (0, 1)
     part = shard(dataset, rank, world)
     loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda", drop_last=False)
@@ -67,9 +62,7 @@ def extract_features(model: nn.Module, dataset: Dataset, *, batch_size: int = 12
         local = torch.zeros(0, _output_width(model, dataset, device), device=device)
     else:
         local = torch.cat(chunks)  # (N_rank, D)
-    if world == 1:
-        return local
-    return _gather_strided(local, len(dataset), rank, world)
+    return local if world == 1 else gather_strided(local, len(dataset))
 
 
 def _output_width(model: nn.Module, dataset: Dataset, device: torch.device) -> int:
@@ -77,22 +70,6 @@ def _output_width(model: nn.Module, dataset: Dataset, device: torch.device) -> i
     if width is None:
         width = model(dataset[0][0][None].to(device)).shape[-1]
     return int(width)
-
-
-def _gather_strided(local: torch.Tensor, total: int, rank: int, world: int) -> torch.Tensor | None:
-    """Put every rank's strided share back in dataset order on rank 0 (all_gather: gloo and NCCL)."""
-    per_rank = -(-total // world)
-    padded = local.new_zeros(per_rank, local.shape[1])
-    padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    if rank != 0:
-        return None
-    out = local.new_empty(total, local.shape[1])
-    for r, part in enumerate(parts):
-        count = len(range(r, total, world))
-        out[r::world] = part[:count]
-    return out
 
 
 @torch.no_grad()

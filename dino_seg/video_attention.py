@@ -19,7 +19,7 @@ from torchvision import transforms
 from .attention import cls_attention, threshold_masks, upsample_masks
 from .errors import UserError
 from .files import atomic_path
-from .images import IMAGENET_MEAN, IMAGENET_STD, load_image
+from .images import IMAGENET_MEAN, IMAGENET_STD, check_sizes, load_image
 from .models import is_vit
 from .video import VideoError, VideoWriter, iter_video
 from .viz import label_color, overlay_mask
@@ -64,11 +64,8 @@ def video_frames(video_path: str | Path, max_frames: int | None = None, name: st
 
 
 def check_resize(resize: Sequence[int], patch_size: int) -> list[int]:
-    """--resize as a list of one or two sizes, each at least one patch; ValueError otherwise."""
-    size = [int(s) for s in resize]
-    if len(size) not in (1, 2) or min(size) < patch_size:
-        raise UserError(f"--resize: expected one or two sizes of at least the patch size {patch_size}, got {size}")
-    return size
+    """--resize as a list of one or two sizes, each at least one patch; UserError otherwise."""
+    return check_sizes(resize, "--resize", patch_size)
 
 
 def preprocess_frames(frames: Sequence[np.ndarray], resize: Sequence[int] | None, patch_size: int,

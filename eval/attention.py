@@ -25,8 +25,6 @@ are used as given); one value resizes the short side; the pixels past the last w
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import time
@@ -36,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dino_seg import tables
 from dino_seg.attention import attention_results, masks_to_image_size, preprocess, preprocessed_size, resized_size
 from dino_seg.backbones import as_backbone
 from dino_seg.batching import batched
@@ -49,21 +48,18 @@ from dino_seg.models import is_vit
 from dino_seg.precision import PRECISIONS, autocast, check_precision
 from dino_seg.sharding import GlobalCounter, gather_to_main, shard_indices
 from dino_seg.viz import attention_panels
-from eval.common import add_launch_flags, add_weight_flags, load_from_args, output_folders, run_launched
-
-DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "blackswan.jpg"
+from eval.common import (add_image_flags, add_launch_flags, add_weight_flags, load_from_args, output_folders,
+                         run_launched)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("python -m eval.attention", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_weight_flags(parser, reference_patch_size=8)
-    parser.add_argument("--image_path", default=str(DEFAULT_IMAGE), type=str,
-                        help="An image file or a folder of images.")
+    add_image_flags(parser)
     parser.add_argument("--image_size", default=(480, 480), type=int, nargs="+",
                         help="Resize to H W (used exactly when multiples of the patch); a single value resizes the "
                              "short side and keeps the aspect ratio; pixels past the last whole patch are cropped.")
-    parser.add_argument("--output_dir", default=".", help="Where to write the results.")
     parser.add_argument("--threshold", type=float, default=0.6,
                         help="Share of the attention mass the masks keep (the paper's 0.6).")
     parser.add_argument("--gt_dir", default=None, type=str,
@@ -119,27 +115,12 @@ def write_outputs(out_dir: Path, result, threshold: float) -> np.ndarray:
 def score_table(rows: list[dict[str, float | str]], heads: int) -> str:
     """Scores as CSV text: one row per image and a final mean row."""
     columns = ["image"] + [f"head{j}" for j in range(heads)] + ["best_head", "mean_map"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows + [_mean_row(rows, columns)]:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()
+    return tables.score_table(rows, columns, mean_row=True)
 
 
 def share_table(rows: list[dict[str, float | str]]) -> str:
     """Register shares as CSV text: one row per image (per head and their mean) and a final mean row."""
-    columns = list(rows[0])
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows + [_mean_row(rows, columns)]:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()
-
-
-def _mean_row(rows: list[dict], columns: list[str]) -> dict:
-    return {"image": "mean", **{c: float(np.mean([r[c] for r in rows])) for c in columns[1:]}}
+    return tables.score_table(rows, list(rows[0]), mean_row=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,9 +262,9 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
         except OSError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        mean = _mean_row(shares, list(shares[0]))
+        mean = {k: float(np.mean([r[k] for r in shares])) for k in shares[0] if k != "image"}
         print("[CLS] attention on the registers (mean over images): " +
-              ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k != "image"))
+              ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
     if gt_dir is not None:
         if not rows:
             print(f"error: no image had a ground-truth mask in {gt_dir}", file=sys.stderr)

@@ -20,6 +20,8 @@ from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, load_model
 
 RANDOM = "random"
+# The bundled example image the image commands read when --image_path is not given.
+DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "blackswan.jpg"
 T = TypeVar("T")
 
 
@@ -110,7 +112,8 @@ def each_image(images: list[Path], work: Callable[[Path], T], desc: str) -> Iter
         except ImageError as err:
             if len(images) == 1:
                 raise
-            tqdm.write(f"warning: skipped {path}: {err}")
+            named = str(err).startswith(str(path))  # load_image's errors name the file already
+            tqdm.write(f"warning: skipped {'' if named else f'{path}: '}{err}")
             continue
         yield path, value
 
@@ -154,6 +157,12 @@ def discovery_kwargs(args: argparse.Namespace) -> dict:
         raise UserError(f"--tau: expected a cosine threshold in (0, 1), got {args.tau}")
     return dict(tau=args.tau, eps=args.eps, k_patches=args.k_patches, n_objects=n_objects,
                 which_features=args.which_features, dinoseg_head=head)
+
+
+def add_image_flags(parser: argparse.ArgumentParser) -> None:
+    """--image_path (an image or a folder, the bundled example by default) and --output_dir of the image commands."""
+    parser.add_argument("--image_path", default=str(DEFAULT_IMAGE), type=str, help="An image file or a folder of images.")
+    parser.add_argument("--output_dir", default=".", help="Where to write the results.")
 
 
 def add_launch_flags(parser: argparse.ArgumentParser) -> None:

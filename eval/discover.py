@@ -39,10 +39,9 @@ from dino_seg.groundtruth import ground_truth_files
 from dino_seg.images import ImageError, load_image
 from dino_seg.preprocess import PREPROCESS
 from dino_seg.refine import refine_objects
-from eval.common import (add_discovery_flags, add_weight_flags, collect_images, discovery_kwargs, each_image,
-                         load_from_args, output_folders)
+from eval.common import (add_discovery_flags, add_image_flags, add_weight_flags, collect_images, discovery_kwargs,
+                         each_image, load_from_args, output_folders)
 
-DEFAULT_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "images" / "blackswan.jpg"
 COCO_FILE = "coco.json"
 
 
@@ -51,8 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_weight_flags(parser, reference_patch_size=16)
     add_discovery_flags(parser)
-    parser.add_argument("--image_path", default=str(DEFAULT_IMAGE), type=str, help="An image file or a folder of images.")
-    parser.add_argument("--output_dir", default=".", help="Where to write the results.")
+    add_image_flags(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
     parser.add_argument("--preprocess", default=None, choices=PREPROCESS,
                         help="pad: zero padding to whole patches (LOST, main_tokencut.py); resize: LANCZOS resize "

@@ -7,6 +7,7 @@ import datetime
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +27,8 @@ from dino_seg.runs import EPOCH_LOG, METRICS_LOG, append_record, trim_records, w
 from dino_seg.seeding import epoch_seed, seed_everything
 from train.augment import AUGMENTATIONS, DataAugmentationDINO
 from train.data import ImageFilesDataset, build_loader
-from train.engine import NonFiniteLossError, Schedules, resolve_precision, train_one_epoch
+from train.engine import (EpochResult, NonFiniteLossError, Precision, Schedules, resolve_precision,
+                          train_one_epoch)
 from train.head import DINOHead, MultiCropWrapper
 from train.knn_monitor import KnnMonitor, add_knn_flags
 from train.loss import DINOLoss, collapse_warning
@@ -147,8 +149,75 @@ def build_student_teacher(*, arch: str, patch_size: int, drop_path_rate: float, 
     return student, teacher
 
 
+@dataclass
+class Networks:
+    """The student (DDP-wrapped under torchrun: `student`; the module itself: `student_core`), the teacher,
+    and what trains them."""
+
+    student_core: nn.Module
+    student: nn.Module
+    teacher: MultiCropWrapper
+    with_bn: bool  # ResNet backbones: BatchNorm statistics need syncing across processes
+    dino_loss: DINOLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    schedules: Schedules
+
+
 def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], None]) -> int:
     """The training run described by the parsed flags; returns the exit status."""
+    out = prepare_output(args, info, say)
+    seed_everything(args.seed)  # same initial weights on every process
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    precision = resolve_precision(info.device.type, use_fp16=args.use_fp16, bf16=args.bf16)
+    say(f"Precision: {precision.note}")
+    dataset, loader, knn = build_data(args, info, say)
+    nets = build_networks(args, info, precision, niter=len(loader), say=say)
+    start_epoch, skipped = resume(args, out, nets, say)
+    if len(set(starts := all_gather_objects(start_epoch))) > 1:
+        raise UserError(f"--output_dir: the processes found different checkpoints in {out} (resume epochs "
+                        f"{starts} by rank): it must be one folder shared by all nodes")
+    if info.is_main:
+        # Lines past the checkpoint come from an interrupted epoch that is about to be redone.
+        trim_records(out / EPOCH_LOG, lambda r: int(r.get("epoch", -1)) < start_epoch)
+        trim_records(out / METRICS_LOG, lambda r: int(r.get("it", -1)) < start_epoch * len(loader))
+    if start_epoch >= args.epochs:
+        say(f"Nothing to do: the checkpoint already has {start_epoch} of {args.epochs} epochs.")
+        return 0
+
+    say("Starting DINO training!")
+    start_time = time.time()
+    warned: set[str] = set(skipped)
+    for epoch in range(start_epoch, args.epochs):
+        seed_everything(epoch_seed(args.seed, epoch, info.rank))
+        loader.sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        result = run_epoch(args, info, nets, loader, epoch, precision, warned, out)
+        for paths in all_gather_objects(sorted(result.skipped)):
+            skipped.update(paths)
+        for path in sorted(skipped - warned):
+            warned.add(path)
+            say(f"warning: skipping unreadable image {path}")
+        log_stats = {**{f"train_{k}": v for k, v in result.stats.items()}, "epoch": epoch,
+                     "skipped_images": len(skipped)}
+        due = knn is not None and knn.due(epoch, args.epochs)
+        knn_stats = knn.evaluate(nets.teacher.backbone, info.device) if due else None
+        log_stats.update(knn_stats or {})
+        if info.is_main:
+            save_epoch(args, info, nets, out, epoch, log_stats, skipped, niter=len(loader))
+        say(f"Epoch {epoch}: " + "  ".join(f"{k} {v:.6g}" for k, v in result.stats.items()) +
+            (f"  skipped images {len(skipped)}" if skipped else "") +
+            (f"  k-NN top-1 {knn_stats['knn_top1']:.2f} top-5 {knn_stats['knn_top5']:.2f}" if knn_stats else ""))
+        warning = collapse_warning(result.stats["teacher_entropy"], result.stats["kl"])
+        if warning:
+            say(f"warning: epoch {epoch}: {warning}")
+    say(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}")
+    return 0
+
+
+def prepare_output(args: argparse.Namespace, info: DistInfo, say: Callable[[str], None]) -> Path:
+    """OUTPUT_DIR, created (rank 0) and rid of a killed save's temporary file; the flags and processes printed."""
     out = Path(args.output_dir)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -158,31 +227,34 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
     say("\n".join(f"{k}: {v}" for k, v in sorted(vars(args).items())))
     say(f"Processes: {info.world_size} ({info.launcher} launch, backend {info.backend or 'none'}), "
         f"device {info.device}")
-    seed_everything(args.seed)  # same initial weights on every process
-    device = info.device
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    precision = resolve_precision(device.type, use_fp16=args.use_fp16, bf16=args.bf16)
-    say(f"Precision: {precision.note}")
+    return out
 
-    # ============ data ============
+
+def build_data(args: argparse.Namespace, info: DistInfo, say: Callable[[str], None]
+               ) -> tuple[ImageFilesDataset, torch.utils.data.DataLoader, KnnMonitor | None]:
+    """The multi-crop dataset, this process's loader, and the k-NN monitor of --knn_data_path (or None)."""
     transform = DataAugmentationDINO(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
                                      global_crops_size=args.global_crops_size, local_crops_size=args.local_crops_size,
                                      augmentation=args.augmentation)
     dataset = ImageFilesDataset(args.data_path, transform, seed=args.seed)
     loader = build_loader(dataset, batch_size=args.batch_size_per_gpu, num_workers=args.num_workers,
                           rank=info.rank, world_size=info.world_size, seed=args.seed,
-                          pin_memory=device.type == "cuda")
-    niter = len(loader)
-    say(f"Data loaded: there are {len(dataset)} images ({niter} iterations per epoch).")
+                          pin_memory=info.device.type == "cuda")
+    say(f"Data loaded: there are {len(dataset)} images ({len(loader)} iterations per epoch).")
     knn = None
     if args.knn_data_path:
         knn = KnnMonitor(args.knn_data_path, crop_size=args.global_crops_size, k=args.knn_k,
                          temperature=args.knn_temperature, freq=args.knn_freq, batch_size=args.batch_size_per_gpu,
                          num_workers=args.num_workers, is_main=info.is_main)
         say(knn.describe())
+    return dataset, loader, knn
 
-    # ============ student and teacher ============
+
+def build_networks(args: argparse.Namespace, info: DistInfo, precision: Precision, niter: int,
+                   say: Callable[[str], None]) -> Networks:
+    """Student and teacher on the device (SyncBatchNorm and DDP under torchrun), the DINO loss, the optimiser,
+    the fp16 loss scaler and the per-iteration schedules."""
+    device = info.device
     student_core, teacher = build_student_teacher(
         arch=args.arch, patch_size=args.patch_size, drop_path_rate=args.drop_path_rate, out_dim=args.out_dim,
         use_bn_in_head=args.use_bn_in_head, norm_last_layer=args.norm_last_layer, init_weights=args.init_weights)
@@ -204,12 +276,8 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
     licence = getattr(student_core.backbone, "licence", None)
     if licence:
         say(licence)
-
-    # ============ loss, optimiser, schedules ============
     dino_loss = DINOLoss(args.out_dim, args.local_crops_number + 2, args.warmup_teacher_temp, args.teacher_temp,
                          args.warmup_teacher_temp_epochs, args.epochs).to(device)
-    optimizer = build_optimizer(args.optimizer, get_params_groups(student_core))
-    scaler = torch.amp.GradScaler("cuda") if precision.use_scaler else None
     schedules = Schedules(
         lr=cosine_scheduler(args.lr * args.batch_size_per_gpu * info.world_size / 256.0,  # linear scaling rule
                             args.min_lr, args.epochs, niter, warmup_epochs=args.warmup_epochs),
@@ -217,110 +285,89 @@ def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], No
         momentum=cosine_scheduler(args.momentum_teacher, 1.0, args.epochs, niter),
         niter_per_ep=niter,
     )
+    return Networks(student_core, student, teacher, with_bn, dino_loss,
+                    build_optimizer(args.optimizer, get_params_groups(student_core)),
+                    torch.amp.GradScaler("cuda") if precision.use_scaler else None, schedules)
 
-    # ============ resume ============
-    ckpt_path = out / CHECKPOINT
-    start_epoch = 0
-    skipped_all: set[str] = set()
-    if ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        load_module_state(student_core, ckpt["student"], what="student", path=ckpt_path)
-        load_module_state(teacher, ckpt["teacher"], what="teacher", path=ckpt_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        dino_loss.load_state_dict(ckpt["dino_loss"])
-        if scaler is not None and ckpt.get("fp16_scaler"):
-            scaler.load_state_dict(ckpt["fp16_scaler"])
-        start_epoch = int(ckpt["epoch"])
-        skipped_all.update(ckpt.get("skipped_images", []))
-        changed = {k: (v, getattr(args, k)) for k, v in (ckpt.get("args") or {}).items()
-                   if hasattr(args, k) and k not in ("local_rank", "output_dir", "data_path")
-                   and _plain(v) != _plain(getattr(args, k))}
-        say(f"Found checkpoint at {ckpt_path}: resuming at epoch {start_epoch}" +
-            (f" with changed flags {', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}" if changed else ""))
-    starts = all_gather_objects(start_epoch)
-    if len(set(starts)) > 1:
-        raise UserError(f"--output_dir: the processes found different checkpoints in {out} (resume epochs "
-                         f"{starts} by rank): it must be one folder shared by all nodes")
-    if info.is_main:
-        # Lines past the checkpoint come from an interrupted epoch that is about to be redone.
-        trim_records(out / EPOCH_LOG, lambda r: int(r.get("epoch", -1)) < start_epoch)
-        trim_records(out / METRICS_LOG, lambda r: int(r.get("it", -1)) < start_epoch * niter)
-    if start_epoch >= args.epochs:
-        say(f"Nothing to do: the checkpoint already has {start_epoch} of {args.epochs} epochs.")
-        return 0
 
-    say("Starting DINO training!")
-    start_time = time.time()
-    warned: set[str] = set(skipped_all)
-    for epoch in range(start_epoch, args.epochs):
-        seed_everything(epoch_seed(args.seed, epoch, info.rank))
-        loader.sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        bar = tqdm(loader, total=niter, desc=f"Epoch {epoch}/{args.epochs}", unit="it", dynamic_ncols=True,
-                   disable=not info.is_main, file=sys.stderr)
-        running = {"loss": 0.0, "n": 0}
-        metrics_file = open(out / METRICS_LOG, "a", encoding="utf-8") if info.is_main else None
+def resume(args: argparse.Namespace, out: Path, nets: Networks, say: Callable[[str], None]) -> tuple[int, set[str]]:
+    """(start epoch, images found unreadable so far) after loading OUTPUT_DIR/checkpoint.pth, if any, into the
+    networks, loss, optimiser and scaler; flags that differ from the checkpoint's are named."""
+    path = out / CHECKPOINT
+    if not path.is_file():
+        return 0, set()
+    ckpt = load_checkpoint(path)
+    load_module_state(nets.student_core, ckpt["student"], what="student", path=path)
+    load_module_state(nets.teacher, ckpt["teacher"], what="teacher", path=path)
+    nets.optimizer.load_state_dict(ckpt["optimizer"])
+    nets.dino_loss.load_state_dict(ckpt["dino_loss"])
+    if nets.scaler is not None and ckpt.get("fp16_scaler"):
+        nets.scaler.load_state_dict(ckpt["fp16_scaler"])
+    start_epoch = int(ckpt["epoch"])
+    changed = {k: (v, getattr(args, k)) for k, v in (ckpt.get("args") or {}).items()
+               if hasattr(args, k) and k not in ("local_rank", "output_dir", "data_path")
+               and _plain(v) != _plain(getattr(args, k))}
+    say(f"Found checkpoint at {path}: resuming at epoch {start_epoch}" +
+        (f" with changed flags {', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}" if changed else ""))
+    return start_epoch, set(ckpt.get("skipped_images", []))
 
-        def on_iteration(record: dict) -> None:
-            for path in record.pop("skipped"):
-                if path not in warned:
-                    warned.add(path)
-                    tqdm.write(f"warning: skipping unreadable image {path}", file=sys.stderr)
-            if metrics_file is not None:
-                write_record(metrics_file, record)
-            running["loss"] += record["loss"]
-            running["n"] += 1
-            bar.set_postfix(loss=f"{running['loss'] / running['n']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
 
-        try:
-            result = train_one_epoch(
-                student=student, student_core=student_core, teacher=teacher, dino_loss=dino_loss, batches=bar,
-                optimizer=optimizer, schedules=schedules, epoch=epoch, device=device, precision=precision,
-                scaler=scaler, clip_grad=args.clip_grad, freeze_last_layer=args.freeze_last_layer,
-                sync_buffers=with_bn and info.distributed and device.type != "cuda",
-                on_iteration=on_iteration if info.is_main else None)
-        finally:
-            bar.close()
-            if metrics_file is not None:
-                metrics_file.close()
+def run_epoch(args: argparse.Namespace, info: DistInfo, nets: Networks, loader: torch.utils.data.DataLoader,
+              epoch: int, precision: Precision, warned: set[str], out: Path) -> EpochResult:
+    """One epoch under a progress bar (rank 0), each iteration's metrics appended to metrics.jsonl (rank 0)
+    and each unreadable image warned of once; returns train_one_epoch's result."""
+    bar = tqdm(loader, total=len(loader), desc=f"Epoch {epoch}/{args.epochs}", unit="it", dynamic_ncols=True,
+               disable=not info.is_main, file=sys.stderr)
+    running = {"loss": 0.0, "n": 0}
+    metrics_file = open(out / METRICS_LOG, "a", encoding="utf-8") if info.is_main else None
 
-        for paths in all_gather_objects(sorted(result.skipped)):
-            skipped_all.update(paths)
-        for path in sorted(skipped_all - warned):
-            warned.add(path)
-            say(f"warning: skipping unreadable image {path}")
-        log_stats = {**{f"train_{k}": v for k, v in result.stats.items()}, "epoch": epoch,
-                     "skipped_images": len(skipped_all)}
-        knn_stats = knn.evaluate(teacher.backbone, device) if knn is not None and knn.due(epoch, args.epochs) else None
-        log_stats.update(knn_stats or {})
-        if info.is_main:
-            # The log line goes first: a crash before the checkpoint is renamed in place only leaves
-            # a line that the resume trims.
-            append_record(out / EPOCH_LOG, log_stats)
-            save_dict = {
-                "student": add_prefix(student_core.state_dict()),  # `module.` as the reference's DDP student
-                # The reference wraps the teacher in DDP only when it has BatchNorms (ResNet).
-                "teacher": add_prefix(teacher.state_dict()) if with_bn else teacher.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1,
-                "args": {k: _plain(v) for k, v in vars(args).items()},
-                "dino_loss": dino_loss.state_dict(),
-                "fp16_scaler": scaler.state_dict() if scaler is not None else None,
-                "iteration": (epoch + 1) * niter,
-                "world_size": info.world_size,
-                "skipped_images": sorted(skipped_all),
-            }
-            save_checkpoint(save_dict, ckpt_path)
-            if args.saveckp_freq and epoch % args.saveckp_freq == 0:
-                save_checkpoint(save_dict, out / f"checkpoint{epoch:04}.pth")
-        say(f"Epoch {epoch}: " + "  ".join(f"{k} {v:.6g}" for k, v in result.stats.items()) +
-            (f"  skipped images {len(skipped_all)}" if skipped_all else "") +
-            (f"  k-NN top-1 {knn_stats['knn_top1']:.2f} top-5 {knn_stats['knn_top5']:.2f}" if knn_stats else ""))
-        warning = collapse_warning(result.stats["teacher_entropy"], result.stats["kl"])
-        if warning:
-            say(f"warning: epoch {epoch}: {warning}")
-    say(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}")
-    return 0
+    def on_iteration(record: dict) -> None:
+        for path in record.pop("skipped"):
+            if path not in warned:
+                warned.add(path)
+                tqdm.write(f"warning: skipping unreadable image {path}", file=sys.stderr)
+        if metrics_file is not None:
+            write_record(metrics_file, record)
+        running["loss"] += record["loss"]
+        running["n"] += 1
+        bar.set_postfix(loss=f"{running['loss'] / running['n']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+
+    try:
+        return train_one_epoch(
+            student=nets.student, student_core=nets.student_core, teacher=nets.teacher, dino_loss=nets.dino_loss,
+            batches=bar, optimizer=nets.optimizer, schedules=nets.schedules, epoch=epoch, device=info.device,
+            precision=precision, scaler=nets.scaler, clip_grad=args.clip_grad,
+            freeze_last_layer=args.freeze_last_layer,
+            sync_buffers=nets.with_bn and info.distributed and info.device.type != "cuda",
+            on_iteration=on_iteration if info.is_main else None)
+    finally:
+        bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+
+
+def save_epoch(args: argparse.Namespace, info: DistInfo, nets: Networks, out: Path, epoch: int, log_stats: dict,
+               skipped: set[str], niter: int) -> None:
+    """Rank 0's end of an epoch: the log line, then checkpoint.pth in the reference format (and every
+    --saveckp_freq epochs checkpointNNNN.pth), each written atomically."""
+    # The log line goes first: a crash before the checkpoint is renamed in place only leaves a line the resume trims.
+    append_record(out / EPOCH_LOG, log_stats)
+    save_dict = {
+        "student": add_prefix(nets.student_core.state_dict()),  # `module.` as the reference's DDP student
+        # The reference wraps the teacher in DDP only when it has BatchNorms (ResNet).
+        "teacher": add_prefix(nets.teacher.state_dict()) if nets.with_bn else nets.teacher.state_dict(),
+        "optimizer": nets.optimizer.state_dict(),
+        "epoch": epoch + 1,
+        "args": {k: _plain(v) for k, v in vars(args).items()},
+        "dino_loss": nets.dino_loss.state_dict(),
+        "fp16_scaler": nets.scaler.state_dict() if nets.scaler is not None else None,
+        "iteration": (epoch + 1) * niter,
+        "world_size": info.world_size,
+        "skipped_images": sorted(skipped),
+    }
+    save_checkpoint(save_dict, out / CHECKPOINT)
+    if args.saveckp_freq and epoch % args.saveckp_freq == 0:
+        save_checkpoint(save_dict, out / f"checkpoint{epoch:04}.pth")
 
 
 def _plain(value: object) -> object:
