@@ -185,7 +185,7 @@ def test_the_frame_cap(client, cfg, monkeypatch, capsys):
         client.predict(*PROPAGATE[:7], video_tab.MAX_VIDEO_FRAMES + 1, 240, api_name="/propagate")
     err = capsys.readouterr().err
     assert f"input: {refusal}" in err.splitlines() and "Traceback" not in err
-    choices = "Short side (px): Value: 100 (type: <class 'int'>) is not in the list of choices: [240, 360, 480]"
+    choices = "Short side (px): Value: 100 (type: <class 'int'>) is not in the list of choices: [240, 360, 480, 720, 960]"
     with pytest.raises(Exception, match=re.escape(choices)):
         client.predict(*PROPAGATE[:7], 4, 100, api_name="/propagate")
     monkeypatch.setattr(video_tab, "MAX_VIDEO_FRAMES", 3)

@@ -3,6 +3,7 @@ presets grouped by generation, the DINOv3 licence line, and the DINOv3 preset wi
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -71,4 +72,41 @@ def test_a_dinov3_preset_without_its_file_says_where_to_request_it_and_where_to_
     assert "no internet" not in banner and DINOV3_LICENCE in banner
     with pytest.raises(Exception, match="licence-gated"):
         model_cache.model_or_error("dinov3_vits16", cfg)
+
+
+def _jf(note: str) -> float:
+    match = re.search(r"\*\*J&F (\d\.\d{3})\*\*", note)
+    assert match, note
+    return float(match.group(1))
+
+
+def test_the_video_tab_propagates_with_the_chosen_protocol_as_eval_davis_does(family_weights, tmp_path):
+    """J&F of the Video tab equals eval.davis's with the same protocol and short side, on a tiny synthetic
+    sequence; the two protocols give different propagations."""
+    from eval import davis as davis_cli
+    from davis_data import make_davis
+
+    from dino_seg.app import video as video_tab
+
+    root = make_davis(tmp_path / "davis", {"shapes": 5}, n_objects=2)
+    weights = family_weights["dinov3"]
+    cfg = AppConfig(weights=weights, device="cpu", allowed_roots=None)
+    scores = {}
+    for protocol in ("dino", "dinov3"):
+        note = video_tab.run_video(video_tab.DAVIS_SOURCE, str(root), "shapes", None, None, None, weights, 5, 64, cfg,
+                                   protocol=protocol)[-1]
+        assert f"protocol {protocol}" in note and "5 frames" in note
+        out = tmp_path / f"out_{protocol}"
+        code = davis_cli.main(["--pretrained_weights", weights, "--data_path", str(root), "--output_dir", str(out),
+                               "--protocol", protocol, "--short_side", "64", "--device", "cpu"])
+        assert code == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert _jf(note) == round(summary["scores"]["J&F-Mean"], 3), (note, summary["scores"])
+        scores[protocol] = summary["scores"]["J&F-Mean"]
+    assert scores["dino"] != scores["dinov3"]
+    assert video_tab.protocol_short_side("dinov3")["value"] == 960
+    assert video_tab.protocol_short_side("dino")["value"] == 480
+    with pytest.raises(Exception, match="protocol: expected one of dino, dinov3"):
+        video_tab.run_video(video_tab.DAVIS_SOURCE, str(root), "shapes", None, None, None, weights, 5, 64, cfg,
+                            protocol="dinov2")
 

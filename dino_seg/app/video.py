@@ -19,6 +19,7 @@ from dino_seg.groundtruth import load_mask
 from dino_seg.images import load_image
 from dino_seg.pairing import discovered_labels
 from dino_seg.propagation import segment_sequence
+from dino_seg.propagation_v3 import TrackingConfig, segment_sequence_v3
 from dino_seg.video import DEFAULT_FPS, read_video_frames, video_info, write_video
 from dino_seg.video_attention import MASK_MODES, folder_frames, make_attention_video, video_frames
 from dino_seg.viz import overlay_labels
@@ -34,7 +35,10 @@ from .scratch import SCRATCH
 from .shared import Shared
 
 MAX_VIDEO_FRAMES = 60  # ViT-S/16 at a 480 short side takes about 3 s a frame on a 2-core CPU
-VIDEO_SHORT_SIDES = (240, 360, 480)  # 480 is the reference; smaller is faster on CPU
+VIDEO_SHORT_SIDES = (240, 360, 480, 720, 960)  # 480 is DINO's reference, 960 DINOv3's; smaller is faster on CPU
+# eval.davis --protocol: dino (the reference's propagation, any backbone) or dinov3 (DINOv3's segmentation_tracking
+# notebook), each with the short side it is published at.
+PROTOCOLS = {"dino": 480, "dinov3": 960}
 DAVIS_SOURCE = "DAVIS sequence"
 UPLOAD_SOURCE = "Uploaded video"
 PROPAGATION_MODE = "Propagated labels"
@@ -228,9 +232,10 @@ def write_overlays(work: Path, clip: Clip, masks: list[np.ndarray]) -> tuple[lis
     return overlaid, paths
 
 
-def propagation_summary(work: Path, clip: Clip, description: str, labels: np.ndarray, short_side: int) -> list[str]:
+def propagation_summary(work: Path, clip: Clip, description: str, labels: np.ndarray, short_side: int,
+                        protocol: str = "dino") -> list[str]:
     """The summary's lines: what ran, J&F when the ground truth covers the frames, and the notes."""
-    lines = [f"**{description}** · {len(clip.frames)} frames · short side {short_side} px · "
+    lines = [f"**{description}** · protocol {protocol} · {len(clip.frames)} frames · short side {short_side} px · "
              f"{davis.num_objects(labels)} object(s)"]
     scores = run_scores(work / "results", clip.scores_root, clip.name, clip.frames) if clip.scores_root else None
     if scores is not None:
@@ -239,21 +244,34 @@ def propagation_summary(work: Path, clip: Clip, description: str, labels: np.nda
                      f"1–{len(clip.frames) - 2} (first and last excluded, as DAVIS scores)")
     elif clip.scores_root:
         lines.append("\nno J&F: the ground truth of these frames is incomplete (or fewer than 3 frames)")
-    if short_side != 480:
-        lines.append(f"- note: frames resized to a {short_side}-pixel short side (the reference uses 480): "
-                     "faster, but scores differ from the paper's")
+    if short_side != PROTOCOLS[protocol]:
+        lines.append(f"- note: frames resized to a {short_side}-pixel short side (the {protocol} protocol uses "
+                     f"{PROTOCOLS[protocol]}): scores differ from the published ones")
     return lines + [f"- note: {n}" for n in clip.notes]
+
+
+def propagate_labels(model: nn.Module, frames: list[Path], labels: np.ndarray, protocol: str, short_side: int,
+                     device: str) -> Any:
+    """(frame index, labels) of frames 1.. under `protocol`, called exactly as eval.davis calls the library with
+    its default settings (first frame + 7 previous frames, top-5, 12-patch neighbourhood)."""
+    if protocol == "dinov3":
+        return segment_sequence_v3(model, frames, labels, TrackingConfig(short_side=short_side))
+    return segment_sequence(model, frames, labels, device=device, short_side=short_side)
 
 
 @friendly
 def run_video(source: str, root: str | None, sequence: str | None, video_path: str | None,
               mask_path: str | None, drawing: dict | None, weights: str | None, max_frames: float,
               short_side: float, cfg: AppConfig, first_mask: str = GIVEN, first_method: str = DEFAULT_METHOD,
-              progress: gr.Progress = gr.Progress()) -> tuple[str | None, list[str], dict, np.ndarray | str, str]:
+              progress: gr.Progress = gr.Progress(), protocol: str = "dino"
+              ) -> tuple[str | None, list[str], dict, np.ndarray | str, str]:
     """Propagate the first frame's labels through the frames: (video file, overlaid frame files,
     frame slider update, first overlaid frame (or the GIF when no video codec), summary Markdown with J&F
     when ground truth exists). With `first_mask` "discovered", `first_method` finds the first-frame objects
-    (no mask needed; on DAVIS the annotation only pairs them with the annotated objects for J&F)."""
+    (no mask needed; on DAVIS the annotation only pairs them with the annotated objects for J&F). `protocol` is
+    eval.davis --protocol: dino (the reference's propagation) or dinov3 (DINOv3's tracking notebook)."""
+    if protocol not in PROTOCOLS:
+        raise gr.Error(f"protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     discovered = first_mask == DISCOVERED
     max_frames = max(2, min(int(max_frames), MAX_VIDEO_FRAMES))
     short_side = int(short_side)
@@ -276,13 +294,13 @@ def run_video(source: str, root: str | None, sequence: str | None, video_path: s
                            (" Discovery found no object (paired with the annotation)." if discovered else ""))
         progress(0, desc="computing features")
         masks = [labels.astype(np.uint8)]
-        steps = segment_sequence(model, clip.frames, labels, device=cfg.device, short_side=short_side)
+        steps = propagate_labels(model, clip.frames, labels, protocol, short_side, cfg.device)
         for _, mask in progress.tqdm(steps, total=len(clip.frames) - 1, desc="propagating", unit="frame"):
             masks.append(mask)
             check_open()  # a shutdown stops the job between two frames
         overlaid, paths = write_overlays(work, clip, masks)
         video = write_video(overlaid, work / f"{clip.name}_propagated", clip.fps)
-        lines = propagation_summary(work, clip, description, labels, short_side)
+        lines = propagation_summary(work, clip, description, labels, short_side, protocol)
     slider = gr.update(minimum=0, maximum=len(paths) - 1, value=0, step=1, interactive=True)
     if video.suffix == ".gif":
         # A video player cannot show a GIF, an image can: it animates in the frame view until the slider moves.
@@ -374,6 +392,11 @@ def show_frame(paths: list[str] | None, index: float) -> str | None:
     return path
 
 
+def protocol_short_side(protocol: str) -> dict:
+    """A new propagation protocol sets the short side to the one it is published at."""
+    return gr.update(value=PROTOCOLS[protocol]) if protocol in PROTOCOLS else gr.update()
+
+
 def switch_video_source(source: str) -> tuple[dict, dict]:
     """Show the DAVIS controls or the upload controls."""
     return gr.update(visible=source == DAVIS_SOURCE), gr.update(visible=source == UPLOAD_SOURCE)
@@ -422,19 +445,25 @@ def _run_options() -> dict[str, Any]:
                              info=f"Capped at {MAX_VIDEO_FRAMES}: a few seconds a frame on a CPU at 480 px",
                              elem_id="video-frames")
     c["short_side"] = Radio(list(VIDEO_SHORT_SIDES), value=480, label="Short side (px)",
-                            info="480 as the reference; smaller is faster", elem_id="video-short-side")
+                            info="480 as DINO's reference, 960 as DINOv3's; smaller is faster",
+                            elem_id="video-short-side")
     with gr.Column(visible=False) as c["attention_options"]:
         c["attention_masks"] = Radio(MASK_CHOICES, value="mean", label="Masks video",
                                      info="The masks keeping a share of the attention mass, with contours",
                                      elem_id="video-attention-masks-mode")
         c["threshold"] = Slider(0.05, 1.0, value=DEFAULT_THRESHOLD, step=0.05, label="Share of the attention mass",
                                 info="0.6 as the paper", elem_id="video-attention-threshold")
-    with gr.Row(visible=True) as c["first_mask_options"]:
-        c["first_mask"] = Radio([GIVEN, DISCOVERED], value=GIVEN, label="First-frame mask",
-                                info="given: the annotation, uploaded or drawn; discovered: found by a method with "
-                                     "the Attention tab's default settings", elem_id="video-first-mask")
-        c["first_method"] = gr.Dropdown(list(DISCOVERY_METHODS), value=DEFAULT_METHOD, label="Discovery method",
-                                        elem_id="video-first-method")
+    with gr.Column(visible=True) as c["first_mask_options"]:  # propagation only: the protocol, the first mask
+        c["protocol"] = Radio(list(PROTOCOLS), value="dino", label="Propagation protocol",
+                              info="dino: the reference's (any backbone, 480 px); dinov3: DINOv3's tracking notebook "
+                                   "(960 px, both sides rounded up to the patch), as eval.davis --protocol",
+                              elem_id="video-protocol")
+        with gr.Row():
+            c["first_mask"] = Radio([GIVEN, DISCOVERED], value=GIVEN, label="First-frame mask",
+                                    info="given: the annotation, uploaded or drawn; discovered: found by a method "
+                                         "with the Attention tab's default settings", elem_id="video-first-mask")
+            c["first_method"] = gr.Dropdown(list(DISCOVERY_METHODS), value=DEFAULT_METHOD, label="Discovery method",
+                                            elem_id="video-first-method")
     c["run"] = gr.Button("Propagate", variant="primary", elem_id="video-run")
     c["attention_run"] = gr.Button("Make the attention video", variant="primary", visible=False,
                                    elem_id="video-attention-run")
@@ -481,14 +510,18 @@ def _wire(c: dict[str, Any], cfg: AppConfig, shared: Shared) -> None:
                          api_name="video_first_frame")
 
     def propagate(source, root, sequence, video_in, mask_in, drawing, weights, max_frames, short_side, first_mask,
-                  first_method, progress=gr.Progress()):
+                  first_method, protocol, progress=gr.Progress()):
         return run_video(source, root, sequence, video_in, mask_in, drawing, weights, max_frames, short_side, cfg,
-                         first_mask, first_method, progress)
+                         first_mask, first_method, progress, protocol)
+
+    # A protocol starts from its own short side (dino 480, dinov3 960); the person may then pick another.
+    c["protocol"].change(protocol_short_side, c["protocol"], c["short_side"], api_name="protocol_short_side",
+                         api_visibility="private")
 
     # Propagation is the slow job: one at a time, in its own queue, so attention requests still run.
     clears_errors(c["run"].click(
         propagate, [c["source"], c["root"], c["sequence"], c["video_in"], c["mask_in"], c["drawing"], shared.weights,
-                    c["max_frames"], c["short_side"], c["first_mask"], c["first_method"]],
+                    c["max_frames"], c["short_side"], c["first_mask"], c["first_method"], c["protocol"]],
         [c["video_out"], c["frame_paths"], c["frame_index"], c["frame_view"], c["note"]],
         concurrency_limit=1, concurrency_id="video", api_name="propagate"))
     # The attention video shares propagation's queue: both are the tab's slow jobs.
