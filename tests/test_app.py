@@ -189,11 +189,11 @@ def test_user_errors_are_one_line_on_the_console_without_temporary_paths(capsys,
 
 # --- the page and the command line
 
-def test_page_has_four_tabs_and_the_flags_have_their_defaults(cfg):
+def test_page_has_five_tabs_and_the_flags_have_their_defaults(cfg):
     demo = app.build_demo(cfg)
     assert isinstance(demo, gr.Blocks)
     labels = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
-    assert labels == ["Attention", "Video", "Results", "Training"]
+    assert labels == ["Attention", "Compare", "Video", "Results", "Training"]
     args = app.get_args_parser().parse_args([])
     assert (args.pretrained_weights, args.host, args.port, args.share) == ("dino_vits16", "127.0.0.1", 7860, False)
     assert args.davis_root == str(BUNDLED_DAVIS)
