@@ -212,7 +212,7 @@ def test_a_new_davis_root_redraws_the_preview_and_successes_close_error_toasts(c
     assert all(fn.fn is None and fn.trigger_only_on_success for fn in closing)
     names = {fn._id: fn.api_name for fn in demo.fns.values()}
     assert sorted(names[fn.trigger_after] for fn in closing) == [
-        "attention_video", "discover", "open_results", "open_training", "propagate", "use_checkpoint"]
+        "attention_video", "compare", "discover", "open_results", "open_training", "propagate", "use_checkpoint"]
 
 
 def test_the_start_up_line_names_share_not_gradios_launch_hint():
