@@ -144,8 +144,9 @@ def exportable(model: nn.Module) -> tuple[nn.Module, bool]:
 def check_size(image_size: tuple[int, int], patch_size: int) -> None:
     h, w = image_size
     if h <= 0 or w <= 0 or h % patch_size or w % patch_size:
+        near_h, near_w = (max(1, round(v / patch_size)) * patch_size for v in (h, w))
         raise ExportError(f"--image_size {h} {w}: expected multiples of the patch size {patch_size} "
-                          f"(e.g. {max(1, round(h / patch_size)) * patch_size} {max(1, round(w / patch_size)) * patch_size})")
+                          f"(e.g. {near_h} {near_w})")
 
 
 def check_opset(opset: int) -> None:
@@ -238,7 +239,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "pipeline check.")
     parser.add_argument("--arch", default=None, type=str, help="Architecture; inferred from the weights.")
     parser.add_argument("--patch_size", default=None, type=int, help="Patch size; inferred from the weights.")
-    parser.add_argument("--checkpoint_key", default="teacher", type=str, help="teacher or student of a full checkpoint.")
+    parser.add_argument("--checkpoint_key", default="teacher", type=str,
+                        help="teacher or student of a full checkpoint.")
     parser.add_argument("--image_size", default=(480, 480), type=int, nargs=2, metavar=("H", "W"),
                         help="Height and width the model is traced and checked at (multiples of the patch).")
     parser.add_argument("--output", default="model.onnx", type=str, help="The ONNX file to write.")

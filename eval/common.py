@@ -102,11 +102,13 @@ def collect_images(image_path: str) -> tuple[list[Path], Path]:
     raise UserError(f"--image_path {path}: no such file or folder")
 
 
-def each_image(images: list[Path], work: Callable[[Path], T], desc: str) -> Iterator[tuple[Path, T]]:
+def each_image(images: list[Path], work: Callable[[Path], T], desc: str, *,
+               enabled: bool = True) -> Iterator[tuple[Path, T]]:
     """(path, work(path)) for each image under a progress bar. A file that fails with ImageError (it
     cannot be decoded, or is too small to process) is skipped with a warning when there are several,
-    re-raised when it is the only one; any other error is not the file's fault and stops the run."""
-    for path in tqdm(images, desc=desc, unit="img", disable=len(images) == 1):
+    re-raised when it is the only one; any other error is not the file's fault and stops the run. `enabled`
+    False hides the bar (ranks other than 0)."""
+    for path in tqdm(images, desc=desc, unit="img", disable=len(images) == 1 or not enabled):
         try:
             value = work(path)
         except ImageError as err:

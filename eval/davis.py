@@ -234,27 +234,27 @@ def _check_provenance(output_dir: Path, settings: dict, plan: list, overwrite: b
     return [] if diff or not isinstance(sequences, list) else [str(n) for n in sequences]
 
 
-def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
-    """Propagate and score; under torchrun or SLURM (`info`), every rank propagates its share of the
-    sequences and rank 0 alone scores and writes the summary."""
-    info = info or DistInfo(0, 1, 0, torch.device("cpu"), None, "none")
-    if args.results_path:
-        if not info.is_main:
-            return 0
-        results = Path(args.results_path)
-        if not results.is_dir():
-            raise DavisError(f"--results_path: results folder not found: {results}")
-        names, note = _scorable(args, _sequences(args))
-        if not names:
-            _drop_stale_scores(results, args.set, "no ground truth to score against")
-            raise DavisError(note)
-        if note:
-            print(f"warning: {note}", file=sys.stderr)
-        scores = _score(results, args, names)
-        # A summary of the run that made these masks gets the new scores, not the old ones.
-        _set_summary_scores(results, scores.global_scores)
-        return 0
+def score_results(args: argparse.Namespace) -> int:
+    """--results_path: score an existing results folder (rank 0 only), without propagating anything."""
+    results = Path(args.results_path)
+    if not results.is_dir():
+        raise DavisError(f"--results_path: results folder not found: {results}")
+    names, note = _scorable(args, _sequences(args))
+    if not names:
+        _drop_stale_scores(results, args.set, "no ground truth to score against")
+        raise DavisError(note)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
+    scores = _score(results, args, names)
+    # A summary of the run that made these masks gets the new scores, not the old ones.
+    _set_summary_scores(results, scores.global_scores)
+    return 0
 
+
+def check_inputs(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, list[Path], Path]], dict]:
+    """(sequence names, [(name, frames, first-frame annotation)], discovery keywords) after checking the flags
+    and every sequence's files, before any weights are loaded or the long run starts (DavisError names what is
+    wrong)."""
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise DavisError(f"--output_dir {args.output_dir}: is a file, expected a folder")
     if args.short_side is None:
@@ -265,7 +265,6 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
             raise DavisError(f"--{flag}: expected at least {minimum}, got {getattr(args, flag)}")
     discovery = discovery_kwargs(args)
     names = _sequences(args)
-    # Check every sequence's files before the long run starts.
     plan = []
     for name in names:
         frames = frame_paths(args.data_path, name, args.resolution)
@@ -276,6 +275,16 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
             (gh, gw), (fh, fw) = image_size(first_gt), image_size(frames[0])
             raise DavisError(f"annotation {first_gt} is {gw}x{gh} but frame {frames[0]} is {fw}x{fh}")
         plan.append((name, frames, first_gt))
+    return names, plan, discovery
+
+
+def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
+    """Propagate and score; under torchrun or SLURM (`info`), every rank propagates its share of the
+    sequences and rank 0 alone scores and writes the summary."""
+    info = info or DistInfo(0, 1, 0, torch.device("cpu"), None, "none")
+    if args.results_path:
+        return score_results(args) if info.is_main else 0
+    names, plan, discovery = check_inputs(args)
 
     device = info.device
     check_precision(args.precision, device)
@@ -379,14 +388,7 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
         print(f"skipped {len(skipped)} complete sequence(s) (--overwrite true to redo): {', '.join(skipped)}",
               file=sys.stderr)
 
-    scorable, note = _scorable(args, names)
-    if note:
-        print(f"warning: {note}", file=sys.stderr)
-    scores = _score(output_dir, args, scorable) if scorable else None
-    if scores is None:
-        _drop_stale_scores(output_dir, args.set, "no ground truth to score against")
-        print(f"wrote the masks of {len(names)} sequence(s) to {output_dir}; no J&F: nothing to score")
-    summary = {
+    run_facts = {
         "args": vars(args),
         "settings": settings,
         "weights": description,
@@ -401,8 +403,21 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
         "per_sequence": {name: per_sequence[name] for name in names if name in per_sequence},
         "peak_memory_mb": round(peak_mb, 1),
         "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
-        "scores": scores.global_scores if scores is not None else None,
     }
+    return score_and_summarise(args, output_dir, names, run_facts)
+
+
+def score_and_summarise(args: argparse.Namespace, output_dir: Path, names: list[str], run_facts: dict) -> int:
+    """Rank 0's end of a run: J&F of the sequences that have ground truth (stale score files removed when none
+    has), then summary.json with `run_facts` and the scores."""
+    scorable, note = _scorable(args, names)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
+    scores = _score(output_dir, args, scorable) if scorable else None
+    if scores is None:
+        _drop_stale_scores(output_dir, args.set, "no ground truth to score against")
+        print(f"wrote the masks of {len(names)} sequence(s) to {output_dir}; no J&F: nothing to score")
+    summary = {**run_facts, "scores": scores.global_scores if scores is not None else None}
     if scores is None:
         summary["scores_error"] = "no ground truth to score against"
     elif len(scorable) < len(names):

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dino_seg.cli import check_output_dir, run_command
-from dino_seg.device import pick_device
+from dino_seg.cli import check_output_dir
+from dino_seg.distributed import DistInfo
 from dino_seg.coco_export import CocoExport
 from dino_seg.discovery import discover, extract_features
 from dino_seg.discovery_data import BENCHMARKS, load_benchmark
@@ -39,8 +39,9 @@ from dino_seg.groundtruth import ground_truth_files
 from dino_seg.images import ImageError, load_image
 from dino_seg.preprocess import PREPROCESS
 from dino_seg.refine import refine_objects
-from eval.common import (add_discovery_flags, add_image_flags, add_weight_flags, collect_images, discovery_kwargs,
-                         each_image, load_from_args, output_folders)
+from dino_seg.sharding import gather_to_main, shard_indices
+from eval.common import (add_discovery_flags, add_image_flags, add_launch_flags, add_weight_flags, collect_images,
+                         discovery_kwargs, each_image, load_from_args, output_folders, run_launched)
 
 COCO_FILE = "coco.json"
 
@@ -51,7 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_weight_flags(parser, reference_patch_size=16)
     add_discovery_flags(parser)
     add_image_flags(parser)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    add_launch_flags(parser)
     parser.add_argument("--preprocess", default=None, choices=PREPROCESS,
                         help="pad: zero padding to whole patches (LOST, main_tokencut.py); resize: LANCZOS resize "
                              "of each side to the nearest patch multiple (TokenCut's get_saliency.py). Default: "
@@ -124,11 +125,17 @@ def report_scores(scores: DiscoveryScores, output_dir: Path, provenance: dict) -
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return run_command(lambda: run(args), interrupted="the outputs written so far are complete (files are written "
-                                                     "whole); --resume continues")
+    return run_launched(args, lambda info, say: run(args, info),
+                        interrupted="the outputs written so far are complete (files are written whole); --resume "
+                                    "continues")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
+    """Under torchrun or SLURM (`info`), every rank discovers the objects of its share of the images (every
+    world_size-th); rank 0 alone reads them back, scores them and writes summary.json."""
+    import torch
+
+    info = info or DistInfo(0, 1, 0, torch.device("cpu"), None, "none")
     kwargs = discovery_kwargs(args)
     if args.benchmark and not args.data_path:
         raise UserError(f"--benchmark {args.benchmark}: give its root with --data_path ROOT")
@@ -142,9 +149,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.output_dir)
     preprocess = args.preprocess or bench_preprocess or "pad"
     # The inputs are checked before the weights are loaded (or downloaded): a wrong path fails at once.
-    model, description = load_from_args(args, pick_device(args.device))
-    print(f"weights: {description}; method: {args.method}; preprocess: {preprocess}" +
-          (f"; benchmark: {args.benchmark} ({len(images)} images)" if args.benchmark else ""))
+    model, description = load_from_args(args, info.device)
+    if info.is_main:
+        print(f"weights: {description}; method: {args.method}; preprocess: {preprocess}" +
+              (f"; benchmark: {args.benchmark} ({len(images)} images)" if args.benchmark else "") +
+              (f"; {info.world_size} processes ({info.backend})" if info.distributed else ""))
 
     def work(path: Path):
         image = load_image(path)
@@ -155,12 +164,14 @@ def run(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     folders = output_folders(images, root)
     finished = {p for p in images if args.resume and is_complete(output_dir / folders[p], args.refine)}
-    if args.resume:
+    if args.resume and info.is_main:
         print(f"resume: {len(finished)} of {len(images)} image(s) already done in {output_dir}")
+    todo = [p for p in images if p not in finished]
+    mine = [todo[i] for i in shard_indices(len(todo), info.rank, info.world_size)]
+    made: dict[str, int] = {}  # image -> the rank that wrote its objects
     done = 0
     try:
-        for path, (image, features, result) in each_image([p for p in images if p not in finished], work,
-                                                          args.method):
+        for path, (image, features, result) in each_image(mine, work, args.method, enabled=info.is_main):
             out_dir, pixels = output_dir / folders[path], np.asarray(image)
             write_discovery(out_dir, pixels, features, result)
             refined = refine_objects(pixels, result.masks) if args.refine else None
@@ -168,12 +179,24 @@ def run(args: argparse.Namespace) -> int:
                 write_refinement(out_dir, refined)
             write_objects(out_dir, result, refined)  # last: the image is complete
             finished.add(path)
+            made[path.relative_to(root).as_posix()] = info.rank
             done += 1
             if features.note:
                 tqdm.write(f"note: {path.name}: {features.note}")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    parts = gather_to_main({"made": made, "done": done}, info.rank, info.world_size)
+    if parts is None:
+        return 0  # ranks other than 0: rank 0 reads every image's objects back and scores them
+    made = {k: v for part in parts for k, v in part["made"].items()}
+    done = sum(part["done"] for part in parts)
+    try:  # images finished by an earlier run keep the rank recorded then
+        earlier = json.loads((output_dir / "summary.json").read_text()).get("ranks", {}) if args.resume else {}
+    except (OSError, ValueError, AttributeError):
+        earlier = {}
+    made = {**{k: v for k, v in earlier.items() if isinstance(v, int)}, **made}
+    finished |= {p for p in images if p.relative_to(root).as_posix() in made}
     skipped = len(images) - len(finished)
     print(f"wrote the objects of {done} image(s) to {output_dir}" +
           (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
@@ -199,8 +222,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"COCO pseudo-labels of {len(export.images)} image(s) written to "
               f"{export.write(output_dir / COCO_FILE)}")
     provenance = {"method": args.method, "weights": description, "benchmark": args.benchmark,
-                  "preprocess": preprocess, "refine": args.refine, "n_objects": args.n_objects}
-    return report_scores(scores, output_dir, provenance) if gt else 0
+                  "preprocess": preprocess, "refine": args.refine, "n_objects": args.n_objects,
+                  "world_size": info.world_size,
+                  "ranks": {p.relative_to(root).as_posix(): made[p.relative_to(root).as_posix()]
+                            for p in images if p.relative_to(root).as_posix() in made}}
+    if gt:
+        return report_scores(scores, output_dir, provenance)
+    save_text(output_dir / "summary.json", json.dumps(provenance, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -133,3 +133,23 @@ def test_davis_precision_is_checked_and_recorded(tmp_path, tiny_vit_weights, cap
     assert davis.main(common + ["--output_dir", str(tmp_path / "b"), "--precision", "bf16"]) == 0
     record = json.loads((tmp_path / "b" / "provenance.json").read_text())
     assert record["settings"]["precision"] == "bf16"  # bf16 masks are not resumed as fp32 ones
+
+
+@pytest.mark.slow
+def test_discover_two_processes_equal_one(tmp_path, tiny_vit_weights):
+    images, gts = _images(tmp_path)
+    common = ["--pretrained_weights", tiny_vit_weights, "--image_path", images, "--gt_dir", gts,
+              "--method", "lost", "--device", "cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _launch("eval.discover", common + ["--output_dir", one], 1)
+    proc = _launch("eval.discover", common + ["--output_dir", two], 2)
+    assert proc.stdout.count("scores written to") == 1  # rank 0 scores alone
+    files_one = _files(one, "*.*")
+    summary_one = json.loads(files_one.pop("summary.json"))
+    files_two = _files(two, "*.*")
+    summary = json.loads(files_two.pop("summary.json"))
+    assert files_one == files_two  # masks, boxes, objects and scores.csv byte-identical
+    assert summary["world_size"] == 2 and summary_one["world_size"] == 1
+    assert list(summary["ranks"].values()) == [0, 1, 0, 1, 0]  # both ranks did work
+    assert {k: v for k, v in summary.items() if k not in ("world_size", "ranks")} == \
+        {k: v for k, v in summary_one.items() if k not in ("world_size", "ranks")}

@@ -318,7 +318,7 @@ def method_changed(method: str) -> dict:
 
 
 def _controls() -> dict[str, Any]:
-    """The image (examples below it), its size, the mass threshold, the discovery method, tau, refinement, the button."""
+    """The image (examples below it), its size, the mass threshold, the method, tau, refinement and the button."""
     c: dict[str, Any] = {}
     c["image"] = UploadImage(label="Image", type="filepath", image_mode=None, height=320,
                              sources=["upload", "clipboard"], elem_id="attention-image")
