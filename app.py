@@ -17,7 +17,7 @@ import sys
 
 import gradio as gr
 
-from dino_seg.app import attention, results, training, video
+from dino_seg.app import attention, compare, results, training, video
 from dino_seg.app.config import BUNDLED_DAVIS, AppConfig
 from dino_seg.app.errors import one_line
 from dino_seg.app.model_cache import RANDOM_WEIGHTS, get_model
@@ -29,11 +29,11 @@ from dino_seg.device import pick_device
 from dino_seg.models import ARCHS
 from dino_seg.weights import PRESETS, WeightsError
 
-TABS = (attention, video, results, training)  # each module's build_tab adds one tab, in this order
+TABS = (attention, compare, video, results, training)  # each module's build_tab adds one tab, in this order
 
 
 def build_demo(cfg: AppConfig) -> gr.Blocks:
-    """The page: the weights bar above the four tabs, each built by its module and bound to `cfg`."""
+    """The page: the weights bar above the five tabs, each built by its module and bound to `cfg`."""
     with gr.Blocks(title="DINO: attention, video segmentation, results, training", analytics_enabled=False,
                    delete_cache=(1800, 3600)) as demo:
         gr.Markdown("# DINO self-supervised ViTs\nSee what DINO learned: the self-attention of the last block and "

@@ -50,6 +50,7 @@ class DiscoveryFeatures:
     input_hw: tuple[int, int]  # processed (resized) image size before padding
     original_hw: tuple[int, int]  # the image as given
     note: str = ""  # set when the image was downscaled to respect the patch cap
+    prefix_attention: np.ndarray | None = None  # (heads, P) the [CLS] row's mass on [CLS] itself, then each register
 
     @property
     def is_vit(self) -> bool:
@@ -137,13 +138,15 @@ def extract_features(model: nn.Module, image: Image.Image, resize: int | tuple[i
     if vit:
         qkv = as_backbone(model).last_qkv(x)  # (1, heads, P + N, hd) each, P = [CLS] + registers
         grid = qkv.grid
-        attn = cls_attention_row(qkv.q, qkv.k, qkv.scale)[0, :, qkv.num_prefix_tokens:]  # (heads, N)
+        row = cls_attention_row(qkv.q, qkv.k, qkv.scale)[0]  # (heads, P + N), softmax over every token
+        attn, prefix = row[:, qkv.num_prefix_tokens:], row[:, :qkv.num_prefix_tokens]  # (heads, N), (heads, P)
         # Similarities come from q/k before RoPE (DINOv3), so that they do not depend on position; the
         # references' transpose(1, 2).reshape concatenates the heads; [CLS] and registers are dropped.
         flat = {name: qkv.patch_part(t)[0].float().cpu()
                 for name, t in (("q", qkv.q_unrotated), ("k", qkv.k_unrotated), ("v", qkv.v))}
         return DiscoveryFeatures(flat, attn.reshape(-1, *grid).float().cpu().numpy(), grid,
-                                 (float(patch), float(patch)), input_hw, original_hw, note)
+                                 (float(patch), float(patch)), input_hw, original_hw, note,
+                                 prefix_attention=prefix.float().cpu().numpy())
     fmap = x
     for name, child in model.named_children():
         if name in ("avgpool", "fc"):

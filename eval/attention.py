@@ -218,22 +218,9 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
                 if result.register_share is not None:
                     shares.append({"image": name, **{f"head{j}": float(v) for j, v in enumerate(result.register_share)},
                                    "mean_head": float(result.register_share.mean())})
-                if gt_dir is None:
-                    continue
-                gt_path = gt_files[path]
-                if gt_path is None:
-                    tqdm.write(f"warning: no ground truth for {name} in {gt_dir}; not scored")
-                    continue
-                try:
-                    fg, void = load_mask(gt_path)
-                except ImageError as err:
-                    tqdm.write(f"warning: {err}; not scored")
-                    continue
-                # Score at the ground truth's own resolution: the masks go back through the crop and resize.
-                full = masks_to_image_size(masks, resized_size(original_wh, args.image_size), fg.shape)
-                scores = [mask_iou(m, fg, void, empty=1.0) for m in full]
-                rows.append({"image": name, **{f"head{j}": s for j, s in enumerate(scores[:-1])},
-                             "best_head": max(scores[:-1]), "mean_map": scores[-1]})
+                if gt_dir is not None:
+                    row = score_masks(name, masks, original_wh, args.image_size, gt_files[path], gt_dir)
+                    rows += [row] if row is not None else []
         while info.is_main and info.distributed and counter.value() < len(images):  # the other ranks' images
             bar.update(counter.value() - bar.n)
             time.sleep(0.2)
@@ -257,30 +244,49 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
     print(f"wrote attention maps and masks of {done} image(s) to {output_dir}" +
           (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
     if shares:
-        try:
-            save_text(output_dir / "register_share.csv", share_table(shares))
-        except OSError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        mean = {k: float(np.mean([r[k] for r in shares])) for k in shares[0] if k != "image"}
-        print("[CLS] attention on the registers (mean over images): " +
-              ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
-    if gt_dir is not None:
-        if not rows:
-            print(f"error: no image had a ground-truth mask in {gt_dir}", file=sys.stderr)
-            return 2
-        text = score_table(rows, heads=heads)
-        try:
-            save_text(output_dir / "jaccard.csv", text)
-        except OSError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        mean = text.strip().splitlines()[-1].split(",")
-        header = text.splitlines()[0].split(",")
-        print(f"Jaccard at threshold {args.threshold} over {len(rows)} image(s):")
-        for name, value in zip(header[1:], mean[1:]):
-            print(f"  {name:>10}  {value}")
-        print(f"scores written to {output_dir / 'jaccard.csv'}")
+        report_register_shares(shares, output_dir)
+    return 0 if gt_dir is None else report_scores(rows, heads, gt_dir, args.threshold, output_dir)
+
+
+def score_masks(name: str, masks: np.ndarray, size_wh: tuple[int, int], image_size: list[int],
+                gt_path: Path | None, gt_dir: Path) -> dict[str, float | str] | None:
+    """Jaccard of each head's mask and of the mean map's against one image's ground truth, at the ground
+    truth's own resolution (the masks go back through the crop and resize); None, with a warning, unscored."""
+    if gt_path is None:
+        tqdm.write(f"warning: no ground truth for {name} in {gt_dir}; not scored")
+        return None
+    try:
+        fg, void = load_mask(gt_path)
+    except ImageError as err:
+        tqdm.write(f"warning: {err}; not scored")
+        return None
+    full = masks_to_image_size(masks, resized_size(size_wh, image_size), fg.shape)
+    scores = [mask_iou(m, fg, void, empty=1.0) for m in full]
+    return {"image": name, **{f"head{j}": s for j, s in enumerate(scores[:-1])},
+            "best_head": max(scores[:-1]), "mean_map": scores[-1]}
+
+
+def report_register_shares(shares: list[dict[str, float | str]], output_dir: Path) -> None:
+    """register_share.csv, and each head's mean share over the images."""
+    save_text(output_dir / "register_share.csv", share_table(shares))
+    mean = {k: float(np.mean([r[k] for r in shares])) for k in shares[0] if k != "image"}
+    print("[CLS] attention on the registers (mean over images): " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()))
+
+
+def report_scores(rows: list[dict[str, float | str]], heads: int, gt_dir: Path, threshold: float,
+                  output_dir: Path) -> int:
+    """jaccard.csv and the mean Jaccard of each head and of the mean map; 2 when no image was scored."""
+    if not rows:
+        print(f"error: no image had a ground-truth mask in {gt_dir}", file=sys.stderr)
+        return 2
+    text = score_table(rows, heads=heads)
+    save_text(output_dir / "jaccard.csv", text)
+    mean = text.strip().splitlines()[-1].split(",")
+    header = text.splitlines()[0].split(",")
+    print(f"Jaccard at threshold {threshold} over {len(rows)} image(s):")
+    for name, value in zip(header[1:], mean[1:]):
+        print(f"  {name:>10}  {value}")
+    print(f"scores written to {output_dir / 'jaccard.csv'}")
     return 0
 
 

@@ -189,11 +189,11 @@ def test_user_errors_are_one_line_on_the_console_without_temporary_paths(capsys,
 
 # --- the page and the command line
 
-def test_page_has_four_tabs_and_the_flags_have_their_defaults(cfg):
+def test_page_has_five_tabs_and_the_flags_have_their_defaults(cfg):
     demo = app.build_demo(cfg)
     assert isinstance(demo, gr.Blocks)
     labels = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
-    assert labels == ["Attention", "Video", "Results", "Training"]
+    assert labels == ["Attention", "Compare", "Video", "Results", "Training"]
     args = app.get_args_parser().parse_args([])
     assert (args.pretrained_weights, args.host, args.port, args.share) == ("dino_vits16", "127.0.0.1", 7860, False)
     assert args.davis_root == str(BUNDLED_DAVIS)
@@ -212,7 +212,7 @@ def test_a_new_davis_root_redraws_the_preview_and_successes_close_error_toasts(c
     assert all(fn.fn is None and fn.trigger_only_on_success for fn in closing)
     names = {fn._id: fn.api_name for fn in demo.fns.values()}
     assert sorted(names[fn.trigger_after] for fn in closing) == [
-        "attention_video", "discover", "open_results", "open_training", "propagate", "use_checkpoint"]
+        "attention_video", "compare", "discover", "open_results", "open_training", "propagate", "use_checkpoint"]
 
 
 def test_the_start_up_line_names_share_not_gradios_launch_hint():

@@ -26,7 +26,7 @@ from ports import free_port
 
 ENDPOINTS = {"/attention", "/refresh_attention", "/discover", "/check_weights", "/upload_weights", "/list_davis",
              "/davis_first_frame", "/video_first_frame", "/switch_video_source", "/propagate", "/show_frame",
-             "/attention_video", "/switch_video_mode",
+             "/attention_video", "/switch_video_mode", "/compare",
              "/open_results", "/sequence_scores", "/compare_frame", "/open_training", "/use_checkpoint"}
 
 

@@ -7,10 +7,12 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from app_fixtures import cfg  # noqa: F401 - fixture
+from app_fixtures import SIZE, SWAN, cfg, fresh_cache  # noqa: F401 - fixtures
 from dino_seg.app import model_cache, weights_bar
 from dino_seg.app.config import AppConfig
 from dino_seg.backbones import DINOV3_LICENCE
@@ -110,3 +112,41 @@ def test_the_video_tab_propagates_with_the_chosen_protocol_as_eval_davis_does(fa
         video_tab.run_video(video_tab.DAVIS_SOURCE, str(root), "shapes", None, None, None, weights, 5, 64, cfg,
                             protocol="dinov2")
 
+
+def test_compare_gives_one_panel_per_backbone_from_one_pass_each(cfg, family_weights, fresh_cache):
+    from dino_seg.app import attention as attention_tab
+    from dino_seg.app import compare as compare_tab
+    from dino_seg.backbones import as_backbone
+    from dino_seg.discovery import MAX_PATCHES, preprocess
+
+    chosen = [family_weights["dino"], family_weights["dinov2_reg"], family_weights["dinov3"]]
+    panels = compare_tab.compare(str(SWAN), chosen, SIZE, "TokenCut", cfg)
+    assert [p.weights for p in panels] == chosen
+    assert len(attention_tab.PASS_CACHE) == 3  # one backbone pass per (image, weights, size)
+    for panel, registers in zip(panels, (0, 4, 4)):
+        model, _ = model_cache.get_model(panel.weights, cfg)
+        entry = attention_tab.image_pass(SWAN, panel.weights, SIZE, cfg)[0]
+        assert panel.num_registers == registers
+        assert panel.attention.shape == entry.attention.image.shape  # the mean map at the input's pixels
+        assert panel.objects.shape == entry.attention.image.shape and len(panel.boxes) >= 1
+        # [CLS] + registers + patches = 1 per head, and the register share is the library's on the same input.
+        np.testing.assert_allclose(panel.shares.sum(axis=1), 1.0, atol=1e-5)
+        x = preprocess(Image.fromarray(entry.attention.image), model.patch_size, None, MAX_PATCHES, "pad")[0]
+        with torch.no_grad():
+            reference = as_backbone(model).last_attention_cls(x)
+        np.testing.assert_allclose(panel.shares[:, 1], reference.register_share[0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(panel.shares[:, 0], reference.cls_share[0].numpy(), atol=1e-5)
+        assert (panel.shares[:, 1] > 1e-4).all() if registers else (panel.shares[:, 1] == 0).all()
+        assert (panel.licence == DINOV3_LICENCE) == (panel is panels[2])
+    # The same comparison again (and the Attention tab on one of them) re-uses the three passes.
+    again = compare_tab.compare(str(SWAN), chosen, SIZE, "LOST", cfg)
+    assert len(attention_tab.PASS_CACHE) == 3 and len(again) == 3
+    attention_tab.run_attention(str(SWAN), chosen[1], SIZE, 0.6, cfg)
+    assert len(attention_tab.PASS_CACHE) == 3
+
+    out = compare_tab.run_compare(str(SWAN), chosen[0], chosen[2], compare_tab.NONE, SIZE, "TokenCut", cfg)
+    assert len(out) == 9 and out[6:] == ("", None, None)
+    assert "| head | [CLS] | patches |" in out[0] and out[0].count("\n| ") == 3 + 1  # 3 heads of vit_tiny
+    assert "| head | [CLS] | registers (4) | patches |" in out[3] and DINOV3_LICENCE in out[3]
+    with pytest.raises(Exception, match="two or three different weights"):
+        compare_tab.run_compare(str(SWAN), chosen[0], chosen[0], compare_tab.NONE, SIZE, "TokenCut", cfg)
