@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dino_seg import names
 from dino_seg.errors import UserError
 from dino_seg.files import save_png
 from dino_seg.labels import VOID_LABEL, read_label_png
@@ -16,7 +17,7 @@ from dino_seg.viz import davis_palette
 # eval_video_segmentation.py's color_normalize: note the 0.228 (ImageNet's is 0.229), kept for fidelity.
 DAVIS_MEAN = (0.485, 0.456, 0.406)
 DAVIS_STD = (0.228, 0.224, 0.225)
-RESOLUTIONS = ("480p", "Full-Resolution")
+RESOLUTIONS = names.DAVIS_RESOLUTIONS
 
 
 class DavisError(UserError):

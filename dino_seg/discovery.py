@@ -20,6 +20,7 @@ from torchvision import transforms
 
 from .attention import resized_size, threshold_masks
 from .backbones import as_backbone, cls_attention_row
+from . import names
 from .errors import UserError
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageError, check_sizes, to_rgb
 from .masks import mask_extent, mask_iou
@@ -28,7 +29,7 @@ from .ncut import NormalisedCut, second_eigenvector
 from .objectness import AUTO_MAX_OBJECTS, auto_count, object_ncuts, score_from_ncut
 from .preprocess import check_preprocess, resize_to_patches
 
-METHODS = ("attention", "lost", "tokencut", "maskcut")
+METHODS = names.DISCOVERY_METHODS
 FEATURES = ("k", "q", "v")
 DEFAULT_TAU = {"tokencut": 0.2, "maskcut": 0.15}
 # ~1600 x 1600 pixels at patch 16, 800 x 800 at patch 8: the graph then fits in a few hundred MB and the

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from . import names
 from .errors import UserError
 
-ARCHS = ("vit_tiny", "vit_small", "vit_base", "resnet50")
+ARCHS = names.ARCHS
 VIT_WIDTHS = {"vit_tiny": (192, 3), "vit_small": (384, 6), "vit_base": (768, 12)}  # embed_dim, heads
 PATCH_SIZES = (8, 16)
 

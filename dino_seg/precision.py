@@ -6,9 +6,10 @@ import contextlib
 
 import torch
 
+from dino_seg import names
 from dino_seg.errors import UserError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = names.PRECISIONS
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

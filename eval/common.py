@@ -6,18 +6,19 @@ import argparse
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from torch import nn
 from tqdm import tqdm
 
 from dino_seg.cli import run_command
-from dino_seg.discovery import METHODS
-from dino_seg.distributed import DistInfo, cleanup_distributed, init_distributed
 from dino_seg.errors import UserError
 from dino_seg.images import ImageError, list_images
-from dino_seg.models import ARCHS
-from dino_seg.weights import PRESETS, load_model
+from dino_seg.names import ARCHS, DISCOVERY_METHODS, PRESET_NAMES
+
+if TYPE_CHECKING:  # torch-heavy modules are imported where used: the flags (and --help) need none of them
+    from torch import nn
+
+    from dino_seg.distributed import DistInfo
 
 RANDOM = "random"
 # The bundled example image the image commands read when --image_path is not given.
@@ -36,7 +37,7 @@ def add_weight_flags(parser: argparse.ArgumentParser, default_patch_size: int | 
     """
     parser.set_defaults(reference_patch_size=reference_patch_size, preferred_preset=preferred_preset)
     parser.add_argument("--pretrained_weights", default="", type=str,
-                        help="Preset name (" + ", ".join(PRESETS) + "), path to an official DINO, DINOv2 or "
+                        help="Preset name (" + ", ".join(PRESET_NAMES) + "), path to an official DINO, DINOv2 or "
                              "DINOv3 file (recognised from its keys) or to a checkpoint of `python -m train`, or "
                              "'random' (pipeline check only: random weights of --arch/--patch_size, by default the "
                              "model of the official weights below). DINOv3 presets are never downloaded: they name "
@@ -70,6 +71,8 @@ def resolve_weights(args: argparse.Namespace) -> tuple[str, str]:
         return args.pretrained_weights, args.pretrained_weights
     # Like the reference: no weights given means the official ones for this architecture.
     preferred = getattr(args, "preferred_preset", None)
+    from dino_seg.weights import PRESETS
+
     for name in sorted(PRESETS, key=lambda name: name != preferred):
         preset = PRESETS[name]
         if preset.arch == arch and preset.patch_size in (patch, None):
@@ -80,6 +83,8 @@ def resolve_weights(args: argparse.Namespace) -> tuple[str, str]:
 def load_from_args(args: argparse.Namespace, device) -> tuple[nn.Module, str]:
     """Build the backbone named by the flags; raises WeightsError for unusable weights. Random weights are
     those of the model the description names (`default_model`): ViT-S/8 for eval.attention, as documented."""
+    from dino_seg.weights import load_model
+
     source, description = resolve_weights(args)
     arch, patch = (args.arch, args.patch_size) if source else default_model(args)
     model = load_model(source or None, arch=arch, patch_size=patch, checkpoint_key=args.checkpoint_key,
@@ -126,7 +131,7 @@ def _head(value: str) -> int | None:
 
 def add_discovery_flags(parser: argparse.ArgumentParser) -> None:
     """The discovery flags, named as in LOST's and TokenCut's scripts (also used by eval.davis)."""
-    parser.add_argument("--method", default="tokencut", choices=METHODS, help="Discovery method.")
+    parser.add_argument("--method", default="tokencut", choices=DISCOVERY_METHODS, help="Discovery method.")
     parser.add_argument("--resize", default=None, type=int, nargs="+",
                         help="Resize to H W, or the short side to one value; default: no resize, as the references.")
     parser.add_argument("--tau", default=None, type=float,
@@ -192,6 +197,8 @@ def run_launched(args: argparse.Namespace, run: Callable[[DistInfo, Callable[[st
     """Under the command runner (dino_seg.cli.run_command: one-line errors, Ctrl-C exits 130 with
     `interrupted`), join the process group when launched by torchrun or SLURM and call `run(info, say)`
     (`say` prints on rank 0 only)."""
+    from dino_seg.distributed import cleanup_distributed, init_distributed
+
     def launched() -> int:
         info = init_distributed(args.device, args.dist_url, local_rank=args.local_rank)
 
