@@ -19,6 +19,7 @@ from dino_seg.davis import (DavisError, first_frame_labels, frame_paths, list_se
 from dino_seg.models import build_backbone
 from dino_seg.viz import davis_palette
 from eval import davis as cli
+from eval import davis_run
 
 
 def test_sequence_lists_2017_then_2016_then_folders(tmp_path):
@@ -356,7 +357,7 @@ def test_output_dir_that_is_a_file_and_ctrl_c_are_one_line(davis_root, tmp_path,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "segment_sequence", interrupted)
+    monkeypatch.setattr(davis_run, "segment_sequence", interrupted)  # the run imported by main()
     code, _, stderr = _run(common + ["--output_dir", tmp_path / "out"], capsys)
     assert code == 130 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == ("interrupted: complete sequences are kept (files are written whole); "
