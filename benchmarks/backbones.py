@@ -12,9 +12,9 @@ dino_seg.backbones. Columns:
   full context (the first frame and 7 previous frames); "dino" is the reference's (short side 480, temperature 0.1,
   square-window top-5), "dinov3" the segmentation_tracking notebook's (circle of radius 12, top-5, temperature 0.2),
   both here at the same frame size (the notebook's own 960 short side has 4x the patches);
-- peak: on CPU, the process's peak resident set (ru_maxrss) over the four calls minus its size after building the
-  backbone, each backbone in a fresh process (freed pages are reused, so in-process growth would undercount);
-  on CUDA, max_memory_allocated over the calls.
+- peak: on CPU (Linux), the peak resident set over the four calls (VmHWM, reset before them through
+  /proc/self/clear_refs) minus the resident set before them, each backbone in a fresh process (freed pages are
+  reused, so in-process growth would undercount); on CUDA, max_memory_allocated over the calls.
 Calls are interleaved across backbones and the fastest of --repeats kept, so machine load does not favour one.
 """
 
@@ -96,10 +96,13 @@ def measure(fn, device: torch.device) -> tuple[float, float]:
     return seconds, peak
 
 
-def _maxrss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def _status_mib(field: str) -> float:
+    """A /proc/self/status size (VmRSS, VmHWM) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise KeyError(field)
 
 
 def peak_in_fresh_process(name: str, frame: list[int]) -> float:
@@ -121,13 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     if args.peak_of:
         photo = Image.open(IMAGE).convert("RGB").resize((640, 480), Image.BICUBIC)
-        backbone = backbones(device)[args.peak_of]  # all four are built: the same baseline for each
+        backbone = backbones(device)[args.peak_of]
         fns = tasks(backbone, photo, tuple(args.frame), device)
-        base = _maxrss_mib()
+        base = _status_mib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set (VmHWM) to the current one
         for fn in fns.values():
             with torch.no_grad():
                 fn()
-        print(f"{_maxrss_mib() - base:.1f}")
+        print(f"{_status_mib('VmHWM') - base:.1f}")
         return 0
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads")
@@ -164,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             ratio = best[name, task] / best[base, task]
             return f"{value:{fmt}}" + ("" if name == base else f" ({ratio:.2f}x)")
 
-        mem = f"{peak[name]:.0f}" + ("" if name == base else f" ({peak[name] / peak[base]:.2f}x)")
+        ratio = peak[name] / peak[base] if peak[base] > 0 else float("nan")
+        mem = f"{peak[name]:.0f}" + ("" if name == base else f" ({ratio:.2f}x)")
         print(f"| {name} | {tokens} | {cell('attention', 1000, '.0f')} | {cell('discovery', 1000, '.0f')} | "
               f"{cell('dino', 1, '.2f')} | {cell('dinov3', 1, '.2f')} | {mem} |")
     print(f"\nratios: against {base} in the same run")
