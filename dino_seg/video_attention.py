@@ -4,6 +4,7 @@ and its thresholded masks, computed in batches on frames streamed from a video f
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from .errors import UserError
 from .files import atomic_path
 from .images import IMAGENET_MEAN, IMAGENET_STD, check_sizes, load_image
 from .models import is_vit
+from .sharding import gather_to_main
 from .video import VideoError, VideoWriter, iter_video
 from .viz import label_color, overlay_mask
 
@@ -185,14 +187,42 @@ class AttentionVideo:
     masks_video: Path | None = None
 
 
-def make_attention_video(model: nn.Module, frames: Iterable[Frame], out_stem: str | Path, fps: float, *,
-                         resize: Sequence[int] | None = None, batch_size: int = 8,
-                         codecs: tuple[tuple[str, str], ...] | None = None,
-                         attention_dir: str | Path | None = None, masks: str | None = None,
-                         threshold: float = 0.6, masks_stem: str | Path | None = None,
-                         on_frame: Callable[[AttentionFrame], None] | None = None) -> AttentionVideo:
-    """Stream `frames` through the model into the attention video `out_stem`.<suffix> (codec as VideoWriter
-    picks it; `codecs` overrides), writing attn-<name>.jpg into `attention_dir` when given and, with `masks`
+def sharded_attention_frames(model: nn.Module, frames: Iterable[Frame], resize: Sequence[int] | None = None,
+                             batch_size: int = 8, rank: int = 0,
+                             world_size: int = 1) -> Iterator[tuple[AttentionFrame, int, int]]:
+    """attention_frames split over the processes of a group: every rank reads the same frame stream and cuts it
+    into the same batches as one process does (so every frame's maps are computed exactly as there); batch b is
+    computed by rank b % world_size. In rounds of world_size batches, the ranks' results are gathered on rank 0,
+    which yields (frame, batch index, rank that computed it) in frame order; the other ranks yield nothing.
+    Memory stays at one round of batches. A collective: every rank must exhaust it."""
+    if not is_vit(model):
+        raise UserError("attention videos need a ViT backbone; ResNet-50 has no attention")
+    if batch_size < 1:
+        raise UserError(f"--batch_size: expected at least 1, got {batch_size}")
+    batches = _same_size_batches(frames, batch_size)
+    first = 0  # index of the round's first batch
+    while True:
+        # Every rank sees the same batches, so all agree on when the stream ends and on the number of rounds.
+        round_batches = list(itertools.islice(batches, world_size))
+        if not round_batches:
+            return
+        mine = round_batches[rank] if rank < len(round_batches) else []
+        results = list(attention_frames(model, mine, resize, len(mine))) if mine else []
+        parts = gather_to_main(results, rank, world_size)
+        if parts is not None:
+            for part_rank, part in enumerate(parts):
+                for result in part:
+                    yield result, first + part_rank, part_rank
+        first += len(round_batches)
+
+
+def write_attention_video(results: Iterable[AttentionFrame], out_stem: str | Path, fps: float, *,
+                          codecs: tuple[tuple[str, str], ...] | None = None,
+                          attention_dir: str | Path | None = None, masks: str | None = None,
+                          threshold: float = 0.6, masks_stem: str | Path | None = None,
+                          on_frame: Callable[[AttentionFrame], None] | None = None) -> AttentionVideo:
+    """Write the attention video `out_stem`.<suffix> of computed frames `results` (codec as VideoWriter picks
+    it; `codecs` overrides), writing attn-<name>.jpg into `attention_dir` when given and, with `masks`
     ("mean" or "heads"), the mask overlays into `masks_stem` (default: out_stem's folder / "masks").
     Videos take their final names only when complete; `on_frame` is called after each frame (progress)."""
     if masks is not None and masks not in MASK_MODES:
@@ -207,7 +237,7 @@ def make_attention_video(model: nn.Module, frames: Iterable[Frame], out_stem: st
             if masks is not None:
                 masks_writer = VideoWriter(Path(masks_stem) if masks_stem else out_stem.with_name("masks"), fps,
                                            codecs)
-            for result in attention_frames(model, frames, resize, batch_size):
+            for result in results:
                 rgba = result.attention_rgba()
                 if attention_dir is not None:
                     save_attention_image(attention_dir / f"attn-{result.name}.jpg", rgba)
@@ -226,6 +256,24 @@ def make_attention_video(model: nn.Module, frames: Iterable[Frame], out_stem: st
             masks_writer.discard()
         raise
     return AttentionVideo(writer.path, writer.fourcc, writer.count, masks_path)
+
+
+def make_attention_video(model: nn.Module, frames: Iterable[Frame], out_stem: str | Path, fps: float, *,
+                         resize: Sequence[int] | None = None, batch_size: int = 8,
+                         codecs: tuple[tuple[str, str], ...] | None = None,
+                         attention_dir: str | Path | None = None, masks: str | None = None,
+                         threshold: float = 0.6, masks_stem: str | Path | None = None,
+                         on_frame: Callable[[AttentionFrame], None] | None = None) -> AttentionVideo:
+    """Stream `frames` through the model into the attention video `out_stem` (see write_attention_video for
+    the outputs), `batch_size` frames per forward pass."""
+    # The flags are checked before the first frame is decoded or computed.
+    if masks is not None and masks not in MASK_MODES:
+        raise UserError(f"--masks: expected one of {', '.join(MASK_MODES)}, got {masks!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold: expected a share of the attention mass in [0, 1], got {threshold}")
+    return write_attention_video(attention_frames(model, frames, resize, batch_size), out_stem, fps, codecs=codecs,
+                                 attention_dir=attention_dir, masks=masks, threshold=threshold,
+                                 masks_stem=masks_stem, on_frame=on_frame)
 
 
 def save_frame(path: str | Path, rgb: np.ndarray) -> None:

@@ -7,11 +7,16 @@
 Writes OUTPUT_PATH/attention/attn-<frame stem>.jpg (the mean of the heads' [CLS] attention, inferno
 colour map), OUTPUT_PATH/frames/frame-NNNN.jpg when the input is a video, OUTPUT_PATH/video.<format>
 and, with --masks, OUTPUT_PATH/masks.<format> (the thresholded masks over the frames, with contours).
+
+Under torchrun or SLURM the frame batches are dealt out by rank (batch b to rank b % world_size); rank 0 writes
+every output in frame order and OUTPUT_PATH/summary.json (world_size, the rank of each batch). The outputs equal
+those of one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +24,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dino_seg.cli import check_output_dir, run_command
-from dino_seg.device import pick_device
+from dino_seg.cli import check_output_dir
+from dino_seg.distributed import DistInfo
+from dino_seg.files import save_text
 from dino_seg.images import ImageError, load_image
 from dino_seg.models import is_vit
 from dino_seg.video import DEFAULT_FPS, VideoError, format_codecs, plays_in_browser, video_info, write_video
-from dino_seg.video_attention import (MASK_MODES, Frame, check_resize, folder_frames, jpeg_frames,
-                                      make_attention_video, save_frame, video_frames)
-from eval.common import add_weight_flags, load_from_args
+from dino_seg.video_attention import (MASK_MODES, Frame, check_resize, folder_frames, jpeg_frames, save_frame,
+                                      sharded_attention_frames, video_frames, write_attention_video)
+from eval.common import add_launch_flags, add_weight_flags, load_from_args, run_launched
 
 DEFAULT_PRESET = "dino_vits8_300ep"  # video_generation.py's ViT-S/8: "the model used for visualizations in our paper"
 
@@ -55,8 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--masks", default=None, nargs="?", const="mean", choices=MASK_MODES,
                         help="Also write masks.<format>: the masks keeping --threshold of the attention mass over "
                              "the frames, of the mean map (--masks or --masks mean) or one per head (--masks heads).")
-    parser.add_argument("--batch_size", default=8, type=int, help="Frames per forward pass.")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps.")
+    parser.add_argument("--batch_size", default=8, type=int, help="Frames per forward pass (and per process "
+                        "under torchrun: each rank computes every world_size-th batch).")
+    add_launch_flags(parser)
     return parser
 
 
@@ -98,10 +105,15 @@ def video_only(args: argparse.Namespace, output_path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    return run_command(lambda: run(args), interrupted="no partial video was written")
+    return run_launched(args, lambda info, say: run(args, info), interrupted="no partial video was written")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
+    """Under torchrun or SLURM (`info`), every rank computes every world_size-th batch of frames and rank 0
+    alone writes the frames, attention images, videos and summary.json."""
+    import torch
+
+    info = info or DistInfo(0, 1, 0, torch.device("cpu"), None, "none")
     if not 0 <= args.threshold <= 1:
         return _fail(f"--threshold: expected a share of the attention mass in [0, 1], got {args.threshold}")
     if args.batch_size < 1:
@@ -111,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     output_path = Path(args.output_path)
     check_output_dir(output_path, "--output_path")
     if args.video_only:
-        return video_only(args, output_path)
+        return video_only(args, output_path) if info.is_main else 0
     # Check the input before loading any weights: a wrong path fails at once.
     input_path = Path(args.input_path)
     if input_path.is_dir():
@@ -121,23 +133,43 @@ def run(args: argparse.Namespace) -> int:
     elif input_path.is_file():
         video_fps, total = video_info(input_path)
         fps = args.fps or video_fps  # the reference takes the rate of the video it extracts
-        frames = _saved(video_frames(input_path), output_path / "frames")
+        frames = video_frames(input_path)
+        if info.is_main:  # only rank 0 writes; every rank decodes the whole stream to cut the same batches
+            frames = _saved(frames, output_path / "frames")
         source = f"video {input_path} ({video_fps:g} fps)"
     else:
         return _fail(f"--input_path {input_path}: no such file or folder")
-    device = pick_device(args.device)
-    model, description = load_from_args(args, device)
+    model, description = load_from_args(args, info.device)
     if not is_vit(model):
         return _fail("--arch resnet50 has no self-attention; use a ViT")
     if args.resize:
         check_resize(args.resize, model.patch_size)
-    print(f"weights: {description}")
+    if args.masks is not None and args.masks not in MASK_MODES:
+        return _fail(f"--masks: expected one of {', '.join(MASK_MODES)}, got {args.masks!r}")
+    results = sharded_attention_frames(model, frames, args.resize, args.batch_size, info.rank, info.world_size)
+    if not info.is_main:
+        for _ in results:  # joins rank 0's gathers; yields nothing here
+            pass
+        return 0
+    print(f"weights: {description}" + (f" (x{info.world_size} processes, {info.backend})" if info.distributed else ""))
     print(f"input: {source}")
+    batches: list[dict] = []  # per batch: the rank that computed it, its first and last frames
+
+    def ordered() -> Iterator:
+        for result, index, rank in results:
+            if len(batches) == index:
+                batches.append({"rank": rank, "first": result.name, "last": result.name, "frames": 0})
+            batches[index].update(last=result.name, frames=batches[index]["frames"] + 1)
+            yield result
+
     with tqdm(total=total or None, desc="attention", unit="frame") as bar:
-        result = make_attention_video(
-            model, frames, output_path / "video", fps, resize=args.resize, batch_size=args.batch_size,
-            codecs=format_codecs(args.video_format), attention_dir=output_path / "attention",
-            masks=args.masks, threshold=args.threshold, on_frame=lambda _: bar.update())
+        result = write_attention_video(
+            ordered(), output_path / "video", fps, codecs=format_codecs(args.video_format),
+            attention_dir=output_path / "attention", masks=args.masks, threshold=args.threshold,
+            on_frame=lambda _: bar.update())
+    save_text(output_path / "summary.json", json.dumps({
+        "world_size": info.world_size, "frames": result.frames, "batch_size": args.batch_size,
+        "weights": description, "batches": batches}, indent=2) + "\n")
     print(f"wrote {result.frames} attention images to {output_path / 'attention'}")
     print(f"wrote {result.video} ({fps:g} fps){_video_note(result.fourcc, result.video)}")
     if result.masks_video is not None:

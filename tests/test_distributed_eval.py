@@ -153,3 +153,42 @@ def test_discover_two_processes_equal_one(tmp_path, tiny_vit_weights):
     assert list(summary["ranks"].values()) == [0, 1, 0, 1, 0]  # both ranks did work
     assert {k: v for k, v in summary.items() if k not in ("world_size", "ranks")} == \
         {k: v for k, v in summary_one.items() if k not in ("world_size", "ranks")}
+
+
+@pytest.mark.slow
+def test_video_attention_two_processes_equal_one(tmp_path, tiny_vit_weights):
+    import cv2
+    import numpy as np
+
+    from dino_seg.video import iter_video
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    clip = tmp_path / "clip.avi"  # Motion JPEG in AVI: built into every OpenCV build
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (56, 40))
+    for t in range(5):
+        writer.write(np.clip(base.astype(int) + 20 * t, 0, 255).astype(np.uint8))
+    writer.release()
+    common = ["--pretrained_weights", tiny_vit_weights, "--input_path", clip, "--resize", 32, "--batch_size", 2,
+              "--masks", "--device", "cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _launch("eval.video_attention", common + ["--output_path", one], 1)
+    proc = _launch("eval.video_attention", common + ["--output_path", two], 2)
+    assert proc.stdout.count("wrote 5 attention images") == 1  # rank 0 writes and prints alone
+    files_one, files_two = _files(one, "*.*"), _files(two, "*.*")
+    summary_one, summary = json.loads(files_one.pop("summary.json")), json.loads(files_two.pop("summary.json"))
+    assert len([f for f in files_one if f.startswith("attention/")]) == 5
+    videos = sorted(name for name in files_one if name.startswith(("video.", "masks.")))
+    assert len(videos) == 2
+    # The frames and attention images are byte-identical; a container's header holds a random id and the date
+    # (two one-process runs differ there too), so the videos are compared frame by frame as decoded.
+    assert {k: v for k, v in files_one.items() if k not in videos} == \
+        {k: v for k, v in files_two.items() if k not in videos}
+    for name in videos:
+        decoded_one, decoded_two = list(iter_video(one / name)), list(iter_video(two / name))
+        assert len(decoded_one) == 5 and all(np.array_equal(a, b) for a, b in zip(decoded_one, decoded_two))
+    assert summary_one["world_size"] == 1 and summary["world_size"] == 2
+    # Batches of 2 frames, dealt out by rank: both ranks computed attention maps.
+    assert [(b["rank"], b["first"], b["last"], b["frames"]) for b in summary["batches"]] == [
+        (0, "frame-0000", "frame-0001", 2), (1, "frame-0002", "frame-0003", 2), (0, "frame-0004", "frame-0004", 1)]
+    assert [b["rank"] for b in summary_one["batches"]] == [0, 0, 0]

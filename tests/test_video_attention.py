@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import cv2
@@ -206,8 +207,12 @@ def test_cli_on_a_folder_of_frames(tiny_vit_weights, tmp_path, capsys):
     names = sorted(p.name for p in (out / "attention").iterdir())
     assert names == ["attn-a.jpg", "attn-b.jpg", "attn-c.jpg"]
     assert not (out / "frames").exists()  # frames are extracted only from a video
-    videos = sorted(p.name for p in out.iterdir() if p.is_file())
+    videos = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "summary.json")
     assert [Path(v).stem for v in videos] == ["masks", "video"]
+    summary = json.loads((out / "summary.json").read_text())  # batches of 2 in name order, one process
+    assert summary["world_size"] == 1 and summary["frames"] == 3
+    assert [(b["rank"], b["first"], b["last"], b["frames"]) for b in summary["batches"]] == [(0, "a", "b", 2),
+                                                                                            (0, "c", "c", 1)]
     video = out / next(v for v in videos if v.startswith("video"))
     fps, _ = video_info(video)
     assert fps == pytest.approx(30.0, rel=0.01)  # the reference's --fps default for folders
