@@ -12,6 +12,8 @@ from typing import Generic, TypeVar
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .errors import UserError
+
 T = TypeVar("T")
 
 
@@ -19,7 +21,7 @@ def size_batches(keys: Sequence[Hashable], batch_size: int) -> list[list[int]]:
     """Item indices grouped by equal key (e.g. the (H, W) an image is resized to) into batches of at most
     `batch_size`, groups in the order of their first item, items in order within a group: deterministic."""
     if batch_size < 1:
-        raise ValueError(f"--batch_size: expected at least 1, got {batch_size}")
+        raise UserError(f"--batch_size: expected at least 1, got {batch_size}")
     groups: dict[Hashable, list[int]] = {}
     for index, key in enumerate(keys):
         groups.setdefault(key, []).append(index)

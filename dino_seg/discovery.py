@@ -356,7 +356,7 @@ def discover(features: DiscoveryFeatures, method: str = "tokencut", *, tau: floa
     else:
         auto = n_objects == "auto"
         if not auto and not isinstance(n_objects, int):
-            raise ValueError(f"--n_objects: expected a number or 'auto', got {n_objects!r}")
+            raise UserError(f"--n_objects: expected a number or 'auto', got {n_objects!r}")
         masks, seeds, scores = maskcut_objects(features.features(which_features), features.grid,
                                                AUTO_MAX_OBJECTS if auto else n_objects, tau, eps, solver)
     patches = np.stack(masks) if masks else np.zeros((0, *features.grid), dtype=bool)

@@ -165,7 +165,6 @@ def propagate_labels(
     logits = torch.empty(t * t, big, n, big, device=q.device)  # one tile's, reused
     top_vals = torch.empty(n_ty * n_tx, t * t, keep, device=q.device)
     top_flat = torch.empty(n_ty * n_tx, t * t, keep, dtype=torch.long, device=q.device)
-    cell = torch.arange(n * big * big, device=q.device).view(big, n, big)
     for ty in range(n_ty):
         for tx in range(n_tx):
             i = ty * n_tx + tx

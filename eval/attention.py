@@ -28,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from dino_seg.backbones import as_backbone
 from dino_seg.batching import batched
 from dino_seg.cli import check_output_dir
 from dino_seg.distributed import DistInfo
+from dino_seg.errors import UserError
 from dino_seg.files import remove_stale_temp, save_npy, save_png, save_text
 from dino_seg.groundtruth import ground_truth_files, load_mask
 from dino_seg.images import ImageError, list_images, load_image
@@ -129,56 +131,79 @@ def main(argv: list[str] | None = None) -> int:
                         interrupted="the outputs written so far are complete (files are written whole)")
 
 
+@dataclass
+class Inputs:
+    """The images of a run, where each one's outputs go, and their ground truth: checked before any weights load."""
+
+    image_path: Path
+    images: list[Path]
+    folders: dict[Path, Path]
+    gt_dir: Path | None
+    gt_files: dict[Path, Path | None]
+
+    def name(self, path: Path) -> str:
+        return path.name if self.image_path == path else path.relative_to(self.image_path).as_posix()
+
+
+def check_inputs(args: argparse.Namespace) -> Inputs:
+    """The inputs are checked before the weights are loaded (or downloaded): a wrong path fails at once."""
+    image_path = Path(args.image_path)
+    if image_path.is_dir():
+        images = list_images(image_path, recursive=True)
+        if not images:
+            raise UserError(f"--image_path {image_path}: no image files in this folder")
+        folders = output_folders(images, image_path)
+    elif image_path.exists():
+        images = [image_path]
+        folders = output_folders(images, None)
+    else:
+        raise UserError(f"--image_path {image_path}: no such file or folder")
+    gt_dir = Path(args.gt_dir) if args.gt_dir else None
+    if gt_dir is not None and not gt_dir.is_dir():
+        raise UserError(f"--gt_dir {gt_dir}: no such folder")
+    root = image_path if image_path.is_dir() else image_path.parent
+    gt_files = ground_truth_files(gt_dir, images, root) if gt_dir is not None else {}
+    if not 0 <= args.threshold <= 1:
+        raise UserError(f"--threshold: expected a share of the mass in [0, 1], got {args.threshold}")
+    check_output_dir(Path(args.output_dir))
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size: expected at least 1, got {args.batch_size}")
+    return Inputs(image_path, images, folders, gt_dir, gt_files)
+
+
 def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
     """Under torchrun or SLURM (`info`), every rank computes its share of the images (every world_size-th) and
     rank 0 alone writes the score tables and summary.json."""
     import torch
 
     info = info or DistInfo(0, 1, 0, torch.device("cpu"), None, "none")
-    say = print if info.is_main else (lambda *a, **k: None)
-    # The inputs are checked before the weights are loaded (or downloaded): a wrong path fails at once.
-    image_path = Path(args.image_path)
-    if image_path.is_dir():
-        images = list_images(image_path, recursive=True)
-        if not images:
-            print(f"error: --image_path {image_path}: no image files in this folder", file=sys.stderr)
-            return 2
-        folders = output_folders(images, image_path)
-    elif image_path.exists():
-        images = [image_path]
-        folders = output_folders(images, None)
-    else:
-        print(f"error: --image_path {image_path}: no such file or folder", file=sys.stderr)
-        return 2
-    gt_dir = Path(args.gt_dir) if args.gt_dir else None
-    if gt_dir is not None and not gt_dir.is_dir():
-        print(f"error: --gt_dir {gt_dir}: no such folder", file=sys.stderr)
-        return 2
-    root = image_path if image_path.is_dir() else image_path.parent
-    gt_files = ground_truth_files(gt_dir, images, root) if gt_dir is not None else {}
-    if not 0 <= args.threshold <= 1:
-        print(f"error: --threshold: expected a share of the mass in [0, 1], got {args.threshold}", file=sys.stderr)
-        return 2
-
-    output_dir = Path(args.output_dir)
-    check_output_dir(output_dir)
-    if args.batch_size < 1:
-        print(f"error: --batch_size: expected at least 1, got {args.batch_size}", file=sys.stderr)
-        return 2
+    inputs = check_inputs(args)
     check_precision(args.precision, info.device)
     model, description = load_from_args(args, info.device)
     if not is_vit(model):
-        print("error: --arch resnet50 has no self-attention; use a ViT", file=sys.stderr)
-        return 2
-    say(f"weights: {description}" + (f" (x{info.world_size} processes, {info.backend})" if info.distributed else ""))
+        raise UserError("--arch resnet50 has no self-attention; use a ViT")
+    if info.is_main:
+        print(f"weights: {description}" + (f" (x{info.world_size} processes, {info.backend})" if info.distributed
+                                           else ""))
+    output_dir = Path(args.output_dir)
+    mine = [inputs.images[i] for i in shard_indices(len(inputs.images), info.rank, info.world_size)]
     # Temporary files of a run killed mid-write (kill -9) are never completed: remove them from the folders this
     # run writes (not the whole tree under OUTPUT_DIR, which defaults to the working directory).
-    mine = [images[i] for i in shard_indices(len(images), info.rank, info.world_size)]
     stale = remove_stale_temp(output_dir, recursive=False) if info.is_main else []
     for path in mine:
-        stale += remove_stale_temp(output_dir / folders[path], recursive=False)
+        stale += remove_stale_temp(output_dir / inputs.folders[path], recursive=False)
     if stale:
         print(f"removed {len(stale)} stale temporary file(s) of an interrupted run")
+    part = attend_images(model, mine, inputs, args, info)
+    parts = gather_to_main(part, info.rank, info.world_size)
+    if parts is None:
+        return 0  # ranks other than 0: rank 0 writes the tables and the summary
+    return write_summary(parts, inputs, args, info, description)
+
+
+def attend_images(model, mine: list[Path], inputs: Inputs, args: argparse.Namespace, info: DistInfo) -> dict:
+    """This rank's images through the model: maps and masks written per image; score rows, register shares,
+    skipped files and who made what returned for rank 0 to merge."""
     rows: list[dict[str, float | str]] = []
     shares: list[dict[str, float | str]] = []  # register share per image and head (models with registers)
     failed: dict[str, str] = {}  # unreadable images: name -> reason
@@ -186,23 +211,18 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
     heads = 0
     patch = as_backbone(model).patch_size
     image_size = tuple(args.image_size)
+    total = len(inputs.images)
     counter = GlobalCounter("attention_images")
-
-    def rel_name(path: Path) -> str:
-        return path.name if image_path == path else path.relative_to(image_path).as_posix()
-
     loader = batched(mine, partial(_load, image_size=image_size, patch_size=patch),
                      [_size_key(p, image_size, patch) for p in mine], batch_size=args.batch_size,
                      num_workers=args.num_workers)
-    with tqdm(total=len(images), desc="images", unit="img", file=sys.stderr,
-              disable=len(images) == 1 or not info.is_main) as bar:
+    with tqdm(total=total, desc="images", unit="img", file=sys.stderr, disable=total == 1 or not info.is_main) as bar:
         for batch in loader:
             for index, reason in batch.failed.items():
-                if len(images) == 1:
-                    print(f"error: {reason}", file=sys.stderr)
-                    return 2
+                if total == 1:
+                    raise UserError(reason)
                 tqdm.write(f"warning: skipped {reason}")
-                failed[rel_name(mine[index])] = reason
+                failed[inputs.name(mine[index])] = reason
                 bar.update(counter.add() - bar.n)
             if batch.tensor is None:
                 continue
@@ -210,26 +230,29 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
                 results = attention_results(model, batch.tensor)
             for index, result, original_wh in zip(batch.indices, results, batch.extras):
                 path = mine[index]
-                masks = write_outputs(output_dir / folders[path], result, args.threshold)
+                masks = write_outputs(Path(args.output_dir) / inputs.folders[path], result, args.threshold)
                 heads = len(masks) - 1
-                name = rel_name(path)
+                name = inputs.name(path)
                 made[name] = info.rank
                 bar.update(counter.add() - bar.n)
                 if result.register_share is not None:
                     shares.append({"image": name, **{f"head{j}": float(v) for j, v in enumerate(result.register_share)},
                                    "mean_head": float(result.register_share.mean())})
-                if gt_dir is not None:
-                    row = score_masks(name, masks, original_wh, args.image_size, gt_files[path], gt_dir)
+                if inputs.gt_dir is not None:
+                    row = score_masks(name, masks, original_wh, args.image_size, inputs.gt_files[path], inputs.gt_dir)
                     rows += [row] if row is not None else []
-        while info.is_main and info.distributed and counter.value() < len(images):  # the other ranks' images
+        while info.is_main and info.distributed and counter.value() < total:  # the other ranks' images
             bar.update(counter.value() - bar.n)
             time.sleep(0.2)
         bar.update(counter.value() - bar.n)
-    parts = gather_to_main({"rows": rows, "shares": shares, "failed": failed, "made": made, "heads": heads},
-                           info.rank, info.world_size)
-    if parts is None:
-        return 0  # ranks other than 0: rank 0 writes the tables and the summary
-    order = {rel_name(p): i for i, p in enumerate(images)}  # tables in image order, whatever the split
+    return {"rows": rows, "shares": shares, "failed": failed, "made": made, "heads": heads}
+
+
+def write_summary(parts: list[dict], inputs: Inputs, args: argparse.Namespace, info: DistInfo,
+                  description: str) -> int:
+    """Rank 0: every rank's rows merged in image order (whatever the split), summary.json and the tables."""
+    output_dir = Path(args.output_dir)
+    order = {inputs.name(p): i for i, p in enumerate(inputs.images)}
     rows = sorted((r for part in parts for r in part["rows"]), key=lambda r: order[r["image"]])
     shares = sorted((r for part in parts for r in part["shares"]), key=lambda r: order[r["image"]])
     failed = {k: v for part in parts for k, v in part["failed"].items()}
@@ -240,12 +263,12 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
         "world_size": info.world_size, "batch_size": args.batch_size, "precision": args.precision,
         "weights": description, "images": {name: {"rank": rank} for name, rank in made.items()},
         "skipped": failed}, indent=2) + "\n")
-    done = len(images) - skipped
+    done = len(inputs.images) - skipped
     print(f"wrote attention maps and masks of {done} image(s) to {output_dir}" +
           (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
     if shares:
         report_register_shares(shares, output_dir)
-    return 0 if gt_dir is None else report_scores(rows, heads, gt_dir, args.threshold, output_dir)
+    return 0 if inputs.gt_dir is None else report_scores(rows, heads, inputs.gt_dir, args.threshold, output_dir)
 
 
 def score_masks(name: str, masks: np.ndarray, size_wh: tuple[int, int], image_size: list[int],

@@ -262,27 +262,60 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
         write_provenance(output_dir, settings, recorded)
     if info.distributed:
         torch.distributed.barrier()
+    part = propagate_sequences(model, mine, sum(len(frames) - 1 for _, frames, _ in todo), discovery, settings,
+                               recorded, args, info)
+    parts = gather_to_main(part, info.rank, info.world_size)
+    if parts is None:
+        return 0  # ranks other than 0: rank 0 records, scores and summarises
+    done = [name for name, _, _ in todo if any(name in part["done"] for part in parts)]
+    recorded += [name for name in done if name not in recorded]
+    write_provenance(output_dir, settings, recorded)
+    remove_rank_provenance(output_dir)
+    if skipped:
+        print(f"skipped {len(skipped)} complete sequence(s) (--overwrite true to redo): {', '.join(skipped)}",
+              file=sys.stderr)
+    run_facts = {"args": vars(args), "settings": settings, "weights": description, "device": str(device),
+                 "world_size": info.world_size, **_timings(parts, done, skipped, names, output_dir, device)}
+    return score_and_summarise(args, output_dir, names, run_facts)
+
+
+def first_frame_labels(model: torch.nn.Module, frames: list[Path], first_gt: Path, args: argparse.Namespace,
+                       discovery: dict) -> np.ndarray:
+    """The first frame's labels: its annotation, or the objects discovered in it and paired with it."""
+    annotation = read_annotation(first_gt)
+    if args.first_frame == "discover":
+        annotation = discovered_labels(model, load_image(frames[0]), annotation, args.method,
+                                       tuple(args.resize) if args.resize else None, **discovery)
+    return annotation
+
+
+def propagate(model: torch.nn.Module, frames: list[Path], annotation: np.ndarray, args: argparse.Namespace,
+              device: torch.device):
+    """(frame index, mask) of every later frame, by the chosen protocol."""
+    if args.protocol == "dinov3":
+        radius = args.size_mask_neighborhood or float("inf")  # 0: every patch, as for --protocol dino
+        return segment_sequence_v3(model, frames, annotation, TrackingConfig(
+            short_side=args.short_side, context=args.n_last_frames, radius=radius, topk=args.topk))
+    return segment_sequence(model, frames, annotation, n_last_frames=args.n_last_frames, topk=args.topk,
+                            radius=args.size_mask_neighborhood, bs=args.bs, device=device,
+                            short_side=args.short_side, precision=args.precision)
+
+
+def propagate_sequences(model: torch.nn.Module, mine: list, total: int, discovery: dict, settings: dict,
+                        recorded: list[str], args: argparse.Namespace, info: DistInfo) -> dict:
+    """This rank's sequences: masks written frame by frame, each finished sequence recorded at once (rank 0 in
+    provenance.json, other ranks in their own file) so that an interrupted run resumes; timings returned."""
+    output_dir = Path(args.output_dir)
     done, mine_recorded, n_frames, seconds, per_sequence = [], [], 0, 0.0, {}
     counter = GlobalCounter("davis_frames")  # frames written by all ranks: rank 0's progress bar
-    total = sum(len(frames) - 1 for _, frames, _ in todo)
     with tqdm(total=total, desc="frames", unit="frame", file=sys.stderr,
               disable=not info.is_main or total == 0) as bar:
         for name, frames, first_gt in mine:
             seq_dir = output_dir / name
             bar.set_postfix_str(name, refresh=False)
-            annotation = read_annotation(first_gt)
-            if args.first_frame == "discover":
-                annotation = discovered_labels(model, load_image(frames[0]), annotation, args.method,
-                                               tuple(args.resize) if args.resize else None, **discovery)
+            annotation = first_frame_labels(model, frames, first_gt, args, discovery)
             start = time.perf_counter()
-            if args.protocol == "dinov3":
-                radius = args.size_mask_neighborhood or float("inf")  # 0: every patch, as for --protocol dino
-                masks = segment_sequence_v3(model, frames, annotation, TrackingConfig(
-                    short_side=args.short_side, context=args.n_last_frames, radius=radius, topk=args.topk))
-            else:
-                masks = segment_sequence(model, frames, annotation, n_last_frames=args.n_last_frames,
-                                         topk=args.topk, radius=args.size_mask_neighborhood, bs=args.bs,
-                                         device=device, short_side=args.short_side, precision=args.precision)
+            masks = propagate(model, frames, annotation, args, info.device)
             write_indexed_png(seq_dir / f"{frames[0].stem}.png", np.where(annotation == VOID_LABEL, 0, annotation))
             for idx, mask in masks:
                 write_indexed_png(seq_dir / f"{frames[idx].stem}.png", mask)
@@ -305,18 +338,17 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
             bar.update(counter.value() - bar.n)
             time.sleep(0.2)
         bar.update(counter.value() - bar.n)
-    parts = gather_to_main({"done": done, "per_sequence": per_sequence, "frames": n_frames, "seconds": seconds,
-                           "peak_memory_mb": _peak_memory_mb(device)}, info.rank, info.world_size)
-    if parts is None:
-        return 0  # ranks other than 0: rank 0 records, scores and summarises
-    done = [name for name, _, _ in todo if any(name in part["done"] for part in parts)]
+    return {"done": done, "per_sequence": per_sequence, "frames": n_frames, "seconds": seconds,
+            "peak_memory_mb": _peak_memory_mb(info.device)}
+
+
+def _timings(parts: list[dict], done: list[str], skipped: list[str], names: list[str], output_dir: Path,
+             device: torch.device) -> dict:
+    """The summary's timing facts over every rank; sequences skipped now keep the timings of the run that
+    made them, so the summary covers them all."""
     per_sequence = {k: v for part in parts for k, v in part["per_sequence"].items()}
     n_frames, seconds = sum(part["frames"] for part in parts), sum(part["seconds"] for part in parts)
     peak_mb = max(part["peak_memory_mb"] for part in parts)
-    recorded += [name for name in done if name not in recorded]
-    write_provenance(output_dir, settings, recorded)
-    remove_rank_provenance(output_dir)
-    # Timings of sequences skipped now come from the run that made them, so the summary covers them all.
     previous = _previous_timings(output_dir / "summary.json")
     for name in skipped:
         if name in previous:
@@ -324,16 +356,7 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
     timed = [per_sequence[name] for name in names if name in per_sequence]
     all_frames = sum(t["frames"] for t in timed)
     all_seconds = sum(t["seconds"] for t in timed)
-    if skipped:
-        print(f"skipped {len(skipped)} complete sequence(s) (--overwrite true to redo): {', '.join(skipped)}",
-              file=sys.stderr)
-
-    run_facts = {
-        "args": vars(args),
-        "settings": settings,
-        "weights": description,
-        "device": str(device),
-        "world_size": info.world_size,
+    return {
         "sequences_run": done,
         "sequences_skipped": skipped,
         "frames_propagated": n_frames,
@@ -344,7 +367,6 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
         "peak_memory_mb": round(peak_mb, 1),
         "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
     }
-    return score_and_summarise(args, output_dir, names, run_facts)
 
 
 def score_and_summarise(args: argparse.Namespace, output_dir: Path, names: list[str], run_facts: dict) -> int:

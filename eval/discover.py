@@ -136,7 +136,7 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
     import torch
 
     info = info or DistInfo(0, 1, 0, torch.device("cpu"), None, "none")
-    kwargs = discovery_kwargs(args)
+    discovery_kwargs(args)  # the discovery flags are checked before the weights load
     if args.benchmark and not args.data_path:
         raise UserError(f"--benchmark {args.benchmark}: give its root with --data_path ROOT")
     if args.benchmark:
@@ -155,12 +155,6 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
               (f"; benchmark: {args.benchmark} ({len(images)} images)" if args.benchmark else "") +
               (f"; {info.world_size} processes ({info.backend})" if info.distributed else ""))
 
-    def work(path: Path):
-        image = load_image(path)
-        features = extract_features(model, image, tuple(args.resize) if args.resize else None,
-                                    preprocess_mode=preprocess)
-        return image, features, discover(features, args.method, score_objects=True, **kwargs)
-
     output_dir = Path(args.output_dir)
     folders = output_folders(images, root)
     finished = {p for p in images if args.resume and is_complete(output_dir / folders[p], args.refine)}
@@ -168,25 +162,8 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
         print(f"resume: {len(finished)} of {len(images)} image(s) already done in {output_dir}")
     todo = [p for p in images if p not in finished]
     mine = [todo[i] for i in shard_indices(len(todo), info.rank, info.world_size)]
-    made: dict[str, int] = {}  # image -> the rank that wrote its objects
-    done = 0
-    try:
-        for path, (image, features, result) in each_image(mine, work, args.method, enabled=info.is_main):
-            out_dir, pixels = output_dir / folders[path], np.asarray(image)
-            write_discovery(out_dir, pixels, features, result)
-            refined = refine_objects(pixels, result.masks) if args.refine else None
-            if refined is not None:
-                write_refinement(out_dir, refined)
-            write_objects(out_dir, result, refined)  # last: the image is complete
-            finished.add(path)
-            made[path.relative_to(root).as_posix()] = info.rank
-            done += 1
-            if features.note:
-                tqdm.write(f"note: {path.name}: {features.note}")
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    parts = gather_to_main({"made": made, "done": done}, info.rank, info.world_size)
+    part = discover_images(model, mine, root, folders, preprocess, args, info)
+    parts = gather_to_main(part, info.rank, info.world_size)
     if parts is None:
         return 0  # ranks other than 0: rank 0 reads every image's objects back and scores them
     made = {k: v for part in parts for k, v in part["made"].items()}
@@ -200,12 +177,49 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
     skipped = len(images) - len(finished)
     print(f"wrote the objects of {done} image(s) to {output_dir}" +
           (f" ({skipped} unreadable file(s) skipped)" if skipped else ""))
+    provenance = {"method": args.method, "weights": description, "benchmark": args.benchmark,
+                  "preprocess": preprocess, "refine": args.refine, "n_objects": args.n_objects,
+                  "world_size": info.world_size,
+                  "ranks": {p.relative_to(root).as_posix(): made[p.relative_to(root).as_posix()]
+                            for p in images if p.relative_to(root).as_posix() in made}}
+    return score_and_export([p for p in images if p in finished], root, folders, gt, args, provenance)
 
-    # Scores and the export read every image's objects back from its files, so that a resumed run counts
-    # the images of earlier runs exactly as it counts its own.
+
+def discover_images(model, mine: list[Path], root: Path, folders: dict[Path, Path], preprocess: str,
+                    args: argparse.Namespace, info: DistInfo) -> dict:
+    """This rank's images: objects found and written per image (objects.json last, so that a written
+    objects.json means a complete image); which rank made which image returned for rank 0."""
+    kwargs = discovery_kwargs(args)
+
+    def work(path: Path):
+        image = load_image(path)
+        features = extract_features(model, image, tuple(args.resize) if args.resize else None,
+                                    preprocess_mode=preprocess)
+        return image, features, discover(features, args.method, score_objects=True, **kwargs)
+
+    made: dict[str, int] = {}  # image -> the rank that wrote its objects
+    for path, (image, features, result) in each_image(mine, work, args.method, enabled=info.is_main):
+        out_dir, pixels = Path(args.output_dir) / folders[path], np.asarray(image)
+        write_discovery(out_dir, pixels, features, result)
+        refined = refine_objects(pixels, result.masks) if args.refine else None
+        if refined is not None:
+            write_refinement(out_dir, refined)
+        write_objects(out_dir, result, refined)  # last: the image is complete
+        made[path.relative_to(root).as_posix()] = info.rank
+        if features.note:
+            tqdm.write(f"note: {path.name}: {features.note}")
+    return {"made": made, "done": len(made)}
+
+
+def score_and_export(finished: list[Path], root: Path, folders: dict[Path, Path],
+                     gt: dict[Path, Callable[[], GroundTruth]],
+                     args: argparse.Namespace, provenance: dict) -> int:
+    """Rank 0: scores and the COCO export read every finished image's objects back from its files, so that a
+    resumed run counts the images of earlier runs exactly as it counts its own."""
+    output_dir = Path(args.output_dir)
     scores = DiscoveryScores(refined=args.refine)
     export = CocoExport() if args.export == "coco" else None
-    for path in (p for p in images if p in finished):
+    for path in finished:
         saved = read_objects(output_dir / folders[path], args.refine)
         rel = path.relative_to(root).as_posix()
         if export is not None:
@@ -221,11 +235,6 @@ def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
     if export is not None:
         print(f"COCO pseudo-labels of {len(export.images)} image(s) written to "
               f"{export.write(output_dir / COCO_FILE)}")
-    provenance = {"method": args.method, "weights": description, "benchmark": args.benchmark,
-                  "preprocess": preprocess, "refine": args.refine, "n_objects": args.n_objects,
-                  "world_size": info.world_size,
-                  "ranks": {p.relative_to(root).as_posix(): made[p.relative_to(root).as_posix()]
-                            for p in images if p.relative_to(root).as_posix() in made}}
     if gt:
         return report_scores(scores, output_dir, provenance)
     save_text(output_dir / "summary.json", json.dumps(provenance, indent=2) + "\n")

@@ -4,8 +4,6 @@ exactly, --evaluate and bad flags."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
