@@ -64,6 +64,27 @@ def test_the_dinov3_licence_line_shows_whenever_dinov3_weights_are_in_use(family
     assert "dinov3_vits16" not in banner and banner.endswith(DINOV3_LICENCE)
 
 
+def test_the_attention_tab_reports_the_registers_share_of_each_head(cfg, family_weights, fresh_cache):
+    """With registers, the note gives each head's [CLS] attention mass on the registers: the library's value on
+    the same input; without registers, no such line."""
+    from dino_seg.app import attention as attention_tab
+    from dino_seg.backbones import as_backbone
+    from dino_seg.discovery import MAX_PATCHES, preprocess
+
+    note = attention_tab.run_attention(str(SWAN), family_weights["dinov2_reg"], SIZE, 0.6, cfg)[-1]
+    line = next(line for line in note.splitlines() if "registers' share" in line)
+    shown = [float(v) / 100 for v in re.findall(r"head \d+ ([\d.]+)%", line)]
+    model, _ = model_cache.get_model(family_weights["dinov2_reg"], cfg)
+    entry = attention_tab.image_pass(SWAN, family_weights["dinov2_reg"], SIZE, cfg)[0]
+    x = preprocess(Image.fromarray(entry.attention.image), model.patch_size, None, MAX_PATCHES, "pad")[0]
+    with torch.no_grad():
+        expected = as_backbone(model).last_attention_cls(x).register_share[0].numpy()
+    assert len(shown) == len(expected) == 2
+    np.testing.assert_allclose(shown, expected, atol=0.0006)  # the note rounds to 0.1%
+    note = attention_tab.run_attention(str(SWAN), family_weights["dinov2"], SIZE, 0.6, cfg)[-1]
+    assert "registers' share" not in note
+
+
 def test_a_dinov3_preset_without_its_file_says_where_to_request_it_and_where_to_put_it(cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     banner = weights_bar.check_weights("dinov3_vits16", cfg)

@@ -161,3 +161,14 @@ def test_random_weights_are_the_commands_documented_default_model(module, arch, 
     model, description = load_from_args(args, "cpu")
     assert (model.arch, model.patch_size) == ("vit_tiny", patch)
     assert description == f"RANDOM weights vit_tiny/{patch}: there is no official DINO release for this model"
+
+
+def test_train_with_a_missing_data_path_prints_only_the_error(tmp_path, capsys):
+    # The flags are printed at the start of a run: a wrong --data_path must stop before that, with one line.
+    from train.__main__ import main as train_main
+
+    code = train_main(["--data_path", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "out"),
+                       "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err == f"error: --data_path: {tmp_path / 'nope'} does not exist\n"

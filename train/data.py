@@ -20,14 +20,20 @@ from dino_seg.errors import UserError
 from dino_seg.images import IMAGE_SUFFIXES, ImageError, load_image
 
 
-def find_images(root: str | Path) -> list[Path]:
-    """All image files under `root`, recursively (symbolic links followed, hidden entries skipped),
-    sorted by path: an ImageFolder tree (`root/class/img.jpg`) or any folder of images."""
+def check_data_path(root: str | Path) -> Path:
+    """--data_path as a folder, or the one-line error saying what it is instead (checked before anything prints)."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(errno.ENOENT, f"--data_path: {root} does not exist")
     if not root.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, f"--data_path: {root} is not a folder (expected a folder of images)")
+    return root
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """All image files under `root`, recursively (symbolic links followed, hidden entries skipped),
+    sorted by path: an ImageFolder tree (`root/class/img.jpg`) or any folder of images."""
+    root = check_data_path(root)
     paths = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

@@ -26,7 +26,7 @@ from dino_seg.weights import load_state_dict
 from dino_seg.runs import EPOCH_LOG, METRICS_LOG, append_record, trim_records, write_record
 from dino_seg.seeding import epoch_seed, seed_everything
 from train.augment import AUGMENTATIONS, DataAugmentationDINO
-from train.data import ImageFilesDataset, build_loader
+from train.data import ImageFilesDataset, build_loader, check_data_path
 from train.engine import (EpochResult, NonFiniteLossError, Precision, Schedules, resolve_precision,
                           train_one_epoch)
 from train.head import DINOHead, MultiCropWrapper
@@ -166,6 +166,7 @@ class Networks:
 
 def train_dino(args: argparse.Namespace, info: DistInfo, say: Callable[[str], None]) -> int:
     """The training run described by the parsed flags; returns the exit status."""
+    check_data_path(args.data_path)  # before the flags are printed: a wrong path is the only line
     out = prepare_output(args, info, say)
     seed_everything(args.seed)  # same initial weights on every process
     if info.device.type == "cuda":

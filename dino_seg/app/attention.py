@@ -147,7 +147,10 @@ def image_pass(image_path: str | Path, weights: str | None, image_size: int,
     shown, size_notes = model_input(image, int(image_size), model.patch_size)
     features = extract_features(model, shown)  # whole patches: no padding, no resize
     features = replace(features, feats={"k": features.feats["k"]})  # q and v: no method of the tab uses them
-    attention = AttentionResult(maps=features.cls_attention, image=np.asarray(shown), patch_size=model.patch_size)
+    prefix = features.prefix_attention  # (heads, 1 + registers): the [CLS] row's mass on [CLS], then each register
+    shares = prefix[:, 1:].sum(axis=1) if prefix is not None and prefix.shape[1] > 1 else None  # (heads,)
+    attention = AttentionResult(maps=features.cls_attention, image=np.asarray(shown), patch_size=model.patch_size,
+                                register_share=shares)
     entry = ImagePass(attention, features, notes + size_notes + ([features.note] if features.note else []))
     _store(PASS_CACHE, key, entry)
     return entry, description, key
@@ -206,6 +209,10 @@ def run_attention(image_path: str | None, weights: str | None, image_size: float
     h, w = result.image.shape[:2]
     lines = [f"**{description}** · {len(heat)} heads · input {w}x{h} px · masks keep {threshold:.0%} "
              "of each map's attention mass"] + [f"- note: {n}" for n in notes]
+    if result.register_share is not None:  # the registers paper's point: how much [CLS] attention they take
+        lines.append("- registers' share of the [CLS] attention: " +
+                     ", ".join(f"head {j} {share:.1%}" for j, share in enumerate(result.register_share)) +
+                     f" (mean {result.register_share.mean():.1%})")
     return heat, overlays, files, "\n".join(lines)
 
 
