@@ -11,7 +11,7 @@ import torch
 
 from .backbones import Backbone, DinoV1Backbone, DinoV2Backbone, DinoV3Backbone, ResNetBackbone
 from .files import AtomicFile
-from .weights import PRESETS, WeightsError, WeightsUnavailable, _extract_backbone, _read_checkpoint
+from .weights import PRESETS, WeightsError, WeightsUnavailable, _extract_backbone, _read_checkpoint, load_strict
 
 DINOV3_DOWNLOADS = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
 
@@ -100,25 +100,6 @@ class DinoV1Adapter(FamilyAdapter):
         return DinoV1Backbone(model, f"{model.arch}/{model.patch_size}")
 
 
-def _load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: object, what: str) -> None:
-    expected, given = set(model.state_dict()), set(sd)
-    missing, unexpected = sorted(expected - given), sorted(given - expected)
-    if missing or unexpected:
-        raise FamilyError(f"{source}: weights do not fit {what}: missing keys {_few(missing)}; "
-                          f"unexpected keys {_few(unexpected)}")
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as err:
-        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err)[:200])
-        raise FamilyError(f"{source}: weights do not fit {what}: {detail}") from None
-
-
-def _few(keys: list[str], n: int = 4) -> str:
-    if not keys:
-        return "none"
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
-
-
 class DinoV2Adapter(FamilyAdapter):
     """DINOv2 (2023): ViT-S/B/L/g with patch 14, layer scale, SwiGLU for g; with or without 4 registers."""
 
@@ -172,7 +153,7 @@ class DinoV2Adapter(FamilyAdapter):
             kwargs["reg_tokens"] = spec.num_registers
         model = timm.create_model(template, pretrained=False, **kwargs)
         converted = checkpoint_filter_fn(dict(sd), model)  # copies: timm's DINOv2 conversion pops keys
-        _load_strict(model, converted, source, spec.name)
+        load_strict(model, converted, source, spec.name, FamilyError)
         return DinoV2Backbone(model.eval(), spec.name)
 
 
@@ -222,7 +203,7 @@ class DinoV3Adapter(FamilyAdapter):
             mlp_ratio=(hidden.shape[0] + 0.5) / spec.embed_dim, num_classes=0, global_pool="token",
             drop_path_rate=drop_path_rate)
         converted = checkpoint_filter_fn(sd, model)
-        _load_strict(model, converted, source, spec.name)
+        load_strict(model, converted, source, spec.name, FamilyError)
         if spec.layout == "official":
             # The released files store RoPE periods rounded to bfloat16, and the official model loads them into its
             # float32 buffer; timm recomputes them in float32. Use the file's, as the official model does.

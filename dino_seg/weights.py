@@ -302,15 +302,24 @@ def build_from_state_dict(sd: dict[str, torch.Tensor], source: str | Path, arch:
     if found_patch:  # keep the checkpoint's positional grid: the reference interpolates from it
         grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) * found_patch
     model = build_backbone(found_arch, found_patch or 16, img_size=grid, drop_path_rate=drop_path_rate)
+    load_strict(model, sd, source, found_arch)
+    return model
+
+
+def load_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: object, what: str,
+                error: type[WeightsError] = WeightsError) -> None:
+    """A strict load of `sd` into `model`, or one `error` line naming the missing and unexpected keys or the first
+    size mismatch (torch's own message starts with a line that names neither)."""
     missing, unexpected = _diff_keys(model.state_dict(), sd)
     if missing or unexpected:
-        raise WeightsError(f"{source}: weights do not fit {found_arch}: missing keys "
-                           f"{_few(missing)}; unexpected keys {_few(unexpected)}")
+        raise error(f"{source}: weights do not fit {what}: missing keys {_few(missing)}; "
+                    f"unexpected keys {_few(unexpected)}")
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as err:
-        raise WeightsError(f"{source}: weights do not fit {found_arch}: {_reason(err).strip()}") from None
-    return model
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
+                      _reason(err).strip())
+        raise error(f"{source}: weights do not fit {what}: {detail}") from None
 
 
 def _diff_keys(expected: dict, given: dict) -> tuple[list[str], list[str]]:
