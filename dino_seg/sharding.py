@@ -7,11 +7,9 @@ from typing import TypeVar
 
 import torch.distributed as dist
 
+from .distributed import _group_ready
+
 T = TypeVar("T")
-
-
-def _group_ready() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
