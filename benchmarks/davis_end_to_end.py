@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
         load_before = os.getloadavg()
         times: dict[str, list[float]] = {"reference": [], "ours": []}
+        loads: dict[str, list[float]] = {"reference": [], "ours": []}  # 1-minute load average as each run ends
         for i in range(args.repeats):
             for name in ("reference", "ours"):
                 out, log = work / f"{name}_{i}", work / f"{name}_{i}.log"
@@ -201,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                     seconds = run_timed(ours(out), ROOT, dict(env, DINO_SEG_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT)),
                                         log)
                 times[name].append(seconds)
-                print(f"{name} run {i + 1}/{args.repeats}: {seconds:.1f} s", file=sys.stderr)
+                loads[name].append(os.getloadavg()[0])
+                print(f"{name} run {i + 1}/{args.repeats}: {seconds:.1f} s (load {loads[name][-1]:.2f})",
+                      file=sys.stderr)
         load_after = os.getloadavg()
         last = args.repeats - 1
         agreement = compare_masks(work / f"reference_{last}", work / f"ours_{last}")
@@ -216,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}; fastest of {args.repeats} whole-command runs each, alternating")
     print(f"load average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in load_before)} before, "
           f"{' '.join(f'{v:.2f}' for v in load_after)} after")
-    print(f"runs (s): reference {', '.join(f'{t:.1f}' for t in times['reference'])}; "
-          f"ours {', '.join(f'{t:.1f}' for t in times['ours'])}\n")
+    runs = {name: ", ".join(f"{t:.1f} (load {v:.1f})" for t, v in zip(times[name], loads[name])) for name in times}
+    print(f"runs, seconds (1-minute load average at the end of each): reference {runs['reference']}; "
+          f"ours {runs['ours']}\n")
     print("| implementation | seconds (fastest) | frames/s | vs reference | masks identical (share of pixels) |")
     print("|---|---:|---:|---:|---|")
     same = f"{100 * agreement.share:.4f}% of {agreement.pixels} pixels in {agreement.files} PNGs"
