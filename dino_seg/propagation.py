@@ -26,8 +26,10 @@ from dino_seg.models import patch_features
 
 # Queries x sources handled at once in the global (no-window) case; bounds its memory.
 _GLOBAL_CHUNK_ELEMENTS = 1 << 24
-# Candidates per query kept from the bfloat16 pre-pass of `_propagate_prefiltered`.
+# Candidates per query kept from the bfloat16 pre-pass of `_propagate_prefiltered`, and the share of queries it
+# may leave unsettled (each then costs about 0.3 ms on 2 CPU cores) before float32 throughout is cheaper.
 _PREFILTER_CANDIDATES = 16
+_PREFILTER_MAX_UNSURE = 0.1
 # Error bounds of that pre-pass. PyTorch converts float32 to bfloat16 by rounding to nearest even, so each input
 # element moves by at most 2^-8 of itself; the product's bfloat16 output is bounded by 2^-7, which also covers
 # back ends that truncate. Float32 accumulation over k terms adds at most _gamma(k) of the terms' sum.
@@ -157,8 +159,17 @@ def propagate_labels(
 
     `prefilter` (default: on a CPU with bfloat16 matrix instructions) finds each query's candidates with a
     bfloat16 product first and computes only theirs in float32; the output is the same (see
-    `_propagate_prefiltered`). False keeps every product in float32.
+    `_propagate_prefiltered`), and where bfloat16 cannot rank most sources the call continues in float32.
+    False keeps every product in float32.
     """
+    return _propagate_labels(context_feats, context_labels, target_feats, topk=topk, radius=radius,
+                             temperature=temperature, tile=tile, prefilter=prefilter)[0]
+
+
+def _propagate_labels(context_feats: torch.Tensor, context_labels: torch.Tensor, target_feats: torch.Tensor, *,
+                      topk: int, radius: int, temperature: float, tile: int | None,
+                      prefilter: bool | None) -> tuple[torch.Tensor, bool]:
+    """`propagate_labels` and whether its bfloat16 pre-pass settled the frame (False: not tried, or gave up)."""
     _check_inputs(context_feats, context_labels, target_feats, topk)
     n, h, w, d = context_feats.shape
     c = context_labels.shape[1]
@@ -170,13 +181,15 @@ def propagate_labels(
         labels = context_labels.float().permute(0, 2, 3, 1)  # (N, h, w, C)
         out = _propagate_global(q.reshape(h * w, d), s.reshape(n * h * w, d), labels.reshape(n * h * w, c),
                                 topk, temperature)
-        return out.T.reshape(c, h, w)
+        return out.T.reshape(c, h, w), False
     if prefilter is None:
         prefilter = bf16_matmul_is_fast(q.device)
     if prefilter:
         t = prefilter_tile(h, w, int(radius)) if tile is None else max(1, int(tile))
-        return _propagate_prefiltered(q, s, context_labels.float(), topk=topk, radius=int(radius),
-                                      temperature=temperature, tile=t)
+        out = _propagate_prefiltered(q, s, context_labels.float(), topk=topk, radius=int(radius),
+                                     temperature=temperature, tile=t)
+        if out is not None:
+            return out, True
 
     t, r = (8 if tile is None else max(1, int(tile))), int(radius)
     big = t + 2 * r  # region side R
@@ -218,7 +231,7 @@ def propagate_labels(
     if tied.any():
         ys, xs = tied.nonzero(as_tuple=True)
         out[ys, xs] = _reference_rows(q[ys, xs], ys, xs, s, context_labels.float(), topk, r, temperature)
-    return out.permute(2, 0, 1).contiguous()  # (C, h, w)
+    return out.permute(2, 0, 1).contiguous(), False  # (C, h, w)
 
 
 def prefilter_tile(h: int, w: int, radius: int) -> int:
@@ -258,8 +271,8 @@ def _window_bias(n: int, radius: int, tile: int, masked: float, device: torch.de
 
 
 def _propagate_prefiltered(q: torch.Tensor, s: torch.Tensor, labels: torch.Tensor, *, topk: int, radius: int,
-                           temperature: float, tile: int,
-                           candidates: int = _PREFILTER_CANDIDATES) -> torch.Tensor:
+                           temperature: float, tile: int, candidates: int = _PREFILTER_CANDIDATES,
+                           max_unsure: float = _PREFILTER_MAX_UNSURE) -> torch.Tensor | None:
     """`propagate_labels`'s windowed output (C, h, w) from a bfloat16 pre-pass and float32 candidates.
 
     q (h, w, D) and s (N, h, w, D) are unit vectors, labels (N, C, h, w). Per tile, one bfloat16 product of the
@@ -307,7 +320,7 @@ def _propagate_prefiltered(q: torch.Tensor, s: torch.Tensor, labels: torch.Tenso
     accum_err = _gamma(d2) * (q_norm * (1 + _BF16_INPUT_ROUNDING) * s_b_norm + shift.float().abs())
     # The float32 logits of the candidates are themselves within gamma(D) |q| of the true ones; 4x for margin.
     exact_err = 4 * _gamma(d) * q_norm
-    err = (input_err + accum_err + exact_err).reshape(h * w) * (1 + 1e-5)
+    err = (input_err + accum_err + exact_err) * (1 + 1e-5)
 
     def tiles(x: torch.Tensor) -> torch.Tensor:  # (n_ty*T, n_tx*T, X) -> (tiles, T*T, X), queries in tile order
         return x.reshape(n_ty, t, n_tx, t, -1).permute(0, 2, 1, 3, 4).reshape(n_ty * n_tx, t * t, -1)
@@ -316,11 +329,18 @@ def _propagate_prefiltered(q: torch.Tensor, s: torch.Tensor, labels: torch.Tenso
         x = x.reshape(n_ty, n_tx, t, t, -1).permute(0, 2, 1, 3, 4).reshape(n_ty * t, n_tx * t, -1)
         return x[:h, :w].reshape(h * w, -1)
 
+    def pad(x: torch.Tensor) -> torch.Tensor:  # (h, w, X) -> (n_ty*T, n_tx*T, X), zero beyond the frame
+        return F.pad(x, (0, 0, 0, n_tx * t - w, 0, n_ty * t - h))
+
     queries_b = tiles(q_b)
-    queries = tiles(F.pad(qt, (0, 0, 0, n_tx * t - w, 0, n_ty * t - h)))
+    queries = tiles(pad(qt))
+    # The part of each query's bound known before the pre-pass (see `bound` below); 0 for padding queries.
+    pre_bound = tiles(pad((shift.float() + err)[..., None]))[..., 0]  # (tiles, T*T)
+    real = tiles(pad(q.new_ones(h, w, 1)))[..., 0] > 0  # (tiles, T*T): queries inside the frame
     source_rows = _tile_source_rows(n, h, w, r, t, q.device)  # (tiles, R*N*R)
     m = min(max(candidates, topk + 1), n * big * big)
-    approx_min = q.new_empty(n_ty * n_tx, t * t)
+    keep = min(topk + 1, m)
+    unsure = torch.empty(n_ty * n_tx, t * t, dtype=torch.bool, device=q.device)
     exact = q.new_empty(n_ty * n_tx, t * t, m)
     where = torch.empty(n_ty * n_tx, t * t, m, dtype=torch.long, device=q.device)
     s_rows = s.view(n * h * w, d)
@@ -335,21 +355,28 @@ def _propagate_prefiltered(q: torch.Tensor, s: torch.Tensor, labels: torch.Tenso
             vals, idx = torch.topk(approx, m, dim=-1, sorted=False)  # (T*T, M)
             vals = vals.float()
             vals.masked_fill_(vals < masked / 2, float("-inf"))
-            approx_min[i] = vals.amin(dim=-1)
             rows = source_rows[i][idx]  # (T*T, M)
             cand = s_rows.index_select(0, rows.view(-1)).view(t * t, m, d)
-            exact[i] = (cand * queries[i][:, None]).sum(-1).masked_fill_(vals == float("-inf"), float("-inf"))
+            exact_i = (cand * queries[i][:, None]).sum(-1).masked_fill_(vals == float("-inf"), float("-inf"))
+            exact[i] = exact_i
             where[i] = rows
-    exact, where, approx_min = untile(exact), untile(where), untile(approx_min)[:, 0]
-    keep = min(topk + 1, m)
+            # Every source outside the candidates has a true logit at most `bound`; fewer than M sources in reach
+            # (a -inf among the candidates) means every one of them is a candidate.
+            approx_min = vals.amin(dim=-1)
+            bound = pre_bound[i] + approx_min + _BF16_OUTPUT_ROUNDING * approx_min.abs() / (1 - _BF16_OUTPUT_ROUNDING)
+            kth = torch.topk(exact_i, keep, dim=-1).values[:, -1]
+            unsure[i] = ~((kth > bound) | (approx_min == float("-inf")))
+        done = (ty + 1) * n_tx
+        if max_unsure < 1 and done * 4 >= n_ty * n_tx:
+            # Features too alike for bfloat16 to rank (typical of smooth frames through an untrained network):
+            # the reference's rule per query would cost more than float32 throughout.
+            if (unsure[:done] & real[:done]).sum() > max_unsure * real[:done].sum():
+                return None
+    exact, where, unsure = untile(exact), untile(where), untile(unsure)[:, 0]
     top_vals, order = torch.topk(exact, keep, dim=-1)  # (h*w, k+1)
-    # Every source outside the candidates has a true logit at most `bound`.
-    bound = shift.reshape(-1).float() + approx_min + \
-        _BF16_OUTPUT_ROUNDING * approx_min.abs() / (1 - _BF16_OUTPUT_ROUNDING) + err
-    sure = (top_vals[:, -1] > bound) | (approx_min == float("-inf"))
     lab = labels.permute(0, 2, 3, 1).reshape(n * h * w, c)
     out, tied = _top_k_average(top_vals, lab[where.gather(1, order[:, :topk])], topk)  # (h*w, C)
-    redo = (tied | ~sure).view(h, w)
+    redo = (tied | unsure).view(h, w)
     if redo.any():
         ys, xs = redo.nonzero(as_tuple=True)
         out.view(h, w, c)[ys, xs] = _reference_rows(q[ys, xs], ys, xs, s, labels, topk, r, temperature)
@@ -476,10 +503,16 @@ def propagate_sequence(
         return
     first_labels = first_labels.to(first.device, torch.float32)
     recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=n_last_frames or None)
+    # The bfloat16 pre-pass (propagate_labels) where it pays; once it gives up on a frame, the video's features
+    # are too alike for it and the rest of the video stays in float32.
+    prefilter: bool | None = None
     for feat in it:
         ctx_feats = torch.stack([first] + [f for f, _ in recent]) if n_last_frames else first[None]
         ctx_labels = torch.stack([first_labels] + [s for _, s in recent]) if n_last_frames else first_labels[None]
-        soft = propagate_labels(ctx_feats, ctx_labels, feat, topk=topk, radius=radius, temperature=temperature)
+        soft, settled = _propagate_labels(ctx_feats, ctx_labels, feat, topk=topk, radius=radius,
+                                          temperature=temperature, tile=None, prefilter=prefilter)
+        if prefilter is None and not settled and radius > 0 and bf16_matmul_is_fast(feat.device):
+            prefilter = False
         if n_last_frames:
             recent.append((feat, soft))
         yield soft

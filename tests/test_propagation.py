@@ -164,8 +164,9 @@ def test_ties_with_the_kth_value_are_all_kept():
 
 
 def _near_ties(n, h, w, d, spread, seed):
-    """Features a hair apart: every logit of a query lies within ~spread / 0.1 of the others, far below what
-    bfloat16 resolves (about 0.04 at logit 10), so the pre-pass alone cannot rank them."""
+    """Features a hair apart: cosines 1 - O(spread^2), so a query's top logits lie within ~1e-3 (spread 0.03,
+    temperature 0.1) of each other, far below what bfloat16 resolves (about 0.04 at logit 10): the pre-pass
+    alone cannot rank them."""
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(d, generator=g)
     cf = base + spread * torch.randn(n, h, w, d, generator=g)
@@ -173,16 +174,71 @@ def _near_ties(n, h, w, d, spread, seed):
     return cf, torch.rand(n, 3, h, w, generator=g), tf
 
 
-@pytest.mark.parametrize("spread", [1e-4, 3e-3, 3e-2])
+def _unambiguous(cf, tf, radius, topk, temperature, margin=2e-5):
+    """(h, w) bool: queries whose k-th and (k+1)-th logits (float64) differ by more than `margin`. Closer than
+    float32's rounding of a logit (~1e-6 of it), which sources the reference keeps depends on its order of
+    summation, so any two float32 implementations may differ there."""
+    n, h, w, d = cf.shape
+    q = F.normalize(tf.double(), dim=-1).reshape(h * w, d)
+    s = F.normalize(cf.double(), dim=-1).reshape(n, h * w, d)
+    logits = torch.einsum("qd,nsd->qns", q, s) / temperature  # (h*w, N, h*w)
+    near = neighborhood_mask(h, w, radius).bool()[:, None, :]
+    top = logits.masked_fill(~near, float("-inf")).reshape(h * w, -1).topk(topk + 1, dim=-1).values
+    return (top[:, topk - 1] - top[:, topk] > margin).reshape(h, w)
+
+
+@pytest.mark.parametrize("spread", [0.03, 0.1])
 @pytest.mark.parametrize("temperature", [0.1, 0.03])
 def test_prefilter_is_exact_where_bfloat16_cannot_rank_the_sources(spread, temperature):
-    # From "nothing resolvable" (1e-4: every query falls back to the float32 rule) to "a few candidates
-    # uncertain" (3e-2); the output must equal the dense formula's in every case.
-    cf, cl, tf = _near_ties(4, 9, 13, 64, spread, seed=int(spread * 1e5))
+    # Most queries cannot be settled by the pre-pass (spread 0.03) or a part of them (0.1). Wherever the
+    # reference's own ranking is unambiguous, the output must equal the dense formula's, whether the pre-pass
+    # keeps going (max_unsure 1: the rest take the reference's rule) or gives up and propagate_labels continues
+    # in float32.
+    cf, cl, tf = _near_ties(4, 9, 13, 64, spread, seed=7)
     dense = dense_propagate_labels(cf, cl, tf, topk=5, radius=3, temperature=temperature)
+    clear = _unambiguous(cf, tf, 3, 5, temperature)
+    assert clear.float().mean() > 0.6
+    q, s = F.normalize(tf, dim=-1), F.normalize(cf, dim=-1)
     for tile in (3, 6):
+        ours = _propagate_prefiltered(q, s, cl, topk=5, radius=3, temperature=temperature, tile=tile,
+                                      max_unsure=1.0)
+        torch.testing.assert_close(ours[:, clear], dense[:, clear], rtol=1e-5, atol=1e-6)
         ours = propagate_labels(cf, cl, tf, topk=5, radius=3, tile=tile, temperature=temperature, prefilter=True)
-        torch.testing.assert_close(ours, dense, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours[:, clear], dense[:, clear], rtol=1e-5, atol=1e-6)
+
+
+def test_prefilter_gives_up_where_bfloat16_cannot_rank_and_settles_separated_features():
+    near = _near_ties(4, 9, 13, 64, 0.03, seed=1)
+    q, s = F.normalize(near[2], dim=-1), F.normalize(near[0], dim=-1)
+    assert _propagate_prefiltered(q, s, near[1], topk=5, radius=3, temperature=0.1, tile=3) is None
+    cf, cl, tf = _random(4, 9, 13, 64, 3, seed=2)  # random 64-d features: logits well apart
+    q, s = F.normalize(tf, dim=-1), F.normalize(cf, dim=-1)
+    out = _propagate_prefiltered(q, s, cl, topk=5, radius=3, temperature=0.1, tile=3, max_unsure=0.0)
+    torch.testing.assert_close(out, dense_propagate_labels(cf, cl, tf, topk=5, radius=3), rtol=1e-5, atol=1e-6)
+
+
+def test_sequence_stays_in_float32_once_the_pre_pass_gives_up(monkeypatch):
+    import dino_seg.propagation as propagation
+    calls = []
+
+    def counted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out is None)
+        return out
+
+    real = propagation._propagate_prefiltered
+    monkeypatch.setattr(propagation, "_propagate_prefiltered", counted)
+    monkeypatch.setattr(propagation, "bf16_matmul_is_fast", lambda device: True)
+    cf, cl, _ = _near_ties(5, 9, 13, 64, 0.03, seed=3)
+    feats = list(cf)
+    outs = list(propagate_sequence(feats, cl[0], n_last_frames=2, radius=3))
+    assert calls == [True]  # tried on the first frame only, where it gave up
+    recent = []
+    for feat, out in zip(feats[1:], outs):  # the same loop in float32 throughout
+        ctx_f = torch.stack([feats[0]] + [f for f, _ in recent])
+        ctx_l = torch.stack([cl[0]] + [o for _, o in recent])
+        assert torch.equal(out, propagate_labels(ctx_f, ctx_l, feat, radius=3, prefilter=False))
+        recent = (recent + [(feat, out)])[-2:]
 
 
 @pytest.mark.parametrize("candidates", [1, 6, 7, 40])
@@ -192,7 +248,8 @@ def test_prefilter_with_few_candidates_still_equals_the_dense_formula(candidates
     cf, cl, tf = _random(3, 10, 14, 16, 3, seed=candidates)
     q = F.normalize(tf, dim=-1)
     s = F.normalize(cf, dim=-1)
-    ours = _propagate_prefiltered(q, s, cl, topk=5, radius=3, temperature=0.1, tile=4, candidates=candidates)
+    ours = _propagate_prefiltered(q, s, cl, topk=5, radius=3, temperature=0.1, tile=4, candidates=candidates,
+                                  max_unsure=1.0)
     torch.testing.assert_close(ours, dense_propagate_labels(cf, cl, tf, topk=5, radius=3), rtol=1e-5, atol=1e-6)
 
 
