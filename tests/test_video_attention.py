@@ -328,6 +328,10 @@ def test_several_inputs_each_get_a_folder_and_a_clash_of_names_is_refused(tiny_v
     assert err == (f"error: --input_path: {clip} and {tmp_path / 'in' / 'walk'} would both write to "
                    f"{tmp_path / 'out' / 'walk'}; rename one, or run them with different --output_path")
     assert not (tmp_path / "out").exists()  # refused before anything is written
+    assert run_cli(["--input_path", str(tmp_path / "in" / "walk"), str(tmp_path / "in"), "--video_only",
+                    "--output_path", str(tmp_path / "out")], tiny_vit_weights) == 2
+    assert capsys.readouterr().err.strip() == ("error: --video_only: assembles one folder of attention images; "
+                                               "give one --input_path")
 
 
 def test_resume_skips_complete_inputs_of_the_same_settings(tiny_vit_weights, tmp_path, capsys):
