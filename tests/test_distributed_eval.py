@@ -216,12 +216,13 @@ def test_video_attention_several_inputs_dealt_by_rank_equal_one_process_and_resu
     import numpy as np
 
     from dino_seg.video import iter_video
+    from eval import video_attention
 
     inputs = _video_inputs(tmp_path / "in")
     common = ["--pretrained_weights", tiny_vit_weights, "--input_path", *inputs, "--resize", 32, "--batch_size", 2,
               "--masks", "--device", "cpu"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _launch("eval.video_attention", common + ["--output_path", one], 1)
+    assert video_attention.main([str(a) for a in common + ["--output_path", one]]) == 0  # in-process: no start-up
     proc = _launch("eval.video_attention", common + ["--output_path", two], 2)
     assert proc.stdout.count("wrote ") == 9 and proc.stdout.count("wrote 5 attention images") == 1  # rank 0 alone
     files_one, videos = _outputs(one)
