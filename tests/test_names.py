@@ -32,6 +32,7 @@ COMMANDS = [
     ("eval.davis", [], ["--method", "lost"]),
     ("eval.attention", [], ["--precision", "bf16"]),
     ("eval.discover", [], ["--benchmark", "voc07"]),
+    ("eval.video_attention", ["--input_path", "clip.mp4"], ["--masks", "heads"]),
 ]
 HEAVY = ("torch", "timm", "torchvision", "cv2")
 
@@ -53,14 +54,14 @@ def test_the_flags_parse_without_torch(module, required, flag):
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("module", [c[0] for c in COMMANDS])
-def test_help_and_a_bad_flag_answer_without_torch(module):
+@pytest.mark.parametrize("module,required", [c[:2] for c in COMMANDS], ids=[c[0] for c in COMMANDS])
+def test_help_and_a_bad_flag_answer_without_torch(module, required):
     # As `python -m MODULE --help` runs it; the heavy modules are looked at when argparse exits.
     code = (f"import atexit, runpy, sys\n"
             f"atexit.register(lambda: print('heavy', sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
             f"sys.argv = [{module!r}, *sys.argv[1:]]\nrunpy.run_module({module!r}, run_name='__main__')\n")
     for arg, status, stream in (("--help", 0, "stdout"), ("--no_such_flag", 2, "stderr")):
-        out = _python(code, arg)
+        out = _python(code, *required, arg)
         assert out.returncode == status, out.stderr
         assert out.stdout.strip().splitlines()[-1] == "heavy []"
         assert f"python -m {module}" in getattr(out, stream)  # the parser's own usage line
