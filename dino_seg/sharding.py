@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TypeVar
-
 import torch.distributed as dist
 
 from .distributed import _group_ready
-
-T = TypeVar("T")
 
 
 def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
@@ -22,11 +17,6 @@ def shard_indices(n: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, n, world_size))
 
 
-def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
-    """The items of `items` rank `rank` works on (see shard_indices)."""
-    return [items[i] for i in shard_indices(len(items), rank, world_size)]
-
-
 def gather_to_main(obj: object, rank: int = 0, world_size: int = 1) -> list[object] | None:
     """Every rank's `obj` in rank order on rank 0, None on the others ([obj] without a process group).
     A collective: every rank must call it."""
@@ -35,20 +25,6 @@ def gather_to_main(obj: object, rank: int = 0, world_size: int = 1) -> list[obje
     out: list[object] | None = [None] * world_size if rank == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
-
-
-def merge_results(parts: list[dict[int, T]] | None) -> dict[int, T] | None:
-    """Per-item results of all ranks ({item index: result}, as gathered by gather_to_main), merged in item
-    order; None stays None (ranks other than 0). Raises ValueError if two ranks report the same item."""
-    if parts is None:
-        return None
-    merged: dict[int, T] = {}
-    for part in parts:
-        for index, value in part.items():
-            if index in merged:
-                raise ValueError(f"item {index} was produced by two ranks")
-            merged[index] = value
-    return dict(sorted(merged.items()))
 
 
 class GlobalCounter:
