@@ -34,7 +34,8 @@ MISSING = {  # what each command says of a --data_path / --image_path / --input_
     "train": "--data_path: {p} does not exist",
 }
 # The commands whose work lives in a module of its own, imported once the flags parse.
-RUN_MODULES = {m: f"{m}_run" for m in ("eval.attention", "eval.davis", "eval.discover", "eval.video_attention")}
+RUN_MODULES = {m: f"{m}_run" for m in ("eval.attention", "eval.davis", "eval.discover", "eval.video_attention", "eval.knn",
+                                         "eval.linear")}
 TINY = {"train": ["--arch", "vit_tiny", "--out_dim", "64", "--num_workers", "0", "--device", "cpu"],
         "eval.knn": ["--num_workers", "0", "--device", "cpu"], "eval.linear": ["--num_workers", "0", "--device", "cpu"]}
 

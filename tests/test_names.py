@@ -27,12 +27,14 @@ def test_names_are_the_registries():
     assert names.DEFAULT_FPS == video.DEFAULT_FPS == 30.0
 
 
-# (command, the arguments a run of it needs besides its defaults, one flag and a value its parser takes)
+# (command, the arguments a run of it needs besides its defaults, (a flag, a value, what the parser makes of it))
 COMMANDS = [
-    ("eval.davis", [], ["--method", "lost"]),
-    ("eval.attention", [], ["--precision", "bf16"]),
-    ("eval.discover", [], ["--benchmark", "voc07"]),
-    ("eval.video_attention", ["--input_path", "clip.mp4"], ["--masks", "heads"]),
+    ("eval.davis", [], ("--method", "lost", "lost")),
+    ("eval.attention", [], ("--precision", "bf16", "bf16")),
+    ("eval.discover", [], ("--benchmark", "voc07", "voc07")),
+    ("eval.video_attention", ["--input_path", "clip.mp4"], ("--masks", "heads", "heads")),
+    ("eval.knn", [], ("--nb_knn", "20", [20])),
+    ("eval.linear", [], ("--avgpool_patchtokens", "off", False)),
 ]
 HEAVY = ("torch", "timm", "torchvision", "cv2")
 
@@ -46,8 +48,8 @@ def _python(code: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("module,required,flag", COMMANDS, ids=[c[0] for c in COMMANDS])
 def test_the_flags_parse_without_torch(module, required, flag):
     code = (f"import importlib, sys\nparser = importlib.import_module({module!r}).get_args_parser()\n"
-            f"args = parser.parse_args({required + flag!r})\n"
-            f"assert getattr(args, {flag[0][2:]!r}) == {flag[1]!r}\n"
+            f"args = parser.parse_args({[*required, *flag[:2]]!r})\n"
+            f"assert getattr(args, {flag[0][2:]!r}) == {flag[2]!r}\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     out = _python(code)
     assert out.returncode == 0, out.stderr
