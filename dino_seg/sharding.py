@@ -39,20 +39,6 @@ def gather_to_main(obj: object, rank: int = 0, world_size: int = 1) -> list[obje
     return out
 
 
-def merge_results(parts: list[dict[int, T]] | None) -> dict[int, T] | None:
-    """Per-item results of all ranks ({item index: result}, as gathered by gather_to_main), merged in item
-    order; None stays None (ranks other than 0). Raises ValueError if two ranks report the same item."""
-    if parts is None:
-        return None
-    merged: dict[int, T] = {}
-    for part in parts:
-        for index, value in part.items():
-            if index in merged:
-                raise ValueError(f"item {index} was produced by two ranks")
-            merged[index] = value
-    return dict(sorted(merged.items()))
-
-
 class GlobalCounter:
     """Items finished by all ranks together, without a collective call: each rank adds to a counter in the
     process group's key-value store, and rank 0 reads it for its progress bar. Without a process group it

@@ -144,6 +144,8 @@ def test_discover_two_processes_equal_one(tmp_path, tiny_vit_weights):
     _launch("eval.discover", common + ["--output_dir", one], 1)
     proc = _launch("eval.discover", common + ["--output_dir", two], 2)
     assert proc.stdout.count("scores written to") == 1  # rank 0 scores alone
+    # Rank 0's bar (the only one) ends at the global count, not at its own 3 images.
+    assert "| 5/5 [" in proc.stderr and "/3 [" not in proc.stderr
     files_one = _files(one, "*.*")
     summary_one = json.loads(files_one.pop("summary.json"))
     files_two = _files(two, "*.*")
