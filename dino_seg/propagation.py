@@ -280,8 +280,10 @@ def _propagate_prefiltered(q: torch.Tensor, s: torch.Tensor, labels: torch.Tenso
     logits; only those are computed again in float32, in place of the whole float32 product. That is exact
     wherever the float32 (k+1)-th of the candidates exceeds a rigorous upper bound on every other source's true
     logit (the M-th approximate value plus the bfloat16 rounding of the inputs, of the output and of the float32
-    accumulation): the top k + 1 are then among the candidates. The other queries (about 1% on DINO-like
-    features), and ties, take the reference's rule (`_reference_rows`).
+    accumulation): the top k + 1 are then among the candidates. The other queries, and ties, take the reference's
+    rule (`_reference_rows`). Where more than `max_unsure` of the queries in the first eighth of the tiles are not
+    settled, it returns None: bfloat16's 8 bits cannot rank these features (their top logits lie closer together
+    than its rounding), and the caller is faster in float32.
 
     The product carries two more coordinates than the features. One subtracts c, the query's logit with the
     same position in the first context, so that the top logits come out near 0, where bfloat16 is finest; the
@@ -367,7 +369,7 @@ def _propagate_prefiltered(q: torch.Tensor, s: torch.Tensor, labels: torch.Tenso
             kth = torch.topk(exact_i, keep, dim=-1).values[:, -1]
             unsure[i] = ~((kth > bound) | (approx_min == float("-inf")))
         done = (ty + 1) * n_tx
-        if max_unsure < 1 and done * 4 >= n_ty * n_tx:
+        if max_unsure < 1 and done * 8 >= n_ty * n_tx:
             # Features too alike for bfloat16 to rank (typical of smooth frames through an untrained network):
             # the reference's rule per query would cost more than float32 throughout.
             if (unsure[:done] & real[:done]).sum() > max_unsure * real[:done].sum():
