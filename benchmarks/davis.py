@@ -1,5 +1,6 @@
 """Seconds per frame and peak memory of DAVIS label propagation at 480p: backbone and propagation, windowed
-(ours) against the plain dense formula of the reference, for ViT-S/16 and ViT-S/8 (random weights).
+(ours: with the bfloat16 pre-pass where the CPU has bfloat16 instructions, and float32 only) against the plain
+dense formula of the reference, for ViT-S/16 and ViT-S/8 (random weights).
 
     python benchmarks/davis.py                                   # synthetic 854x480 frames, CPU
     python benchmarks/davis.py --data_path /path/to/davis --sequence blackswan --n_frames 6
@@ -29,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dino_seg.davis import first_frame_labels, frame_paths, read_annotation, read_frame, resized_shape  # noqa: E402
 from dino_seg.device import pick_device  # noqa: E402
 from dino_seg.models import build_backbone, patch_features  # noqa: E402
-from dino_seg.propagation import (dense_propagate_labels, neighborhood_mask, propagate_labels,  # noqa: E402
-                                  soft_to_mask)
+from dino_seg.propagation import (bf16_matmul_is_fast, dense_propagate_labels, neighborhood_mask,  # noqa: E402
+                                  propagate_labels, soft_to_mask)
 
 
 class PeakMemory:
@@ -156,6 +157,8 @@ def bench_patch(args: argparse.Namespace, patch: int, device: torch.device) -> l
         ctx_l = torch.stack([s for _, s in ctx])
         target = feats[-1]
         windowed = lambda: propagate_labels(ctx_f, ctx_l, target, **kw)  # noqa: E731
+        fp32_only = lambda: propagate_labels(ctx_f, ctx_l, target, prefilter=False, **kw)  # noqa: E731
+        prefiltered = bf16_matmul_is_fast(device)
         dense_bytes = 4 * n_ctx * (h * w) ** 2 * 3  # affinity, its transposed copy, the comparison mask
         if dense_bytes / 2**30 > args.dense_max_gb:
             timed = [time_once(windowed, device) for _ in range(args.repeats)]
@@ -167,13 +170,20 @@ def bench_patch(args: argparse.Namespace, patch: int, device: torch.device) -> l
         mask = neighborhood_mask(h, w, args.size_mask_neighborhood, device)  # cached, as the reference does
         dense = lambda: dense_propagate_labels(ctx_f, ctx_l, target, mask=mask, **kw)  # noqa: E731
         # Interleaved, and the fastest call of each kept: load from other processes only slows calls down.
-        timed_w, timed_d = [], []
+        timed_w, timed_f, timed_d = [], [], []
         for _ in range(args.repeats):
             timed_w.append(time_once(windowed, device))
+            if prefiltered:
+                timed_f.append(time_once(fp32_only, device))
             timed_d.append(time_once(dense, device))
         out_w, out_d = timed_w[-1][2], timed_d[-1][2]
         rows.append(dict(patch=patch, stage="propagation", impl="windowed", s=min(t[0] for t in timed_w),
-                         mb=max(t[1] for t in timed_w)))
+                         mb=max(t[1] for t in timed_w),
+                         note="bfloat16 pre-pass" if prefiltered else "float32 (no bfloat16 pre-pass here)"))
+        if prefiltered:
+            diff_f = (timed_f[-1][2] - out_w).abs().max().item()
+            rows.append(dict(patch=patch, stage="propagation", impl="fp32 win", s=min(t[0] for t in timed_f),
+                             mb=max(t[1] for t in timed_f), note=f"prefilter=False; max |diff| {diff_f:.1e}"))
         sec_d, mb_d = min(t[0] for t in timed_d), max(t[1] for t in timed_d)
         diff = (out_w - out_d).abs().max().item()
         dense_softs = run_sequence(lambda a, b, c, **k: dense_propagate_labels(a, b, c, mask=mask, **k),
@@ -215,13 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     th, tw = resized_shape(args.height, args.width) if not args.data_path else (480, 832)
     print(f"\n{args.arch}, input {tw}x{th}, {1 + args.n_last_frames} contexts, radius "
           f"{args.size_mask_neighborhood}, top-{args.topk}, device {device} ({cpu}), torch {torch.__version__}")
-    print(f"{'model':<12}{'stage':<13}{'impl':<10}{'s/frame':>9}{'peak MiB':>10}{'dense/ours':>14}  note")
+    print(f"{'model':<12}{'stage':<13}{'impl':<10}{'s/frame':>9}{'peak MiB':>10}{'vs ours':>14}  note")
     for patch in args.patch_sizes:
         mine = [r for r in rows if r["patch"] == patch]
         win = next(r for r in mine if r["impl"] == "windowed")
         for r in mine:
             ratio = ""
-            if r["impl"] == "dense" and r["s"] == r["s"]:
+            if r["impl"] in ("dense", "fp32 win") and r["s"] == r["s"]:
                 ratio = f"{r['s'] / win['s']:.1f}x / {r['mb'] / max(win['mb'], 1e-9):.1f}x"
             print(f"{args.arch[4:] + '/' + str(patch):<12}{r['stage']:<13}{r['impl']:<10}{r['s']:>9.3f}"
                   f"{r['mb']:>10.0f}{ratio:>14}  {r.get('note', '')}")

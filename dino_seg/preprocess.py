@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from PIL import Image
 
+from . import names
 from .errors import UserError
 
-PREPROCESS = ("pad", "resize")
+PREPROCESS = names.PREPROCESS_MODES
 
 
 def check_preprocess(preprocess: str) -> str:

@@ -7,6 +7,7 @@ HW x (T + 2r)^2, not HW^2. `dense_propagate_labels` is the plain dense formula, 
 from __future__ import annotations
 
 import functools
+import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -18,13 +19,34 @@ from PIL import Image
 from torch import nn
 
 from dino_seg.batching import prefetched
-from dino_seg.precision import autocast
+from dino_seg.precision import autocast, cpu_has_bf16
 from dino_seg.davis import DavisError, first_frame_labels, num_objects, read_frame
 from dino_seg.errors import UserError
 from dino_seg.models import patch_features
 
 # Queries x sources handled at once in the global (no-window) case; bounds its memory.
 _GLOBAL_CHUNK_ELEMENTS = 1 << 24
+# Candidates per query kept from the bfloat16 pre-pass of `_propagate_prefiltered`, and the share of queries it
+# may leave unsettled (each then costs about 0.3 ms on 2 CPU cores) before float32 throughout is cheaper.
+_PREFILTER_CANDIDATES = 16
+_PREFILTER_MAX_UNSURE = 0.1
+# Error bounds of that pre-pass. PyTorch converts float32 to bfloat16 by rounding to nearest even, so each input
+# element moves by at most 2^-8 of itself; the product's bfloat16 output is bounded by 2^-7, which also covers
+# back ends that truncate. Float32 accumulation over k terms adds at most _gamma(k) of the terms' sum.
+_BF16_INPUT_ROUNDING = 2.0 ** -8
+_BF16_OUTPUT_ROUNDING = 2.0 ** -7
+
+
+def _gamma(k: int) -> float:
+    """Higham's gamma_k for float32: the relative error bound of a sum or dot product of k terms."""
+    u = 2.0 ** -24
+    return k * u / (1 - k * u)
+
+
+def bf16_matmul_is_fast(device: torch.device) -> bool:
+    """Whether propagation's bfloat16 pre-pass pays off on `device`: a CPU whose bfloat16 instructions oneDNN
+    uses (about 5x float32's matrix product there). On CUDA the float32 path is kept: it is not the bottleneck."""
+    return torch.device(device).type == "cpu" and cpu_has_bf16()
 
 
 def _check_inputs(context_feats: torch.Tensor, context_labels: torch.Tensor, target_feats: torch.Tensor,
@@ -117,14 +139,16 @@ def propagate_labels(
     topk: int = 5,
     radius: int = 12,
     temperature: float = 0.1,
-    tile: int = 8,
+    tile: int | None = None,
+    prefilter: bool | None = None,
 ) -> torch.Tensor:
     """Soft labels (C, h, w) of a target frame from context frames, equal to the reference's formula.
 
     context_feats (N, h, w, D), context_labels (N, C, h, w), target_feats (h, w, D); features need not be
     normalised. Affinity exp(cos / temperature) restricted to a (2r+1)^2 window (r = `radius`; r <= 0 means
     no restriction, as in the reference), top-k over all context patches together, weights normalised to 1.
-    `tile` (query tile side) only trades speed for memory. Runs on the inputs' device.
+    `tile` (query tile side; default: 8, or `prefilter_tile` with the pre-pass) only trades speed for memory.
+    Runs on the inputs' device.
 
     Per tile of T x T queries, one batched matrix product compares them with the (T + 2r)^2 source patches
     around the tile in every context, read in place from a (rows, contexts, columns, D) layout (no copies of
@@ -132,7 +156,20 @@ def propagate_labels(
     monotonic, so where exp of the (k+1)-th differs from exp of the k-th, exactly the top k are kept and only
     their k exponentials are needed. Queries with a tie there (equal features, or fewer than k sources) are
     recomputed with the reference's rule, keeping every source at or above the k-th value.
+
+    `prefilter` (default: on a CPU with bfloat16 matrix instructions) finds each query's candidates with a
+    bfloat16 product first and computes only theirs in float32; the output is the same (see
+    `_propagate_prefiltered`), and where bfloat16 cannot rank most sources the call continues in float32.
+    False keeps every product in float32.
     """
+    return _propagate_labels(context_feats, context_labels, target_feats, topk=topk, radius=radius,
+                             temperature=temperature, tile=tile, prefilter=prefilter)[0]
+
+
+def _propagate_labels(context_feats: torch.Tensor, context_labels: torch.Tensor, target_feats: torch.Tensor, *,
+                      topk: int, radius: int, temperature: float, tile: int | None,
+                      prefilter: bool | None) -> tuple[torch.Tensor, bool]:
+    """`propagate_labels` and whether its bfloat16 pre-pass settled the frame (False: not tried, or gave up)."""
     _check_inputs(context_feats, context_labels, target_feats, topk)
     n, h, w, d = context_feats.shape
     c = context_labels.shape[1]
@@ -144,9 +181,17 @@ def propagate_labels(
         labels = context_labels.float().permute(0, 2, 3, 1)  # (N, h, w, C)
         out = _propagate_global(q.reshape(h * w, d), s.reshape(n * h * w, d), labels.reshape(n * h * w, c),
                                 topk, temperature)
-        return out.T.reshape(c, h, w)
+        return out.T.reshape(c, h, w), False
+    if prefilter is None:
+        prefilter = bf16_matmul_is_fast(q.device)
+    if prefilter:
+        t = prefilter_tile(h, w, int(radius)) if tile is None else max(1, int(tile))
+        out = _propagate_prefiltered(q, s, context_labels.float(), topk=topk, radius=int(radius),
+                                     temperature=temperature, tile=t)
+        if out is not None:
+            return out, True
 
-    t, r = max(1, int(tile)), int(radius)
+    t, r = (8 if tile is None else max(1, int(tile))), int(radius)
     big = t + 2 * r  # region side R
     n_ty, n_tx = -(-h // t), -(-w // t)
     hp, wp = n_ty * t + 2 * r, n_tx * t + 2 * r
@@ -186,7 +231,158 @@ def propagate_labels(
     if tied.any():
         ys, xs = tied.nonzero(as_tuple=True)
         out[ys, xs] = _reference_rows(q[ys, xs], ys, xs, s, context_labels.float(), topk, r, temperature)
-    return out.permute(2, 0, 1).contiguous()  # (C, h, w)
+    return out.permute(2, 0, 1).contiguous(), False  # (C, h, w)
+
+
+def prefilter_tile(h: int, w: int, radius: int) -> int:
+    """The query tile side that minimises the pre-pass's work on an h x w grid: tiles x (T^2 + 16) x (T + 2r)^2,
+    the product's rows plus the region copy (worth about 16 rows) times the region. 6 for DAVIS at patch 16
+    (30 x 52, r = 12): 20% less than 8 x 8 tiles, whose 32 x 32 regions exceed the 25 x 25 windows more."""
+    def cost(t: int) -> int:
+        return -(-h // t) * -(-w // t) * (t * t + 16) * (t + 2 * radius) ** 2
+    return min(range(4, 11), key=cost)
+
+
+@functools.lru_cache(maxsize=16)
+def _tile_source_rows(n: int, h: int, w: int, radius: int, tile: int, device: torch.device) -> torch.Tensor:
+    """(tiles, R*N*R) row in s.view(N*h*w, D) of each region cell (u, context, v) of each tile (row-major tiles,
+    R = T + 2r). Cells outside the frame are clamped to a valid row: they are masked, their value never used."""
+    t, r = tile, radius
+    big = t + 2 * r
+    n_ty, n_tx = -(-h // t), -(-w // t)
+    u = torch.arange(big, device=device)
+    ys = (torch.arange(n_ty, device=device)[:, None] * t + u - r).clamp(0, h - 1)  # (n_ty, R)
+    xs = (torch.arange(n_tx, device=device)[:, None] * t + u - r).clamp(0, w - 1)  # (n_tx, R)
+    ctx = torch.arange(n, device=device)
+    rows = (ctx[None, None, None, :, None] * h + ys[:, None, :, None, None]) * w + xs[None, :, None, None, :]
+    return rows.reshape(n_ty * n_tx, big * n * big)  # (n_ty, n_tx, R, N, R) flattened per tile
+
+
+@functools.lru_cache(maxsize=16)
+def _window_bias(n: int, radius: int, tile: int, masked: float, device: torch.device) -> torch.Tensor:
+    """(T*T, R*N*R) bfloat16: 0 where region cell (u, context, v) is in the window of the tile's query (a, b),
+    `masked` elsewhere; the same for every tile (R = T + 2r)."""
+    t, big = tile, tile + 2 * radius
+    a, u = torch.arange(t, device=device), torch.arange(big, device=device)
+    near = (u[None, :] >= a[:, None]) & (u[None, :] <= a[:, None] + 2 * radius)  # (T, R): query offset, cell offset
+    ok = near[:, None, :, None, None] & near[None, :, None, None, :]  # (a, b, u, 1, v)
+    bias = torch.zeros(ok.shape, device=device).masked_fill_(~ok, masked).expand(t, t, big, n, big)
+    return bias.reshape(t * t, big * n * big).to(torch.bfloat16)
+
+
+def _propagate_prefiltered(q: torch.Tensor, s: torch.Tensor, labels: torch.Tensor, *, topk: int, radius: int,
+                           temperature: float, tile: int, candidates: int = _PREFILTER_CANDIDATES,
+                           max_unsure: float = _PREFILTER_MAX_UNSURE) -> torch.Tensor | None:
+    """`propagate_labels`'s windowed output (C, h, w) from a bfloat16 pre-pass and float32 candidates.
+
+    q (h, w, D) and s (N, h, w, D) are unit vectors, labels (N, C, h, w). Per tile, one bfloat16 product of the
+    queries with the (T + 2r)^2 region in every context picks each query's `candidates` largest approximate
+    logits; only those are computed again in float32, in place of the whole float32 product. That is exact
+    wherever the float32 (k+1)-th of the candidates exceeds a rigorous upper bound on every other source's true
+    logit (the M-th approximate value plus the bfloat16 rounding of the inputs, of the output and of the float32
+    accumulation): the top k + 1 are then among the candidates. The other queries, and ties, take the reference's
+    rule (`_reference_rows`). Where more than `max_unsure` of the queries in the first eighth of the tiles are not
+    settled, it returns None: bfloat16's 8 bits cannot rank these features (their top logits lie closer together
+    than its rounding), and the caller is faster in float32.
+
+    The product carries two more coordinates than the features. One subtracts c, the query's logit with the
+    same position in the first context, so that the top logits come out near 0, where bfloat16 is finest; the
+    other adds -BIG to sources outside the frame. The window's -BIG comes with the product (addmm): relative to
+    its tile, it is the same for every tile.
+    """
+    n, h, w, d = s.shape
+    c = labels.shape[1]
+    t, r = tile, radius
+    big = t + 2 * r  # region side R
+    n_ty, n_tx = -(-h // t), -(-w // t)
+    hp, wp = n_ty * t + 2 * r, n_tx * t + 2 * r
+    k_shift, k_frame = d, d + 1  # the extra coordinates
+    d2 = -(-(d + 2) // 8) * 8  # ... and zero padding to an aligned width
+    # A power of two (exact in bfloat16) far below any logit - c, which lies within +-2 / temperature.
+    masked = -(2.0 ** math.ceil(math.log2(64.0 / temperature)))
+    qt = q / temperature  # (h, w, D)
+    s = s.contiguous()
+    # Sources in bfloat16 as (rows, contexts, columns, D2), zero outside the frame but for the frame flag.
+    src = s.new_zeros(hp, n, wp, d2, dtype=torch.bfloat16)
+    src[r:r + h, :, r:r + w, :d] = s.permute(1, 0, 2, 3)
+    src[..., k_shift] = 1
+    src[..., k_frame] = masked
+    src[r:r + h, :, r:r + w, k_frame] = 0
+    shift = torch.einsum("hwd,hwd->hw", qt, s[0]).to(torch.bfloat16)  # (h, w): c, representable in bfloat16
+    q_b = q.new_zeros(n_ty * t, n_tx * t, d2, dtype=torch.bfloat16)
+    q_b[:h, :w, :d] = qt
+    q_b[:h, :w, k_shift] = -shift
+    q_b[..., k_frame] = 1
+    window = _window_bias(n, r, t, masked, q.device)  # (T*T, R*N*R) bfloat16
+    # Upper bound, per query, on |approximate - true| logit before the output rounding (see the docstring):
+    # |q_b - q| |s_b| + |q| |s_b - s| for the inputs, gamma for the float32 accumulation, with |s| = 1.
+    q_norm = qt.norm(dim=-1)  # (h, w)
+    s_b_norm = 1 + _BF16_INPUT_ROUNDING
+    input_err = (qt - q_b[:h, :w, :d].float()).norm(dim=-1) * s_b_norm + q_norm * _BF16_INPUT_ROUNDING
+    accum_err = _gamma(d2) * (q_norm * (1 + _BF16_INPUT_ROUNDING) * s_b_norm + shift.float().abs())
+    # The float32 logits of the candidates are themselves within gamma(D) |q| of the true ones; 4x for margin.
+    exact_err = 4 * _gamma(d) * q_norm
+    err = (input_err + accum_err + exact_err) * (1 + 1e-5)
+
+    def tiles(x: torch.Tensor) -> torch.Tensor:  # (n_ty*T, n_tx*T, X) -> (tiles, T*T, X), queries in tile order
+        return x.reshape(n_ty, t, n_tx, t, -1).permute(0, 2, 1, 3, 4).reshape(n_ty * n_tx, t * t, -1)
+
+    def untile(x: torch.Tensor) -> torch.Tensor:  # (tiles, T*T, X) -> (h*w, X)
+        x = x.reshape(n_ty, n_tx, t, t, -1).permute(0, 2, 1, 3, 4).reshape(n_ty * t, n_tx * t, -1)
+        return x[:h, :w].reshape(h * w, -1)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:  # (h, w, X) -> (n_ty*T, n_tx*T, X), zero beyond the frame
+        return F.pad(x, (0, 0, 0, n_tx * t - w, 0, n_ty * t - h))
+
+    queries_b = tiles(q_b)
+    queries = tiles(pad(qt))
+    # The part of each query's bound known before the pre-pass (see `bound` below); 0 for padding queries.
+    pre_bound = tiles(pad((shift.float() + err)[..., None]))[..., 0]  # (tiles, T*T)
+    real = tiles(pad(q.new_ones(h, w, 1)))[..., 0] > 0  # (tiles, T*T): queries inside the frame
+    source_rows = _tile_source_rows(n, h, w, r, t, q.device)  # (tiles, R*N*R)
+    m = min(max(candidates, topk + 1), n * big * big)
+    keep = min(topk + 1, m)
+    unsure = torch.empty(n_ty * n_tx, t * t, dtype=torch.bool, device=q.device)
+    exact = q.new_empty(n_ty * n_tx, t * t, m)
+    where = torch.empty(n_ty * n_tx, t * t, m, dtype=torch.long, device=q.device)
+    s_rows = s.view(n * h * w, d)
+    approx = q.new_empty(t * t, big * n * big, dtype=torch.bfloat16)
+    region = src.new_empty(big, n, big, d2)
+    for ty in range(n_ty):
+        for tx in range(n_tx):
+            i = ty * n_tx + tx
+            region.copy_(src[ty * t:ty * t + big, :, tx * t:tx * t + big])
+            # (T*T, R*N*R) bfloat16: logit - c, or far below outside the window or the frame.
+            torch.addmm(window, queries_b[i], region.view(-1, d2).T, out=approx)
+            vals, idx = torch.topk(approx, m, dim=-1, sorted=False)  # (T*T, M)
+            vals = vals.float()
+            vals.masked_fill_(vals < masked / 2, float("-inf"))
+            rows = source_rows[i][idx]  # (T*T, M)
+            cand = s_rows.index_select(0, rows.view(-1)).view(t * t, m, d)
+            exact_i = (cand * queries[i][:, None]).sum(-1).masked_fill_(vals == float("-inf"), float("-inf"))
+            exact[i] = exact_i
+            where[i] = rows
+            # Every source outside the candidates has a true logit at most `bound`; fewer than M sources in reach
+            # (a -inf among the candidates) means every one of them is a candidate.
+            approx_min = vals.amin(dim=-1)
+            bound = pre_bound[i] + approx_min + _BF16_OUTPUT_ROUNDING * approx_min.abs() / (1 - _BF16_OUTPUT_ROUNDING)
+            kth = torch.topk(exact_i, keep, dim=-1).values[:, -1]
+            unsure[i] = ~((kth > bound) | (approx_min == float("-inf")))
+        done = (ty + 1) * n_tx
+        if max_unsure < 1 and done * 8 >= n_ty * n_tx:
+            # Features too alike for bfloat16 to rank (typical of smooth frames through an untrained network):
+            # the reference's rule per query would cost more than float32 throughout.
+            if (unsure[:done] & real[:done]).sum() > max_unsure * real[:done].sum():
+                return None
+    exact, where, unsure = untile(exact), untile(where), untile(unsure)[:, 0]
+    top_vals, order = torch.topk(exact, keep, dim=-1)  # (h*w, k+1)
+    lab = labels.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    out, tied = _top_k_average(top_vals, lab[where.gather(1, order[:, :topk])], topk)  # (h*w, C)
+    redo = (tied | unsure).view(h, w)
+    if redo.any():
+        ys, xs = redo.nonzero(as_tuple=True)
+        out.view(h, w, c)[ys, xs] = _reference_rows(q[ys, xs], ys, xs, s, labels, topk, r, temperature)
+    return out.T.reshape(c, h, w)
 
 
 def _reference_rows(q: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, s: torch.Tensor, labels: torch.Tensor,
@@ -309,10 +505,16 @@ def propagate_sequence(
         return
     first_labels = first_labels.to(first.device, torch.float32)
     recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=n_last_frames or None)
+    # The bfloat16 pre-pass (propagate_labels) where it pays; once it gives up on a frame, the video's features
+    # are too alike for it and the rest of the video stays in float32.
+    prefilter: bool | None = None
     for feat in it:
         ctx_feats = torch.stack([first] + [f for f, _ in recent]) if n_last_frames else first[None]
         ctx_labels = torch.stack([first_labels] + [s for _, s in recent]) if n_last_frames else first_labels[None]
-        soft = propagate_labels(ctx_feats, ctx_labels, feat, topk=topk, radius=radius, temperature=temperature)
+        soft, settled = _propagate_labels(ctx_feats, ctx_labels, feat, topk=topk, radius=radius,
+                                          temperature=temperature, tile=None, prefilter=prefilter)
+        if prefilter is None and not settled and radius > 0 and bf16_matmul_is_fast(feat.device):
+            prefilter = False
         if n_last_frames:
             recent.append((feat, soft))
         yield soft

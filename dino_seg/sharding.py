@@ -1,4 +1,5 @@
-"""Work split across processes: items by rank, per-item results gathered on rank 0, global progress counts."""
+"""Work split across processes: items by rank, per-item results gathered on rank 0, global progress counts, and
+one failure ending every rank."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import TypeVar
 
 import torch.distributed as dist
 
-from .distributed import _group_ready
+from .distributed import _group_ready, all_gather_objects
+from .errors import UserError, first_line
 
 T = TypeVar("T")
 
@@ -35,20 +37,6 @@ def gather_to_main(obj: object, rank: int = 0, world_size: int = 1) -> list[obje
     out: list[object] | None = [None] * world_size if rank == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
-
-
-def merge_results(parts: list[dict[int, T]] | None) -> dict[int, T] | None:
-    """Per-item results of all ranks ({item index: result}, as gathered by gather_to_main), merged in item
-    order; None stays None (ranks other than 0). Raises ValueError if two ranks report the same item."""
-    if parts is None:
-        return None
-    merged: dict[int, T] = {}
-    for part in parts:
-        for index, value in part.items():
-            if index in merged:
-                raise ValueError(f"item {index} was produced by two ranks")
-            merged[index] = value
-    return dict(sorted(merged.items()))
 
 
 class GlobalCounter:
@@ -82,3 +70,42 @@ class GlobalCounter:
         if self._store is None:
             return self.local
         return int(self._store.add(self.key, 0))
+
+
+class RankFailed(UserError):
+    """Another process of the group failed, so this one stops too (the message names that process)."""
+
+
+def _agreed(err: BaseException) -> BaseException:
+    err.dino_seg_agreed = True  # every rank knows of this failure: no further collective may wait for it
+    return err
+
+
+def is_agreed(err: BaseException) -> bool:
+    """Whether `err` was raised by check_all_ranks: every rank raised with it, so none must call another
+    collective (it would wait forever for the ranks that have gone)."""
+    return getattr(err, "dino_seg_agreed", False)
+
+
+def check_all_ranks(error: BaseException | None, rank: int = 0, world_size: int = 1) -> None:
+    """A collective that ends a failed run on every rank at once, so no rank waits in a later collective for one
+    that has gone. Each rank passes the exception its own work raised, or None. When any rank failed, every rank
+    raises: a failed rank its own exception, the others RankFailed naming the first failed rank and the first line
+    of its error. A RankFailed passed in (a rank that stopped on learning of another's failure) is no cause.
+    Without a process group `error`, if any, is raised as it is."""
+    if world_size == 1 or not _group_ready():
+        if error is not None:
+            raise error
+        return
+    cause = None
+    if error is not None and not isinstance(error, RankFailed):
+        cause = first_line(error) if isinstance(error, UserError) else f"{type(error).__name__}: {first_line(error)}"
+    states = all_gather_objects((error is not None, cause))  # [(failed, cause)] in rank order
+    if not any(failed for failed, _ in states):
+        return
+    if cause is not None:
+        raise _agreed(error)
+    first = next(((r, c) for r, (_, c) in enumerate(states) if c is not None), None)
+    if first is None:
+        raise _agreed(RankFailed(f"process {rank} of {world_size} stopped: another process failed"))
+    raise _agreed(RankFailed(f"process {first[0]} of {world_size} failed: {first[1]}"))

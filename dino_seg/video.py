@@ -17,13 +17,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from . import names
 from .errors import UserError
 from .files import AtomicFile
 
 MAX_SHORT_SIDE = 480  # uploaded videos are downscaled to this before propagation (the reference's 480p)
-# video_generation.py's --fps default: the rate of videos made from folders of frames, and of a file whose
-# container gives no frame rate or one above 120 (a broken header).
-DEFAULT_FPS = 30.0
+DEFAULT_FPS = names.DEFAULT_FPS
 
 
 # The GIF fallback keeps every frame in memory until `close` (Pillow writes a GIF in one go): refused above this

@@ -8,12 +8,14 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import cv2
 import numpy as np
 import torch
 from matplotlib import cm
 from matplotlib import image as mpl_image
+from PIL import Image
 from torch import nn
 from torchvision import transforms
 
@@ -22,7 +24,7 @@ from .errors import UserError
 from .files import atomic_path
 from .images import IMAGENET_MEAN, IMAGENET_STD, check_sizes, load_image
 from .models import is_vit
-from .sharding import gather_to_main
+from .sharding import check_all_ranks, gather_to_main
 from .video import VideoError, VideoWriter, iter_video
 from .viz import label_color, overlay_mask
 
@@ -63,6 +65,22 @@ def video_frames(video_path: str | Path, max_frames: int | None = None, name: st
     """Frames decoded one at a time from a video file, named frame-NNNN as the reference extracts them."""
     for index, rgb in enumerate(iter_video(video_path, max_frames=max_frames, name=name)):
         yield Frame(f"frame-{index:04d}", rgb)
+
+
+def saved_frames(frames: Iterable[Frame], folder: Path) -> Iterator[Frame]:
+    """`frames`, each written to folder/<name>.jpg as it passes: the reference's frames/ folder of a video (the
+    model sees the decoded pixels, not their JPEG copies as in the reference)."""
+    for frame in frames:
+        save_frame(folder / f"{frame.name}.jpg", frame.rgb)
+        yield frame
+
+
+def video_batches(video_path: str | Path, batch_size: int, frames_dir: Path | None = None) -> Iterator[list[Frame]]:
+    """A video's frames decoded in order and cut into batches (consecutive frames of one size, at most
+    `batch_size`), each frame also written to `frames_dir` when given. A stream decodes only sequentially, so
+    every process of a split run decodes it whole to cut the same batches."""
+    frames = video_frames(video_path)
+    return _same_size_batches(saved_frames(frames, frames_dir) if frames_dir is not None else frames, batch_size)
 
 
 def check_resize(resize: Sequence[int], patch_size: int) -> list[int]:
@@ -187,33 +205,95 @@ class AttentionVideo:
     masks_video: Path | None = None
 
 
-def sharded_attention_frames(model: nn.Module, frames: Iterable[Frame], resize: Sequence[int] | None = None,
-                             batch_size: int = 8, rank: int = 0,
-                             world_size: int = 1) -> Iterator[tuple[AttentionFrame, int, int]]:
-    """attention_frames split over the processes of a group: every rank reads the same frame stream and cuts it
-    into the same batches as one process does (so every frame's maps are computed exactly as there); batch b is
-    computed by rank b % world_size. In rounds of world_size batches, the ranks' results are gathered on rank 0,
-    which yields (frame, batch index, rank that computed it) in frame order; the other ranks yield nothing.
-    Memory stays at one round of batches. A collective: every rank must exhaust it."""
-    if not is_vit(model):
-        raise UserError("attention videos need a ViT backbone; ResNet-50 has no attention")
+BatchSource = Union[list[Frame], Callable[[], list[Frame]]]  # frames, or a function that decodes them
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(H, W) of an image as load_image decodes it (EXIF rotation included), from its header alone; None when
+    the header cannot be read (the error comes when the file is decoded)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated by 90 degrees on load
+                w, h = h, w
+    except Exception:  # noqa: BLE001 -- any unreadable header: decoding the file reports it properly
+        return None
+    return h, w
+
+
+def _decoded(paths: list[Path]) -> list[Frame]:
+    return list(folder_frames(paths))
+
+
+def folder_batches(paths: Sequence[Path], batch_size: int) -> Iterator[Callable[[], list[Frame]]]:
+    """A folder's frames cut into batches from the files' headers, before any frame is decoded: consecutive frames
+    of one size, at most `batch_size` (as _same_size_batches cuts decoded frames). Each batch decodes its frames
+    when called, so a process of a split run decodes only the frames of its own batches. A file whose header
+    cannot be read is a batch of its own."""
     if batch_size < 1:
         raise UserError(f"--batch_size: expected at least 1, got {batch_size}")
-    batches = _same_size_batches(frames, batch_size)
+    batch: list[Path] = []
+    size: tuple[int, int] | None = None
+    for path in paths:
+        this = header_size(path)
+        if batch and (this is None or this != size or len(batch) == batch_size):
+            yield functools.partial(_decoded, batch)
+            batch = []
+        batch.append(path)
+        size = this
+        if this is None:  # alone: its size is unknown
+            yield functools.partial(_decoded, batch)
+            batch = []
+    if batch:
+        yield functools.partial(_decoded, batch)
+
+
+def sharded_attention_batches(model: nn.Module, batches: Iterable[BatchSource], resize: Sequence[int] | None = None,
+                              rank: int = 0, world_size: int = 1) -> Iterator[tuple[AttentionFrame, int, int]]:
+    """The attention of `batches` (lists of frames of one size, or functions decoding them) split over the
+    processes of a group: every rank gets the same batches, and batch b is computed by rank b % world_size (only
+    that rank decodes a batch given as a function). In rounds of world_size batches, the ranks' results are gathered
+    on rank 0, which yields (frame, batch index, rank that computed it) in frame order; the other ranks yield
+    nothing. Memory stays at one round of batches. A collective: every rank must exhaust it; a failure on any rank
+    ends every rank's iteration with an error at the same round (sharding.check_all_ranks)."""
+    if not is_vit(model):
+        raise UserError("attention videos need a ViT backbone; ResNet-50 has no attention")
+    batches = iter(batches)
     first = 0  # index of the round's first batch
     while True:
-        # Every rank sees the same batches, so all agree on when the stream ends and on the number of rounds.
-        round_batches = list(itertools.islice(batches, world_size))
+        round_batches: list[BatchSource] = []
+        results: list[AttentionFrame] = []
+        error = None
+        try:
+            # Every rank sees the same batches, so all agree on when the stream ends and on the number of rounds.
+            round_batches = list(itertools.islice(batches, world_size))
+            mine = round_batches[rank] if rank < len(round_batches) else []
+            mine = mine() if callable(mine) else mine
+            # A batch is of one size as cut; a header that misstated a frame's size splits it here, alike in
+            # any number of processes.
+            results = list(attention_frames(model, mine, resize, len(mine))) if mine else []
+        except Exception as err:  # noqa: BLE001 -- every rank learns of it below, then each raises
+            error = err
+        check_all_ranks(error, rank, world_size)
         if not round_batches:
             return
-        mine = round_batches[rank] if rank < len(round_batches) else []
-        results = list(attention_frames(model, mine, resize, len(mine))) if mine else []
         parts = gather_to_main(results, rank, world_size)
         if parts is not None:
             for part_rank, part in enumerate(parts):
                 for result in part:
                     yield result, first + part_rank, part_rank
         first += len(round_batches)
+
+
+def sharded_attention_frames(model: nn.Module, frames: Iterable[Frame], resize: Sequence[int] | None = None,
+                             batch_size: int = 8, rank: int = 0,
+                             world_size: int = 1) -> Iterator[tuple[AttentionFrame, int, int]]:
+    """attention_frames split over the processes of a group: every rank reads the same frame stream and cuts it
+    into the same batches as one process does (so every frame's maps are computed exactly as there); batch b is
+    computed by rank b % world_size (see sharded_attention_batches). A collective: every rank must exhaust it."""
+    if batch_size < 1:
+        raise UserError(f"--batch_size: expected at least 1, got {batch_size}")
+    return sharded_attention_batches(model, _same_size_batches(frames, batch_size), resize, rank, world_size)
 
 
 def write_attention_video(results: Iterable[AttentionFrame], out_stem: str | Path, fps: float, *,

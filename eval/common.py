@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # torch-heavy modules are imported where used: the flags (and
     from torch import nn
 
     from dino_seg.distributed import DistInfo
+    from dino_seg.sharding import GlobalCounter
 
 RANDOM = "random"
 # The bundled example image the image commands read when --image_path is not given.
@@ -107,22 +109,39 @@ def collect_images(image_path: str) -> tuple[list[Path], Path]:
     raise UserError(f"--image_path {path}: no such file or folder")
 
 
-def each_image(images: list[Path], work: Callable[[Path], T], desc: str, *,
-               enabled: bool = True) -> Iterator[tuple[Path, T]]:
+def each_image(images: list[Path], work: Callable[[Path], T], desc: str, *, enabled: bool = True,
+               counter: GlobalCounter | None = None, total: int | None = None) -> Iterator[tuple[Path, T]]:
     """(path, work(path)) for each image under a progress bar. A file that fails with ImageError (it
-    cannot be decoded, or is too small to process) is skipped with a warning when there are several,
-    re-raised when it is the only one; any other error is not the file's fault and stops the run. `enabled`
-    False hides the bar (ranks other than 0)."""
-    for path in tqdm(images, desc=desc, unit="img", disable=len(images) == 1 or not enabled):
-        try:
-            value = work(path)
-        except ImageError as err:
-            if len(images) == 1:
-                raise
-            named = str(err).startswith(str(path))  # load_image's errors name the file already
-            tqdm.write(f"warning: skipped {'' if named else f'{path}: '}{err}")
-            continue
-        yield path, value
+    cannot be decoded, or is too small to process) is skipped with a warning when the run has several,
+    re-raised when it is the run's only one; any other error is not the file's fault and stops the run. `enabled`
+    False hides the bar (ranks other than 0).
+
+    Under torchrun, `images` are this rank's share of the run's `total` and `counter` (a GlobalCounter, created
+    by every rank) counts the images all ranks are done with: rank 0's bar shows that global count, an image
+    counting once the caller has handled it (or it was skipped), and rank 0 waits for the count to reach `total`
+    before the last step returns (the gather that follows would wait for the other ranks anyway)."""
+    total = len(images) if total is None else total
+    with tqdm(total=total, desc=desc, unit="img", disable=total == 1 or not enabled) as bar:
+        def tick() -> None:
+            bar.update((counter.add() if counter is not None else bar.n + 1) - bar.n)
+
+        for path in images:
+            try:
+                value = work(path)
+            except ImageError as err:
+                if total == 1:
+                    raise
+                named = str(err).startswith(str(path))  # load_image's errors name the file already
+                tqdm.write(f"warning: skipped {'' if named else f'{path}: '}{err}")
+                tick()
+                continue
+            yield path, value
+            tick()
+        while enabled and counter is not None and counter.value() < total:  # the other ranks' images
+            bar.update(counter.value() - bar.n)
+            time.sleep(0.2)
+        if counter is not None:
+            bar.update(counter.value() - bar.n)
 
 
 def _head(value: str) -> int | None:

@@ -2,37 +2,29 @@
 
     python -m eval.video_attention --input_path clip.mp4 --output_path out
     python -m eval.video_attention --input_path frames/ --resize 480 --masks heads --output_path out
+    python -m eval.video_attention --input_path a.mp4 b.mp4 frames/ --output_path out
     python -m eval.video_attention --input_path out/attention --video_only --fps 25 --output_path out
 
 Writes OUTPUT_PATH/attention/attn-<frame stem>.jpg (the mean of the heads' [CLS] attention, inferno
 colour map), OUTPUT_PATH/frames/frame-NNNN.jpg when the input is a video, OUTPUT_PATH/video.<format>
-and, with --masks, OUTPUT_PATH/masks.<format> (the thresholded masks over the frames, with contours).
+and, with --masks, OUTPUT_PATH/masks.<format> (the thresholded masks over the frames, with contours);
+with several inputs, each input's outputs go to OUTPUT_PATH/<input stem>/. An input whose outputs are complete
+(its summary.json, written last, names the same settings and input) is skipped unless --overwrite.
 
-Under torchrun or SLURM the frame batches are dealt out by rank (batch b to rank b % world_size); rank 0 writes
-every output in frame order and OUTPUT_PATH/summary.json (world_size, the rank of each batch). The outputs equal
+Under torchrun or SLURM, with at least as many inputs as processes, input i goes to rank i % world_size; with
+fewer, each input's frame batches are dealt out by rank (batch b to rank b % world_size) and rank 0 writes its
+outputs in frame order. summary.json gives world_size and the rank of each input or batch. The outputs equal
 those of one process.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
-from dino_seg.cli import check_output_dir
-from dino_seg.distributed import DistInfo
-from dino_seg.files import save_text
-from dino_seg.images import ImageError, load_image
-from dino_seg.models import is_vit
-from dino_seg.video import DEFAULT_FPS, VideoError, format_codecs, plays_in_browser, video_info, write_video
-from dino_seg.video_attention import (MASK_MODES, Frame, check_resize, folder_frames, jpeg_frames, save_frame,
-                                      sharded_attention_frames, video_frames, write_attention_video)
-from eval.common import add_launch_flags, add_weight_flags, load_from_args, run_launched
+from dino_seg.flags import bool_flag
+from dino_seg.names import DEFAULT_FPS
+from dino_seg.names import VIDEO_MASK_MODES as MASK_MODES
+from eval.common import add_launch_flags, add_weight_flags, run_launched
 
 DEFAULT_PRESET = "dino_vits8_300ep"  # video_generation.py's ViT-S/8: "the model used for visualizations in our paper"
 
@@ -41,11 +33,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("python -m eval.video_attention", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_weight_flags(parser, reference_patch_size=8, preferred_preset=DEFAULT_PRESET)
-    parser.add_argument("--input_path", required=True, type=str,
+    parser.add_argument("--input_path", required=True, type=str, nargs="+",
                         help="A video file, a folder of .jpg frames, or with --video_only a folder of attention "
-                             "images (attn-*.jpg).")
+                             "images (attn-*.jpg). Several: each gets OUTPUT_PATH/<its name without suffix>/.")
     parser.add_argument("--output_path", default="./", type=str,
                         help="Where the frames/ and attention/ folders and the videos go.")
+    parser.add_argument("--overwrite", default=False, type=bool_flag, nargs="?", const=True,
+                        help="Redo inputs whose outputs are already complete (made with the same settings).")
     parser.add_argument("--threshold", type=float, default=0.6,
                         help="Share of the attention mass the --masks keep (the paper's 0.6).")
     parser.add_argument("--resize", default=None, type=int, nargs="+",
@@ -61,120 +55,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--masks", default=None, nargs="?", const="mean", choices=MASK_MODES,
                         help="Also write masks.<format>: the masks keeping --threshold of the attention mass over "
                              "the frames, of the mean map (--masks or --masks mean) or one per head (--masks heads).")
-    parser.add_argument("--batch_size", default=8, type=int, help="Frames per forward pass (and per process "
-                        "under torchrun: each rank computes every world_size-th batch).")
+    parser.add_argument("--batch_size", default=8, type=int, help="Frames per forward pass (under torchrun with "
+                        "fewer inputs than processes, each rank computes every world_size-th batch).")
     add_launch_flags(parser)
     return parser
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
-def _saved(frames: Iterator[Frame], folder: Path) -> Iterator[Frame]:
-    # The reference's frames/ folder, written as frames are decoded (the model sees the decoded pixels,
-    # not their JPEG copies as in the reference).
-    for frame in frames:
-        save_frame(folder / f"{frame.name}.jpg", frame.rgb)
-        yield frame
-
-
-def _video_note(fourcc: str, path: Path) -> str:
-    if plays_in_browser(fourcc):
-        return ""
-    return f" (codec {fourcc}: browsers do not play it; leave out --video_format for one they do)"
-
-
-def video_only(args: argparse.Namespace, output_path: Path) -> int:
-    """--video_only: the video of a folder of attention images, as the reference assembles it."""
-    folder = Path(args.input_path)
-    if not folder.is_dir():
-        return _fail(f"--input_path {folder}: --video_only expects a folder of attention images (attn-*.jpg)")
-    images = sorted(p for p in folder.glob("attn-*.jpg") if p.is_file())
-    if not images:
-        return _fail(f"--input_path {folder}: no attention images (attn-*.jpg) in this folder")
-    frames = (np.asarray(load_image(p)) for p in tqdm(images, desc="video", unit="frame"))
-    try:
-        path = write_video(frames, output_path / "video", args.fps or DEFAULT_FPS, format_codecs(args.video_format))
-    except (ImageError, VideoError, OSError) as err:
-        return _fail(str(err))
-    print(f"wrote {path} ({len(images)} frames at {args.fps or DEFAULT_FPS:g} fps)")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    from eval.video_attention_run import run  # torch and the models load only now: --help and bad flags answer at once
+
     return run_launched(args, lambda info, say: run(args, info), interrupted="no partial video was written")
-
-
-def run(args: argparse.Namespace, info: DistInfo | None = None) -> int:
-    """Under torchrun or SLURM (`info`), every rank computes every world_size-th batch of frames and rank 0
-    alone writes the frames, attention images, videos and summary.json."""
-    import torch
-
-    info = info or DistInfo(0, 1, 0, torch.device("cpu"), None, "none")
-    if not 0 <= args.threshold <= 1:
-        return _fail(f"--threshold: expected a share of the attention mass in [0, 1], got {args.threshold}")
-    if args.batch_size < 1:
-        return _fail(f"--batch_size: expected at least 1, got {args.batch_size}")
-    if args.fps is not None and args.fps <= 0:
-        return _fail(f"--fps: expected a positive frame rate, got {args.fps}")
-    output_path = Path(args.output_path)
-    check_output_dir(output_path, "--output_path")
-    if args.video_only:
-        return video_only(args, output_path) if info.is_main else 0
-    # Check the input before loading any weights: a wrong path fails at once.
-    input_path = Path(args.input_path)
-    if input_path.is_dir():
-        paths = jpeg_frames(input_path)
-        frames, total, fps = folder_frames(paths), len(paths), args.fps or DEFAULT_FPS
-        source = f"{len(paths)} frames of {input_path}"
-    elif input_path.is_file():
-        video_fps, total = video_info(input_path)
-        fps = args.fps or video_fps  # the reference takes the rate of the video it extracts
-        frames = video_frames(input_path)
-        if info.is_main:  # only rank 0 writes; every rank decodes the whole stream to cut the same batches
-            frames = _saved(frames, output_path / "frames")
-        source = f"video {input_path} ({video_fps:g} fps)"
-    else:
-        return _fail(f"--input_path {input_path}: no such file or folder")
-    model, description = load_from_args(args, info.device)
-    if not is_vit(model):
-        return _fail("--arch resnet50 has no self-attention; use a ViT")
-    if args.resize:
-        check_resize(args.resize, model.patch_size)
-    if args.masks is not None and args.masks not in MASK_MODES:
-        return _fail(f"--masks: expected one of {', '.join(MASK_MODES)}, got {args.masks!r}")
-    results = sharded_attention_frames(model, frames, args.resize, args.batch_size, info.rank, info.world_size)
-    if not info.is_main:
-        for _ in results:  # joins rank 0's gathers; yields nothing here
-            pass
-        return 0
-    print(f"weights: {description}" + (f" (x{info.world_size} processes, {info.backend})" if info.distributed else ""))
-    print(f"input: {source}")
-    batches: list[dict] = []  # per batch: the rank that computed it, its first and last frames
-
-    def ordered() -> Iterator:
-        for result, index, rank in results:
-            if len(batches) == index:
-                batches.append({"rank": rank, "first": result.name, "last": result.name, "frames": 0})
-            batches[index].update(last=result.name, frames=batches[index]["frames"] + 1)
-            yield result
-
-    with tqdm(total=total or None, desc="attention", unit="frame") as bar:
-        result = write_attention_video(
-            ordered(), output_path / "video", fps, codecs=format_codecs(args.video_format),
-            attention_dir=output_path / "attention", masks=args.masks, threshold=args.threshold,
-            on_frame=lambda _: bar.update())
-    save_text(output_path / "summary.json", json.dumps({
-        "world_size": info.world_size, "frames": result.frames, "batch_size": args.batch_size,
-        "weights": description, "batches": batches}, indent=2) + "\n")
-    print(f"wrote {result.frames} attention images to {output_path / 'attention'}")
-    print(f"wrote {result.video} ({fps:g} fps){_video_note(result.fourcc, result.video)}")
-    if result.masks_video is not None:
-        print(f"wrote {result.masks_video} (masks keeping {args.threshold:g} of the attention mass, {args.masks})")
-    return 0
 
 
 if __name__ == "__main__":

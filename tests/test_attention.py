@@ -18,6 +18,8 @@ from dino_seg.masks import mask_iou
 from dino_seg.models import build_backbone
 from dino_seg.viz import davis_palette, overlay_labels, overlay_mask
 from eval import attention as cli
+from eval import attention_run
+from eval.common import output_folders
 from reference_vit import reference_forward
 
 
@@ -266,9 +268,9 @@ def test_cli_mirrors_subfolders_and_never_lets_two_images_share_an_output_folder
 
 
 def test_output_folders_of_a_single_file_and_of_a_folder(tmp_path):
-    assert cli.output_folders([tmp_path / "x" / "photo.jpg"], None) == {tmp_path / "x" / "photo.jpg": Path("photo")}
+    assert output_folders([tmp_path / "x" / "photo.jpg"], None) == {tmp_path / "x" / "photo.jpg": Path("photo")}
     paths = [tmp_path / "s1" / "00000.jpg", tmp_path / "s2" / "00000.jpg"]
-    assert list(cli.output_folders(paths, tmp_path).values()) == [Path("s1/00000"), Path("s2/00000")]
+    assert list(output_folders(paths, tmp_path).values()) == [Path("s1/00000"), Path("s2/00000")]
 
 
 def test_cli_full_disk_is_one_line(tmp_path, tiny_vit_weights, capsys, monkeypatch):
@@ -319,7 +321,7 @@ def test_cli_output_dir_that_is_a_file_and_ctrl_c_are_one_line(tmp_path, tiny_vi
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "attention_results", interrupted)
+    monkeypatch.setattr(attention_run, "attention_results", interrupted)
     assert cli.main(common + ["--output_dir", str(tmp_path / "out")]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "interrupted: the outputs written so far are complete (files are written whole)"

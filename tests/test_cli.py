@@ -33,6 +33,9 @@ MISSING = {  # what each command says of a --data_path / --image_path / --input_
     "eval.linear": "--data_path: {p} is not a folder (expected an ImageFolder root with train/ and val/)",
     "train": "--data_path: {p} does not exist",
 }
+# The commands whose work lives in a module of its own, imported once the flags parse.
+RUN_MODULES = {m: f"{m}_run" for m in ("eval.attention", "eval.davis", "eval.discover", "eval.video_attention", "eval.knn",
+                                         "eval.linear")}
 TINY = {"train": ["--arch", "vit_tiny", "--out_dim", "64", "--num_workers", "0", "--device", "cpu"],
         "eval.knn": ["--num_workers", "0", "--device", "cpu"], "eval.linear": ["--num_workers", "0", "--device", "cpu"]}
 
@@ -76,8 +79,8 @@ def test_ctrl_c_exits_130_with_one_line(module, input_flag, output_flag, tmp_pat
         raise KeyboardInterrupt
 
     # The command's work is replaced after the flags are parsed: the runner around it is what is tested.
-    # eval.davis's run lives in eval.davis_run, imported by its main() (so that --help needs no torch).
-    target = importlib.import_module({"train": "train.main", "eval.davis": "eval.davis_run"}.get(module, module))
+    # An evaluation's run lives in eval.<command>_run, imported by its main() (so that --help needs no torch).
+    target = importlib.import_module({"train": "train.main"}.get(module, RUN_MODULES.get(module, module)))
     monkeypatch.setattr(target, "train_dino" if module == "train" else "run", interrupted)
     code, _, stderr = run_cli(_main(module), _argv(module, input_flag, tmp_path, output_flag, tmp_path / "out"))
     assert code == 130

@@ -12,6 +12,7 @@ from dino_seg.localization import corloc_hit
 from dino_seg.saliency import saliency_metrics
 from dino_seg.weights import load_model
 from eval import discover as cli
+from eval import discover_run
 
 
 def _photo(path, seed, size=(40, 56)):
@@ -96,8 +97,8 @@ def test_resume_skips_finished_images_and_scores_them_all(tmp_path, tiny_vit_wei
     first = {name: (out / name).read_text() for name in ("summary.json", "scores.csv", "coco.json")}
     (out / "ECSSD" / "img" / "0001" / "objects.json").unlink()  # as if interrupted while writing image 0001
     seen = []
-    real = cli.extract_features
-    monkeypatch.setattr(cli, "extract_features", lambda model, image, *a, **k: seen.append(image.size) or
+    real = discover_run.extract_features
+    monkeypatch.setattr(discover_run, "extract_features", lambda model, image, *a, **k: seen.append(image.size) or
                         real(model, image, *a, **k))
     capsys.readouterr()
     assert cli.main(argv + ["--resume"]) == 0

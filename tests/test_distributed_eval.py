@@ -144,6 +144,8 @@ def test_discover_two_processes_equal_one(tmp_path, tiny_vit_weights):
     _launch("eval.discover", common + ["--output_dir", one], 1)
     proc = _launch("eval.discover", common + ["--output_dir", two], 2)
     assert proc.stdout.count("scores written to") == 1  # rank 0 scores alone
+    # Rank 0's bar (the only one) ends at the global count, not at its own 3 images.
+    assert "| 5/5 [" in proc.stderr and "/3 [" not in proc.stderr
     files_one = _files(one, "*.*")
     summary_one = json.loads(files_one.pop("summary.json"))
     files_two = _files(two, "*.*")
@@ -192,3 +194,83 @@ def test_video_attention_two_processes_equal_one(tmp_path, tiny_vit_weights):
     assert [(b["rank"], b["first"], b["last"], b["frames"]) for b in summary["batches"]] == [
         (0, "frame-0000", "frame-0001", 2), (1, "frame-0002", "frame-0003", 2), (0, "frame-0004", "frame-0004", 1)]
     assert [b["rank"] for b in summary_one["batches"]] == [0, 0, 0]
+
+
+def _video_inputs(folder: Path) -> list[Path]:
+    """Two clips and a folder of JPEG frames, of few and tiny frames."""
+    from test_video_attention import random_frames, write_avi, write_jpegs
+
+    folder.mkdir(parents=True)
+    write_jpegs(folder / "walk", random_frames(3, seed=2))
+    return [write_avi(folder / "swan.avi", random_frames(5, seed=1), fps=10.0), folder / "walk",
+            write_avi(folder / "car.avi", random_frames(4, seed=3), fps=8.0)]
+
+
+def _outputs(folder: Path) -> tuple[dict[str, bytes], list[str]]:
+    """Every output's bytes but the summaries and videos; the videos' names."""
+    files = {k: v for k, v in _files(folder, "*.*").items() if not k.endswith("summary.json")}
+    videos = sorted(k for k in files if Path(k).stem in ("video", "masks"))
+    return {k: v for k, v in files.items() if k not in videos}, videos
+
+
+@pytest.mark.slow
+def test_video_attention_several_inputs_dealt_by_rank_equal_one_process_and_resume(tmp_path, tiny_vit_weights):
+    import numpy as np
+
+    from dino_seg.video import iter_video
+    from eval import video_attention
+
+    inputs = _video_inputs(tmp_path / "in")
+    common = ["--pretrained_weights", tiny_vit_weights, "--input_path", *inputs, "--resize", 32, "--batch_size", 2,
+              "--masks", "--device", "cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert video_attention.main([str(a) for a in common + ["--output_path", one]]) == 0  # in-process: no start-up
+    proc = _launch("eval.video_attention", common + ["--output_path", two], 2)
+    assert proc.stdout.count("wrote ") == 9 and proc.stdout.count("wrote 5 attention images") == 1  # rank 0 alone
+    files_one, videos = _outputs(one)
+    assert sorted({k.split("/")[0] for k in files_one}) == ["car", "swan", "walk"]
+    assert len([k for k in files_one if "/attention/" in k]) == 12 and len(videos) == 6
+    assert files_one == _outputs(two)[0]  # frames and attention images byte-identical
+    for name in videos:  # a container's header holds a random id and the date: compared as decoded
+        decoded_one, decoded_two = list(iter_video(one / name)), list(iter_video(two / name))
+        assert decoded_one and all(np.array_equal(a, b) for a, b in zip(decoded_one, decoded_two, strict=True))
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["split"] == "inputs"
+    # Input i on rank i % 2: both ranks made videos, each alone.
+    assert {k: (v["rank"], v["frames"], v["resumed"]) for k, v in summary["inputs"].items()} == {
+        "swan": (0, 5, False), "walk": (1, 3, False), "car": (0, 4, False)}
+    walk = json.loads((two / "walk" / "summary.json").read_text())
+    assert walk["rank"] == 1 and [b["rank"] for b in walk["batches"]] == [1, 1]
+    assert json.loads((one / "summary.json").read_text())["world_size"] == 1
+
+    # Resume: swan and car are complete and skipped; walk lost an image, so it alone is redone, by both ranks
+    # (one input for two processes: its frame batches are dealt out, each rank decoding only its own frames).
+    (two / "walk" / "attention" / "attn-00001.jpg").unlink()
+    kept = (two / "swan" / "summary.json").stat().st_mtime_ns
+    proc = _launch("eval.video_attention", common + ["--output_path", two], 2)
+    assert proc.stdout.count("skipped (--overwrite to redo it)") == 2
+    assert (two / "swan" / "summary.json").stat().st_mtime_ns == kept
+    assert files_one == _outputs(two)[0]
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["split"] == "batches"
+    assert {k: (v["rank"], v["resumed"]) for k, v in summary["inputs"].items()} == {
+        "swan": (0, True), "walk": (None, False), "car": (0, True)}
+    assert [(b["rank"], b["first"], b["last"]) for b in summary["inputs"]["walk"]["batches"]] == [
+        (0, "00000", "00001"), (1, "00002", "00002")]
+
+
+@pytest.mark.slow
+def test_video_attention_a_failing_rank_ends_every_rank(tmp_path, tiny_vit_weights):
+    inputs = _video_inputs(tmp_path / "in")
+    (inputs[1] / "00001.jpg").write_bytes(b"not a jpeg")  # decoded by rank 1 only, mid-run
+    common = ["--pretrained_weights", tiny_vit_weights, "--resize", 32, "--batch_size", 2, "--device", "cpu"]
+    for args in (["--input_path", *inputs], ["--input_path", inputs[1]]):  # inputs dealt; one input's batches
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(free_port()), "-m", "eval.video_attention", *[str(a) for a in common + args],
+               "--output_path", str(tmp_path / "out")]
+        proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0
+        assert "[rank 1] error: " in proc.stderr and "00001.jpg" in proc.stderr
+        # Rank 0 did not wait: it names the failed process and its error.
+        assert "[rank 0] error: process 1 of 2 failed: " in proc.stderr
+        assert not (tmp_path / "out" / "walk" / "summary.json").exists()

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import eval.linear as linear_cli
+import eval.linear_run as linear_run
 from dino_seg.linear_probe import LinearClassifier, probe_dim, probe_features
 from dino_seg.models import build_backbone
 from dino_seg.runs import read_linear_log
@@ -98,7 +99,7 @@ def test_short_run_resumes_exactly_and_evaluates(probe_data, tiny_vit_weights, t
     assert "Top-1 test accuracy:" in stdout and ("it/s" in stderr or "s/it" in stderr)
 
     # An interruption during epoch 1: the checkpoint after epoch 0 stays, then the run is started again.
-    real = linear_cli.train_probe_epoch
+    real = linear_run.train_probe_epoch
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -107,13 +108,13 @@ def test_short_run_resumes_exactly_and_evaluates(probe_data, tiny_vit_weights, t
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(linear_cli, "train_probe_epoch", interrupted)
+    monkeypatch.setattr(linear_run, "train_probe_epoch", interrupted)
     code, _, stderr = run_linear([*flags, "--output_dir", str(resumed)])
     assert code == 130 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1] == (f"interrupted: {resumed / 'checkpoint.pth.tar'} holds the last "
                                                "complete epoch, if any; start again with the same --output_dir to "
                                                "resume")
-    monkeypatch.setattr(linear_cli, "train_probe_epoch", real)
+    monkeypatch.setattr(linear_run, "train_probe_epoch", real)
     assert torch.load(resumed / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1
     code, stdout, _ = run_linear([*flags, "--output_dir", str(resumed)])
     assert code == 0 and "resuming at epoch 1" in stdout

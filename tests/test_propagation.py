@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dino_seg.models import build_backbone, patch_features
-from dino_seg.propagation import (dense_propagate_labels, frame_features, neighborhood_mask, norm_mask,
-                                  propagate_labels, propagate_sequence, soft_to_mask)
+from dino_seg.propagation import (_propagate_prefiltered, dense_propagate_labels, frame_features,
+                                  neighborhood_mask, norm_mask, prefilter_tile, propagate_labels,
+                                  propagate_sequence, soft_to_mask)
 
 
 # --- A transcription of eval_video_segmentation.py's restrict_neighborhood / label_propagation / norm_mask
@@ -105,18 +106,20 @@ def _random(n, h, w, d, c, seed):
     (3, 8, 8, 8, 2, 1, 1, 3),    # k = 1
     (8, 12, 20, 32, 3, 5, 4, 8),
 ])
-def test_windowed_equals_dense_formula(n, h, w, d, c, topk, radius, tile):
+@pytest.mark.parametrize("prefilter", [False, True])
+def test_windowed_equals_dense_formula(n, h, w, d, c, topk, radius, tile, prefilter):
     cf, cl, tf = _random(n, h, w, d, c, seed=h * 100 + w + radius)
-    ours = propagate_labels(cf, cl, tf, topk=topk, radius=radius, tile=tile)
+    ours = propagate_labels(cf, cl, tf, topk=topk, radius=radius, tile=tile, prefilter=prefilter)
     dense = dense_propagate_labels(cf, cl, tf, topk=topk, radius=radius)
     assert ours.shape == (c, h, w)
     torch.testing.assert_close(ours, dense, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("tile", [1, 5, 16])
-def test_every_tile_size_gives_the_same_output(tile):
+@pytest.mark.parametrize("tile", [1, 5, 16, None])
+@pytest.mark.parametrize("prefilter", [False, True])
+def test_every_tile_size_gives_the_same_output(tile, prefilter):
     cf, cl, tf = _random(3, 11, 17, 8, 3, seed=5)
-    ours = propagate_labels(cf, cl, tf, topk=5, radius=3, tile=tile)
+    ours = propagate_labels(cf, cl, tf, topk=5, radius=3, tile=tile, prefilter=prefilter)
     torch.testing.assert_close(ours, dense_propagate_labels(cf, cl, tf, topk=5, radius=3), rtol=1e-5, atol=1e-6)
 
 
@@ -144,9 +147,10 @@ def test_ties_with_the_kth_value_are_all_kept():
     tf = basis[torch.randint(0, 2, (6, 7), generator=g)]
     cl = torch.rand(2, 3, 6, 7, generator=g)
     for radius, topk in [(1, 5), (2, 5), (1, 3), (0, 7)]:
-        ours = propagate_labels(cf, cl, tf, topk=topk, radius=radius, tile=4)
         dense = dense_propagate_labels(cf, cl, tf, topk=topk, radius=radius)
-        torch.testing.assert_close(ours, dense, rtol=1e-5, atol=1e-6)
+        for prefilter in (False, True):
+            ours = propagate_labels(cf, cl, tf, topk=topk, radius=radius, tile=4, prefilter=prefilter)
+            torch.testing.assert_close(ours, dense, rtol=1e-5, atol=1e-6)
     # By hand, one query: radius 1, k 1, one context whose 3x3 window around (2, 2) matches the query's
     # direction at 4 patches: all 4 tie at exp(10) and their labels are averaged.
     cf1 = basis[torch.zeros(1, 5, 5, dtype=torch.long)].clone()
@@ -154,8 +158,107 @@ def test_ties_with_the_kth_value_are_all_kept():
     cf1[0, 1, 1] = cf1[0, 1, 3] = cf1[0, 3, 1] = cf1[0, 3, 3] = cf1[0, 2, 2] = basis[0]
     tf1 = basis[torch.ones(5, 5, dtype=torch.long)]  # every query is direction 1
     cl1 = torch.arange(25, dtype=torch.float32).reshape(1, 1, 5, 5)
-    out = propagate_labels(cf1, cl1, tf1, topk=1, radius=1)
-    assert out[0, 2, 2].item() == pytest.approx((7 + 11 + 13 + 17) / 4)
+    for prefilter in (False, True):
+        out = propagate_labels(cf1, cl1, tf1, topk=1, radius=1, prefilter=prefilter)
+        assert out[0, 2, 2].item() == pytest.approx((7 + 11 + 13 + 17) / 4)
+
+
+def _near_ties(n, h, w, d, spread, seed):
+    """Features a hair apart: cosines 1 - O(spread^2), so a query's top logits lie within ~1e-3 (spread 0.03,
+    temperature 0.1) of each other, far below what bfloat16 resolves (about 0.04 at logit 10): the pre-pass
+    alone cannot rank them."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(d, generator=g)
+    cf = base + spread * torch.randn(n, h, w, d, generator=g)
+    tf = base + spread * torch.randn(h, w, d, generator=g)
+    return cf, torch.rand(n, 3, h, w, generator=g), tf
+
+
+def _unambiguous(cf, tf, radius, topk, temperature, margin=2e-5):
+    """(h, w) bool: queries whose k-th and (k+1)-th logits (float64) differ by more than `margin`. Closer than
+    float32's rounding of a logit (~1e-6 of it), which sources the reference keeps depends on its order of
+    summation, so any two float32 implementations may differ there."""
+    n, h, w, d = cf.shape
+    q = F.normalize(tf.double(), dim=-1).reshape(h * w, d)
+    s = F.normalize(cf.double(), dim=-1).reshape(n, h * w, d)
+    logits = torch.einsum("qd,nsd->qns", q, s) / temperature  # (h*w, N, h*w)
+    near = neighborhood_mask(h, w, radius).bool()[:, None, :]
+    top = logits.masked_fill(~near, float("-inf")).reshape(h * w, -1).topk(topk + 1, dim=-1).values
+    return (top[:, topk - 1] - top[:, topk] > margin).reshape(h, w)
+
+
+@pytest.mark.parametrize("spread", [0.03, 0.1])
+@pytest.mark.parametrize("temperature", [0.1, 0.03])
+def test_prefilter_is_exact_where_bfloat16_cannot_rank_the_sources(spread, temperature):
+    # Most queries cannot be settled by the pre-pass (spread 0.03) or a part of them (0.1). Wherever the
+    # reference's own ranking is unambiguous, the output must equal the dense formula's, whether the pre-pass
+    # keeps going (max_unsure 1: the rest take the reference's rule) or gives up and propagate_labels continues
+    # in float32.
+    cf, cl, tf = _near_ties(4, 9, 13, 64, spread, seed=7)
+    dense = dense_propagate_labels(cf, cl, tf, topk=5, radius=3, temperature=temperature)
+    clear = _unambiguous(cf, tf, 3, 5, temperature)
+    assert clear.float().mean() > 0.6
+    q, s = F.normalize(tf, dim=-1), F.normalize(cf, dim=-1)
+    for tile in (3, 6):
+        ours = _propagate_prefiltered(q, s, cl, topk=5, radius=3, temperature=temperature, tile=tile,
+                                      max_unsure=1.0)
+        torch.testing.assert_close(ours[:, clear], dense[:, clear], rtol=1e-5, atol=1e-6)
+        ours = propagate_labels(cf, cl, tf, topk=5, radius=3, tile=tile, temperature=temperature, prefilter=True)
+        torch.testing.assert_close(ours[:, clear], dense[:, clear], rtol=1e-5, atol=1e-6)
+
+
+def test_prefilter_gives_up_where_bfloat16_cannot_rank_and_settles_separated_features():
+    near = _near_ties(4, 9, 13, 64, 0.03, seed=1)
+    q, s = F.normalize(near[2], dim=-1), F.normalize(near[0], dim=-1)
+    assert _propagate_prefiltered(q, s, near[1], topk=5, radius=3, temperature=0.1, tile=3) is None
+    cf, cl, tf = _random(4, 9, 13, 64, 3, seed=2)  # random 64-d features: logits well apart
+    q, s = F.normalize(tf, dim=-1), F.normalize(cf, dim=-1)
+    out = _propagate_prefiltered(q, s, cl, topk=5, radius=3, temperature=0.1, tile=3, max_unsure=0.0)
+    torch.testing.assert_close(out, dense_propagate_labels(cf, cl, tf, topk=5, radius=3), rtol=1e-5, atol=1e-6)
+
+
+def test_sequence_stays_in_float32_once_the_pre_pass_gives_up(monkeypatch):
+    import dino_seg.propagation as propagation
+    calls = []
+
+    def counted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out is None)
+        return out
+
+    real = propagation._propagate_prefiltered
+    monkeypatch.setattr(propagation, "_propagate_prefiltered", counted)
+    monkeypatch.setattr(propagation, "bf16_matmul_is_fast", lambda device: True)
+    cf, cl, _ = _near_ties(5, 9, 13, 64, 0.03, seed=3)
+    feats = list(cf)
+    outs = list(propagate_sequence(feats, cl[0], n_last_frames=2, radius=3))
+    assert calls == [True]  # tried on the first frame only, where it gave up
+    recent = []
+    for feat, out in zip(feats[1:], outs):  # the same loop in float32 throughout
+        ctx_f = torch.stack([feats[0]] + [f for f, _ in recent])
+        ctx_l = torch.stack([cl[0]] + [o for _, o in recent])
+        assert torch.equal(out, propagate_labels(ctx_f, ctx_l, feat, radius=3, prefilter=False))
+        recent = (recent + [(feat, out)])[-2:]
+
+
+@pytest.mark.parametrize("candidates", [1, 6, 7, 40])
+def test_prefilter_with_few_candidates_still_equals_the_dense_formula(candidates):
+    # With the (k+1) candidates only (or fewer asked: at least k + 1 are kept), most queries cannot be
+    # settled by the pre-pass and take the float32 rule; with many, almost all are settled.
+    cf, cl, tf = _random(3, 10, 14, 16, 3, seed=candidates)
+    q = F.normalize(tf, dim=-1)
+    s = F.normalize(cf, dim=-1)
+    ours = _propagate_prefiltered(q, s, cl, topk=5, radius=3, temperature=0.1, tile=4, candidates=candidates,
+                                  max_unsure=1.0)
+    torch.testing.assert_close(ours, dense_propagate_labels(cf, cl, tf, topk=5, radius=3), rtol=1e-5, atol=1e-6)
+
+
+def test_prefilter_tile_minimises_the_work_on_davis_grids():
+    # 30 x 52 (DAVIS at patch 16, r 12): 45 tiles of 6 x 6 with 30 x 30 regions beat 28 tiles of 8 x 8 with
+    # 32 x 32 regions (45 * 52 * 900 = 2.11M against 28 * 80 * 1024 = 2.29M).
+    assert prefilter_tile(30, 52, 12) == 6
+    assert prefilter_tile(60, 104, 12) == 6
+    assert prefilter_tile(6, 6, 1) == 6  # one tile covers the frame
 
 
 def test_one_hot_context_gives_convex_weights_on_a_larger_grid():

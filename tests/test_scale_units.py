@@ -9,25 +9,16 @@ import torch.multiprocessing as mp
 
 from dino_seg.batching import batched, size_batches
 from dino_seg.precision import PrecisionError, autocast, check_precision, cpu_has_bf16
-from dino_seg.sharding import GlobalCounter, gather_to_main, merge_results, shard, shard_indices
+from dino_seg.sharding import GlobalCounter, gather_to_main, shard_indices
 from ports import free_port
 
 
 def test_shard_indices_cover_every_item_once():
     parts = [shard_indices(7, r, 3) for r in range(3)]
     assert parts == [[0, 3, 6], [1, 4], [2, 5]]
-    assert shard(list("abcde"), 1, 2) == ["b", "d"]
     assert shard_indices(1, 1, 2) == []  # more ranks than items: a rank may get nothing
     with pytest.raises(ValueError, match="rank 2 outside a world of 2"):
         shard_indices(3, 2, 2)
-
-
-def test_merge_results_orders_items_and_refuses_duplicates():
-    assert merge_results([{2: "c", 0: "a"}, {1: "b"}]) == {0: "a", 1: "b", 2: "c"}
-    assert list(merge_results([{2: "c", 0: "a"}, {1: "b"}])) == [0, 1, 2]
-    assert merge_results(None) is None
-    with pytest.raises(ValueError, match="item 1 was produced by two ranks"):
-        merge_results([{1: "x"}, {1: "y"}])
 
 
 def test_single_process_gather_and_counter():
@@ -44,7 +35,7 @@ def _worker(rank: int, world: int, port: int, out: dict) -> None:
         for _ in mine:
             counter.add()
         dist.barrier()
-        gathered = merge_results(gather_to_main(mine, rank, world))
+        gathered = gather_to_main(mine, rank, world)
         out[rank] = (gathered, counter.value(), counter.local)
     finally:
         dist.destroy_process_group()
@@ -57,7 +48,7 @@ def test_two_gloo_processes_gather_on_rank_0_and_count_globally():
         mp.spawn(_worker, args=(2, free_port(), out), nprocs=2, join=True)
         out = dict(out)
     gathered, total, local = out[0]
-    assert gathered == {0: (0, 0), 1: (1, 1), 2: (4, 0), 3: (9, 1), 4: (16, 0)}  # both ranks did work
+    assert gathered == [{0: (0, 0), 2: (4, 0), 4: (16, 0)}, {1: (1, 1), 3: (9, 1)}]  # in rank order
     assert (total, local) == (5, 3)
     assert out[1] == (None, 5, 2)
 

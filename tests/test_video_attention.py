@@ -299,3 +299,74 @@ def test_bad_input_is_a_one_line_error_naming_it(tiny_vit_weights, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expected in err and "\n" not in err
     assert not list((tmp_path / "out").glob("video*"))
+
+
+def test_folder_batches_are_cut_from_headers_and_decode_only_their_frames(tmp_path):
+    from dino_seg.video_attention import _same_size_batches, folder_batches
+
+    paths = write_jpegs(tmp_path, random_frames(3) + random_frames(2, 48, 56) + random_frames(1))
+    (tmp_path / "00006.jpg").write_bytes(b"not a jpeg")  # header unreadable: a batch of its own
+    paths.append(tmp_path / "00006.jpg")
+    paths += write_jpegs(tmp_path, random_frames(1), names=["00007"])
+    batches = list(folder_batches(paths, 2))
+    # The cut one process makes from decoded frames, and one batch more for the unreadable file.
+    decoded = [[f.name for f in b] for b in _same_size_batches(folder_frames(paths[:6]), 2)]
+    assert decoded == [["00000", "00001"], ["00002"], ["00003", "00004"], ["00005"]]
+    assert [[f.name for f in batch()] for batch in batches[:4]] == decoded
+    assert [f.name for f in batches[5]()] == ["00007"]  # decodes without touching the unreadable file
+    with pytest.raises(ImageError, match="00006.jpg"):
+        batches[4]()
+
+
+def test_several_inputs_each_get_a_folder_and_a_clash_of_names_is_refused(tiny_vit_weights, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    clip = write_avi(tmp_path / "in" / "walk.avi", random_frames(2), fps=10.0)
+    write_jpegs(tmp_path / "in" / "walk", random_frames(2))
+    assert run_cli(["--input_path", str(clip), str(tmp_path / "in" / "walk"), "--output_path",
+                    str(tmp_path / "out")], tiny_vit_weights) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --input_path: {clip} and {tmp_path / 'in' / 'walk'} would both write to "
+                   f"{tmp_path / 'out' / 'walk'}; rename one, or run them with different --output_path")
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+    assert run_cli(["--input_path", str(tmp_path / "in" / "walk"), str(tmp_path / "in"), "--video_only",
+                    "--output_path", str(tmp_path / "out")], tiny_vit_weights) == 2
+    assert capsys.readouterr().err.strip() == ("error: --video_only: assembles one folder of attention images; "
+                                               "give one --input_path")
+
+
+def test_resume_skips_complete_inputs_of_the_same_settings(tiny_vit_weights, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    clip = write_avi(tmp_path / "in" / "swan.avi", random_frames(3), fps=10.0)
+    write_jpegs(tmp_path / "in" / "walk", random_frames(2, seed=1))
+    out = tmp_path / "out"
+    args = ["--input_path", str(clip), str(tmp_path / "in" / "walk"), "--output_path", str(out), "--batch_size", "2"]
+    assert run_cli(args, tiny_vit_weights) == 0
+    assert sorted(p.name for p in (out / "swan" / "frames").iterdir()) == [f"frame-{t:04d}.jpg" for t in range(3)]
+    assert sorted(p.name for p in (out / "walk" / "attention").iterdir()) == ["attn-00000.jpg", "attn-00001.jpg"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k: (v["output"], v["rank"], v["frames"], v["resumed"]) for k, v in summary["inputs"].items()} == {
+        "swan": ("swan", 0, 3, False), "walk": ("walk", 0, 2, False)}
+    capsys.readouterr()
+
+    def stamps() -> dict[str, int]:  # every input's files (the run's own summary.json is rewritten)
+        return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.glob("*/**/*") if p.is_file()}
+
+    before = stamps()
+    assert len(before) == 12  # swan: 3 frames, 3 attention images, video, summary.json; walk: no frames
+    assert run_cli(args, tiny_vit_weights) == 0  # both complete: nothing is redone
+    assert capsys.readouterr().out.count("skipped (--overwrite to redo it)") == 2
+    assert stamps() == before
+    assert [v["resumed"] for v in json.loads((out / "summary.json").read_text())["inputs"].values()] == [True, True]
+    # A missing image, other settings or --overwrite: the input is made again.
+    (out / "swan" / "frames" / "frame-0001.jpg").unlink()
+    assert run_cli(args, tiny_vit_weights) == 0
+    assert capsys.readouterr().out.count("skipped") == 1 and (out / "swan" / "frames" / "frame-0001.jpg").is_file()
+    assert run_cli(args + ["--masks"], tiny_vit_weights) == 0
+    assert capsys.readouterr().out.count("skipped") == 0 and len(list(out.glob("*/masks.*"))) == 2
+    assert run_cli(args + ["--masks", "--overwrite"], tiny_vit_weights) == 0
+    assert capsys.readouterr().out.count("skipped") == 0
+    # An input changed since: not resumed.
+    write_jpegs(tmp_path / "in" / "walk", random_frames(3, seed=2))
+    assert run_cli(args + ["--masks"], tiny_vit_weights) == 0
+    assert capsys.readouterr().out.count("skipped") == 1
+    assert json.loads((out / "walk" / "summary.json").read_text())["frames"] == 3

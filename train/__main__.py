@@ -26,7 +26,17 @@ Starting the same command again with the same --output_dir resumes from OUTPUT_D
 exactly where the last finished epoch left off.
 """
 
-from train.main import main
+from __future__ import annotations
+
+from train.flags import get_args_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    from train.main import run  # torch and the models load only now: --help and bad flags answer at once
+
+    return run(args)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,8 +15,7 @@ from torchvision.transforms import InterpolationMode
 from dino_seg.errors import UserError
 from dino_seg.images import IMAGENET_MEAN, IMAGENET_STD, load_image
 from train.fast_augment import DecodedImage, FastAugmentationDINO
-
-AUGMENTATIONS = ("fast", "reference")
+from train.flags import AUGMENTATIONS
 
 
 class GaussianBlur:

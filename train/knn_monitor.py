@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from torch import nn
@@ -11,16 +10,6 @@ from tqdm import tqdm
 from dino_seg.errors import UserError
 from dino_seg.image_folder import LabelledDataset, eval_transform, find_splits
 from dino_seg.knn import extract_features, knn_classifier
-
-
-def add_knn_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--knn_data_path", default=None, type=str,
-                        help="ImageFolder root with train/ and val/: report the teacher's k-NN accuracy "
-                             "(eval_knn.py's protocol at the global crop size) every --knn_freq epochs.")
-    parser.add_argument("--knn_freq", default=1, type=int, help="Epochs between k-NN evaluations (default 1; the "
-                        "last epoch is always evaluated).")
-    parser.add_argument("--knn_k", default=20, type=int, help="Neighbours of the k-NN vote (default 20).")
-    parser.add_argument("--knn_temperature", default=0.07, type=float, help="k-NN temperature (default 0.07).")
 
 
 class KnnMonitor:

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 
 from dino_seg.errors import UserError
-
-OPTIMIZERS = ("adamw", "sgd", "lars")
+from train.flags import OPTIMIZERS
 
 
 def get_params_groups(model: nn.Module) -> list[dict]:
