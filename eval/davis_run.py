@@ -16,13 +16,11 @@ from tqdm import tqdm
 from dino_seg.davis import DavisError, VOID_LABEL, annotation_dir, frame_paths, image_size, \
     list_sequences, read_annotation, write_indexed_png
 from dino_seg.distributed import DistInfo
-from dino_seg.pairing import discovered_labels
 from dino_seg.files import remove_stale_temp, save_text
 from dino_seg.images import ImageError, load_image
 from dino_seg.metrics import DavisScores, csv_paths, format_table, score_sequence, summarise, write_csvs
 from dino_seg.models import is_vit
 from dino_seg.propagation import segment_sequence
-from dino_seg.propagation_v3 import TrackingConfig, segment_sequence_v3
 from dino_seg.provenance import (differences, rank_sequences, read_provenance, remove_rank_provenance,
                                  weights_identity, write_provenance, write_rank_provenance)
 from dino_seg.precision import check_precision
@@ -284,6 +282,8 @@ def first_frame_labels(model: torch.nn.Module, frames: list[Path], first_gt: Pat
     """The first frame's labels: its annotation, or the objects discovered in it and paired with it."""
     annotation = read_annotation(first_gt)
     if args.first_frame == "discover":
+        from dino_seg.pairing import discovered_labels  # discovery (and torchvision) load only when asked for
+
         annotation = discovered_labels(model, load_image(frames[0]), annotation, args.method,
                                        tuple(args.resize) if args.resize else None, **discovery)
     return annotation
@@ -293,6 +293,8 @@ def propagate(model: torch.nn.Module, frames: list[Path], annotation: np.ndarray
               device: torch.device):
     """(frame index, mask) of every later frame, by the chosen protocol."""
     if args.protocol == "dinov3":
+        from dino_seg.propagation_v3 import TrackingConfig, segment_sequence_v3  # torchvision loads only here
+
         radius = args.size_mask_neighborhood or float("inf")  # 0: every patch, as for --protocol dino
         return segment_sequence_v3(model, frames, annotation, TrackingConfig(
             short_side=args.short_side, context=args.n_last_frames, radius=radius, topk=args.topk))
