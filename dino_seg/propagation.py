@@ -110,6 +110,13 @@ def _propagate_global(q: torch.Tensor, s: torch.Tensor, labels: torch.Tensor, to
     return torch.cat(out)
 
 
+def _in_window(tile: int, radius: int, device: torch.device) -> torch.Tensor:
+    """(T, T + 2r) bool: whether region offset u lies in the window of the query at tile offset a. That query sits
+    at region offset a + r, so its window spans region offsets a .. a + 2r (rows and columns alike)."""
+    a, u = torch.arange(tile, device=device), torch.arange(tile + 2 * radius, device=device)
+    return (u[None, :] >= a[:, None]) & (u[None, :] <= a[:, None] + 2 * radius)
+
+
 @functools.lru_cache(maxsize=16)
 def _tile_biases(h: int, w: int, radius: int, tile: int, device: torch.device) -> torch.Tensor:
     """(tiles, T*T, R, 1, R) additive biases, 0 where a region cell is a source of a tile's query and -inf where
@@ -118,10 +125,8 @@ def _tile_biases(h: int, w: int, radius: int, tile: int, device: torch.device) -
     t, r = tile, radius
     big = t + 2 * r
     n_ty, n_tx = -(-h // t), -(-w // t)
-    a = torch.arange(t, device=device)
     u = torch.arange(big, device=device)
-    # A query at tile offset a sits at region offset a + r; its window spans region offsets a .. a + 2r.
-    near = (u[None, :] >= a[:, None]) & (u[None, :] <= a[:, None] + 2 * r)  # (T, R)
+    near = _in_window(t, r, device)  # (T, R)
     rows = torch.arange(n_ty, device=device)[:, None] * t + u[None, :] - r  # (n_ty, R) source row of each cell
     cols = torch.arange(n_tx, device=device)[:, None] * t + u[None, :] - r  # (n_tx, R)
     row_ok = near[None] & ((rows >= 0) & (rows < h))[:, None, :]  # (n_ty, T, R)
@@ -169,7 +174,7 @@ def propagate_labels(
 def _propagate_labels(context_feats: torch.Tensor, context_labels: torch.Tensor, target_feats: torch.Tensor, *,
                       topk: int, radius: int, temperature: float, tile: int | None,
                       prefilter: bool | None) -> tuple[torch.Tensor, bool]:
-    """`propagate_labels` and whether its bfloat16 pre-pass settled the frame (False: not tried, or gave up)."""
+    """`propagate_labels` and whether its bfloat16 pre-pass was tried and gave up on this frame."""
     _check_inputs(context_feats, context_labels, target_feats, topk)
     n, h, w, d = context_feats.shape
     c = context_labels.shape[1]
@@ -189,7 +194,7 @@ def _propagate_labels(context_feats: torch.Tensor, context_labels: torch.Tensor,
         out = _propagate_prefiltered(q, s, context_labels.float(), topk=topk, radius=int(radius),
                                      temperature=temperature, tile=t)
         if out is not None:
-            return out, True
+            return out, False
 
     t, r = (8 if tile is None else max(1, int(tile))), int(radius)
     big = t + 2 * r  # region side R
@@ -231,7 +236,7 @@ def _propagate_labels(context_feats: torch.Tensor, context_labels: torch.Tensor,
     if tied.any():
         ys, xs = tied.nonzero(as_tuple=True)
         out[ys, xs] = _reference_rows(q[ys, xs], ys, xs, s, context_labels.float(), topk, r, temperature)
-    return out.permute(2, 0, 1).contiguous(), False  # (C, h, w)
+    return out.permute(2, 0, 1).contiguous(), bool(prefilter)  # (C, h, w)
 
 
 def prefilter_tile(h: int, w: int, radius: int) -> int:
@@ -263,8 +268,7 @@ def _window_bias(n: int, radius: int, tile: int, masked: float, device: torch.de
     """(T*T, R*N*R) bfloat16: 0 where region cell (u, context, v) is in the window of the tile's query (a, b),
     `masked` elsewhere; the same for every tile (R = T + 2r)."""
     t, big = tile, tile + 2 * radius
-    a, u = torch.arange(t, device=device), torch.arange(big, device=device)
-    near = (u[None, :] >= a[:, None]) & (u[None, :] <= a[:, None] + 2 * radius)  # (T, R): query offset, cell offset
+    near = _in_window(tile, radius, device)  # (T, R): query offset, cell offset
     ok = near[:, None, :, None, None] & near[None, :, None, None, :]  # (a, b, u, 1, v)
     bias = torch.zeros(ok.shape, device=device).masked_fill_(~ok, masked).expand(t, t, big, n, big)
     return bias.reshape(t * t, big * n * big).to(torch.bfloat16)
@@ -511,9 +515,9 @@ def propagate_sequence(
     for feat in it:
         ctx_feats = torch.stack([first] + [f for f, _ in recent]) if n_last_frames else first[None]
         ctx_labels = torch.stack([first_labels] + [s for _, s in recent]) if n_last_frames else first_labels[None]
-        soft, settled = _propagate_labels(ctx_feats, ctx_labels, feat, topk=topk, radius=radius,
+        soft, gave_up = _propagate_labels(ctx_feats, ctx_labels, feat, topk=topk, radius=radius,
                                           temperature=temperature, tile=None, prefilter=prefilter)
-        if prefilter is None and not settled and radius > 0 and bf16_matmul_is_fast(feat.device):
+        if gave_up:
             prefilter = False
         if n_last_frames:
             recent.append((feat, soft))

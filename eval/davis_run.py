@@ -282,7 +282,7 @@ def first_frame_labels(model: torch.nn.Module, frames: list[Path], first_gt: Pat
     """The first frame's labels: its annotation, or the objects discovered in it and paired with it."""
     annotation = read_annotation(first_gt)
     if args.first_frame == "discover":
-        from dino_seg.pairing import discovered_labels  # discovery (and torchvision) load only when asked for
+        from dino_seg.pairing import discovered_labels  # discovery and scipy load only when asked for
 
         annotation = discovered_labels(model, load_image(frames[0]), annotation, args.method,
                                        tuple(args.resize) if args.resize else None, **discovery)
@@ -293,7 +293,7 @@ def propagate(model: torch.nn.Module, frames: list[Path], annotation: np.ndarray
               device: torch.device):
     """(frame index, mask) of every later frame, by the chosen protocol."""
     if args.protocol == "dinov3":
-        from dino_seg.propagation_v3 import TrackingConfig, segment_sequence_v3  # torchvision loads only here
+        from dino_seg.propagation_v3 import TrackingConfig, segment_sequence_v3  # loaded for this protocol only
 
         radius = args.size_mask_neighborhood or float("inf")  # 0: every patch, as for --protocol dino
         return segment_sequence_v3(model, frames, annotation, TrackingConfig(
